@@ -1,0 +1,120 @@
+"""All configuration in one typed place: the environment, then `.env`.
+
+Every field here has a line in `.env.example`. A missing or invalid value stops
+start-up with one line naming the variable (`SettingsError`), and the Discord
+token is a `SecretStr`, so it never shows in a repr, a log or an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+BackendName = Literal["transformers"]
+
+
+class SettingsError(Exception):
+    """A configuration problem, worded as one line for the operator."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,  # a bad value must not echo a secret into the error
+    )
+
+    # Discord. Without a token only the HTTP service starts.
+    discord_token: SecretStr | None = None
+    discord_dev_guild_id: int | None = None
+
+    # Model and generation.
+    model_dir: Path = Path("models/gpt2")
+    backend: BackendName = "transformers"
+    genres_path: Path = Path("genres.toml")
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+    max_batch_size: int = Field(default=8, ge=1, le=64)
+    queue_size: int = Field(default=32, ge=1, le=10_000)
+    max_new_tokens_limit: int = Field(default=400, ge=1, le=1000)
+    generation_timeout_s: float = Field(default=600.0, gt=0)
+
+    # Storage.
+    database_path: Path = Path("data/storybot.sqlite3")
+
+    # HTTP interface (the old Flask service's contract on port 5000).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=5000, ge=0, le=65535)
+    http_api_key: SecretStr | None = None
+    http_cors_origins: str = ""  # comma-separated origins; empty = CORS off
+    http_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    # Fairness.
+    user_max_active: int = Field(default=2, ge=1, le=100)
+    user_cooldown_s: float = Field(default=10.0, ge=0)
+
+    log_level: LogLevel = "INFO"
+
+    @field_validator("discord_token", "http_api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("discord_dev_guild_id", "torch_threads", mode="before")
+    @classmethod
+    def _blank_int_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _api_key_off_loopback(self) -> Settings:
+        if not is_loopback(self.http_host) and self.http_api_key is None:
+            raise ValueError(
+                f"HTTP_HOST={self.http_host} is not a loopback address, so HTTP_API_KEY "
+                "is required"
+            )
+        return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.http_cors_origins.split(",") if o.strip()]
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if not loc:
+        return message
+    return f"{'_'.join(loc).upper()}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; raise `SettingsError` with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
