@@ -1,0 +1,161 @@
+"""The backend interface and the per-request state a backend works on.
+
+A backend generates for a batch of `Job`s. For each new token it calls
+`job.accept(token)`, which streams text to the caller, and it drops a job from
+its batch once `job.finished` is true (end of text, length, cancellation or
+time limit). `admit(n)` hands it up to n newly queued jobs between steps, so a
+backend that can, batches continuously.
+
+Everything here runs on the pool's worker thread, which owns the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from generation.sampling import RowSampler
+from generation.text import StreamDecoder, trim_to_sentence
+from generation.types import FinishReason, GenerationParams, GenerationRequest, GenerationResult
+
+
+class Backend(Protocol):
+    name: str
+    model_id: str
+    context_size: int
+    max_batch_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
+        """Generate until every job, including admitted ones, is finished."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)  # identity: a job is one request, hashed into the running set
+class Job:
+    """One request on the worker: prompt ids, sampler, stream state, timings."""
+
+    request: GenerationRequest
+    params: GenerationParams  # with a concrete seed
+    submitted_at: float
+    deadline: float
+    on_text: Callable[[str], None]
+    on_start: Callable[[], None]
+    on_finish: Callable[[Job], None]
+    prompt_ids: list[int] = field(default_factory=list)
+    truncated_prompt: bool = False
+    eos_token_id: int | None = None
+    generated: list[int] = field(default_factory=list)
+    cancel_requested: bool = False
+    finish_reason: FinishReason | None = None
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    close_requested: bool = False  # the pool is shutting down: fail, not cancel
+    model_id: str = ""
+    backend_name: str = ""
+    sampler: RowSampler | None = None
+    decoder: StreamDecoder | None = None
+
+    # Prompts longer than this many characters are cut to their tail before
+    # tokenizing; far more than 1024 tokens ever need, and it bounds the work.
+    MAX_PROMPT_CHARS = 40_000
+
+    def prepare(self, backend: Backend) -> None:
+        """Tokenize and fit the context; the worker calls this before generating.
+
+        A long story keeps its hidden primer and its most recent text and drops
+        the middle, so prompt + new tokens always fit the model's positions.
+        """
+        self.model_id, self.backend_name = backend.model_id, backend.name
+        primer_ids = backend.encode(self.request.primer) if self.request.primer else []
+        prompt = self.request.prompt
+        if len(prompt) > self.MAX_PROMPT_CHARS:
+            prompt = prompt[-self.MAX_PROMPT_CHARS :]
+            self.truncated_prompt = True
+        # A trailing space becomes its own token, which GPT-2 rarely saw: drop it.
+        story_ids = backend.encode(prompt.rstrip(" "))
+        budget = backend.context_size - len(primer_ids) - self.params.max_new_tokens
+        if budget < 1:
+            raise ValueError("no room for the story in the context")  # validated earlier
+        if len(story_ids) > budget:
+            story_ids = story_ids[-budget:]
+            self.truncated_prompt = True
+        self.prompt_ids = primer_ids + story_ids
+        self.sampler = RowSampler(self.params, self.prompt_ids)
+        self.decoder = StreamDecoder(backend.decode)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.on_start()
+
+    def choose(self, logits: object) -> int:
+        assert self.sampler is not None
+        return self.sampler.choose(logits)  # type: ignore[arg-type]
+
+    def accept(self, token: int) -> None:
+        """Record a new token; stream its text; decide whether the job is done."""
+        if self.finished:
+            return
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if self.eos_token_id is not None and token == self.eos_token_id:
+            self._finish("eos")
+            return
+        self.generated.append(token)
+        assert self.decoder is not None
+        delta = self.decoder.push(token)
+        if delta:
+            self.on_text(delta)
+        if len(self.generated) >= self.params.max_new_tokens:
+            self._finish("length")
+        else:
+            self.check_stop(now)
+
+    def check_stop(self, now: float | None = None) -> bool:
+        """Stop for cancellation or the time limit; True when the job is done."""
+        if self.finished:
+            return True
+        if self.cancel_requested or self.close_requested:
+            self._finish("cancelled")
+        elif (now if now is not None else time.monotonic()) >= self.deadline:
+            self._finish("timeout")
+        return self.finished
+
+    def _finish(self, reason: FinishReason) -> None:
+        self.finish_reason = reason
+        self.finished_at = time.monotonic()
+        self.on_finish(self)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def result(self) -> GenerationResult:
+        assert self.finish_reason is not None and self.params.seed is not None
+        raw = self.decoder.text if self.decoder else ""
+        text = raw if self.finish_reason == "eos" else trim_to_sentence(raw)
+        started = self.started_at or self.submitted_at
+        finished = self.finished_at or time.monotonic()
+        return GenerationResult(
+            text=text,
+            raw_text=raw,
+            prompt_tokens=len(self.prompt_ids),
+            new_tokens=len(self.generated),
+            seed=self.params.seed,
+            finish_reason=self.finish_reason,
+            truncated_prompt=self.truncated_prompt,
+            queued_s=started - self.submitted_at,
+            first_token_s=(self.first_token_at - started) if self.first_token_at else None,
+            generation_s=finished - started,
+            model_id=self.model_id,
+            backend=self.backend_name,
+        )

@@ -1,0 +1,70 @@
+"""The decoding loop every local backend shares.
+
+A backend supplies a `StepModel` (prefill a batch of prompts, step a batch by
+one token, select rows, merge two batches); this loop does the rest: sampling
+through each job's own sampler, streaming, stopping rows that are done or
+cancelled (which frees their place at once), and admitting requests that
+arrived while the batch ran, at the next step: continuous batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from generation.backend import Job
+
+Logits = npt.NDArray[np.float32]
+
+
+class StepModel(Protocol):
+    forward_calls: int
+
+    def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[Any, Logits]: ...
+
+    def step(self, state: Any, tokens: Sequence[int]) -> tuple[Any, Logits]: ...
+
+    def select(self, state: Any, keep: Sequence[int]) -> Any: ...
+
+    def merge(self, first: Any, second: Any) -> Any: ...
+
+
+def run_decode_loop(
+    model: StepModel, jobs: list[Job], admit: Callable[[int], list[Job]], max_batch: int
+) -> None:
+    active: list[Job] = []
+    state: Any = None
+    pending = list(jobs)
+    while True:
+        if pending:
+            for job in pending:
+                job.start()
+            new_state, logits = model.prefill([job.prompt_ids for job in pending])
+            for row, job in enumerate(pending):
+                if not job.check_stop():
+                    job.accept(job.choose(logits[row]))
+            state = new_state if state is None else model.merge(state, new_state)
+            active += pending
+            pending = []
+        active, state = _drop_finished(model, active, state)
+        if active:
+            state, logits = model.step(state, [job.generated[-1] for job in active])
+            for row, job in enumerate(active):
+                job.accept(job.choose(logits[row]))
+            active, state = _drop_finished(model, active, state)
+        room = max_batch - len(active)
+        pending = admit(room) if room > 0 else []
+        if not active and not pending:
+            return
+
+
+def _drop_finished(model: StepModel, active: list[Job], state: Any) -> tuple[list[Job], Any]:
+    keep = [row for row, job in enumerate(active) if not job.check_stop()]
+    if len(keep) == len(active):
+        return active, state
+    if not keep:
+        return [], None
+    return [active[row] for row in keep], model.select(state, keep)

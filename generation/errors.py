@@ -1,0 +1,58 @@
+"""Typed errors of the generation layer. Each carries a message fit for a user."""
+
+from __future__ import annotations
+
+
+class GenerationError(Exception):
+    """Base class: `str(error)` is a short sentence a person can read."""
+
+    code = "generation_error"
+
+
+class InvalidRequest(GenerationError):
+    """Bad input, refused before anything is queued."""
+
+    code = "invalid_request"
+
+
+class PromptTooLong(InvalidRequest):
+    """The prompt cannot fit GPT-2's context together with any continuation."""
+
+    code = "prompt_too_long"
+
+
+class Busy(GenerationError):
+    """The queue is full; try again in about `retry_after` seconds."""
+
+    code = "busy"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1.0, round(retry_after))
+        super().__init__(f"Busy: the queue is full, try again in about {self.retry_after:.0f} s.")
+
+
+class Cancelled(GenerationError):
+    code = "cancelled"
+
+    def __init__(self, message: str = "The story was cancelled.") -> None:
+        super().__init__(message)
+
+
+class TimedOut(GenerationError):
+    code = "timeout"
+
+    def __init__(self, message: str = "The story took too long and was stopped.") -> None:
+        super().__init__(message)
+
+
+class PoolClosed(GenerationError):
+    code = "shutting_down"
+
+    def __init__(self, message: str = "storybot is shutting down; try again shortly.") -> None:
+        super().__init__(message)
+
+
+class ModelLoadError(GenerationError):
+    """A model folder is missing, partial or corrupt. Raised at start-up."""
+
+    code = "model_load_error"
