@@ -1,0 +1,150 @@
+"""Rows as frozen dataclasses: what crosses the storage boundary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Status = Literal["queued", "generating", "done", "failed", "cancelled", "interrupted"]
+STATUSES: tuple[Status, ...] = ("queued", "generating", "done", "failed", "cancelled", "interrupted")
+Source = Literal["discord", "api", "cli"]
+PartKind = Literal["prompt", "generated"]
+
+
+@dataclass(frozen=True)
+class Story:
+    id: int
+    author_id: int | None
+    source: Source
+    guild_id: int | None
+    channel_id: int | None
+    genre: str
+    title: str
+    status: Status
+    created_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "author_id": str(self.author_id) if self.author_id is not None else None,
+            "source": self.source,
+            "guild_id": str(self.guild_id) if self.guild_id is not None else None,
+            "channel_id": str(self.channel_id) if self.channel_id is not None else None,
+            "genre": self.genre,
+            "title": self.title,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class Part:
+    id: int
+    story_id: int
+    parent_id: int | None
+    kind: PartKind
+    text: str
+    requested_by: int | None
+    params: dict[str, Any] | None
+    seed: int | None
+    model_id: str | None
+    prompt_tokens: int | None
+    new_tokens: int | None
+    queued_s: float | None
+    generation_s: float | None
+    finish_reason: str | None
+    created_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "kind": self.kind,
+            "text": self.text,
+            "requested_by": str(self.requested_by) if self.requested_by is not None else None,
+            "params": self.params,
+            "seed": self.seed,
+            "model_id": self.model_id,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "queued_s": self.queued_s,
+            "generation_s": self.generation_s,
+            "finish_reason": self.finish_reason,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class GeneratedPart:
+    """What a caller hands `add_part`: a generated text and how it was made."""
+
+    text: str
+    requested_by: int | None = None
+    params: dict[str, Any] | None = None
+    seed: int | None = None
+    model_id: str | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    queued_s: float | None = None
+    generation_s: float | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StorySummary:
+    story: Story
+    part_count: int
+
+
+@dataclass(frozen=True)
+class StoryPage:
+    items: list[StorySummary]
+    total: int
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Deleted:
+    stories: int
+    parts: int
+    messages: int
+
+
+def part_from_row(row: Any) -> Part:
+    params = json.loads(row["params"]) if row["params"] else None
+    return Part(
+        id=row["id"],
+        story_id=row["story_id"],
+        parent_id=row["parent_id"],
+        kind=row["kind"],
+        text=row["text"],
+        requested_by=row["requested_by"],
+        params=params,
+        seed=row["seed"],
+        model_id=row["model_id"],
+        prompt_tokens=row["prompt_tokens"],
+        new_tokens=row["new_tokens"],
+        queued_s=row["queued_s"],
+        generation_s=row["generation_s"],
+        finish_reason=row["finish_reason"],
+        created_at=row["created_at"],
+    )
+
+
+def story_from_row(row: Any) -> Story:
+    return Story(
+        id=row["id"],
+        author_id=row["author_id"],
+        source=row["source"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        genre=row["genre"],
+        title=row["title"],
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
