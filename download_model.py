@@ -25,8 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
 os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
 
-from generation.errors import ModelLoadError  # noqa: E402
-from generation.modelfiles import MANIFEST, check_model_dir, read_manifest  # noqa: E402
+from generation.errors import ModelLoadError
+from generation.modelfiles import MANIFEST, check_model_dir, read_manifest
 
 ALLOW_PATTERNS = [
     "*.safetensors",
@@ -113,7 +113,9 @@ def download(model: str, revision: str | None, out: Path, force: bool) -> None:
     started = time.monotonic()
     fetch(model, revision, out)
     if not any(out.glob("*.safetensors")):
-        raise DownloadError(f"model {model!r} has no safetensors weights; storybot loads only those")
+        raise DownloadError(
+            f"model {model!r} has no safetensors weights; storybot loads only those"
+        )
     try:
         summary = verify(out)
     except ModelLoadError as error:
@@ -140,8 +142,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="folder (default models/<name>)")
     parser.add_argument("--force", action="store_true", help="fetch again even if complete")
     parser.add_argument("--tiny", action="store_true", help="build the tiny offline test model")
-    parser.add_argument("--tiny-steps", type=int, default=150,
-                        help="training steps for the tiny model (0: random weights)")
+    parser.add_argument(
+        "--tiny-steps",
+        type=int,
+        default=150,
+        help="training steps for the tiny model (0: random weights)",
+    )
     return parser.parse_args(argv)
 
 

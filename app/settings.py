@@ -93,8 +93,7 @@ class Settings(BaseSettings):
     def _api_key_off_loopback(self) -> Settings:
         if not is_loopback(self.http_host) and self.http_api_key is None:
             raise ValueError(
-                f"HTTP_HOST={self.http_host} is not a loopback address, so HTTP_API_KEY "
-                "is required"
+                f"HTTP_HOST={self.http_host} is not a loopback address, so HTTP_API_KEY is required"
             )
         return self
 

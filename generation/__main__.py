@@ -24,8 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("prompt", help="the beginning of the story")
     parser.add_argument("--genre", default="crime", help="a genre key from genres.toml")
     parser.add_argument("--genres", type=Path, default=Path("genres.toml"))
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="model folder (default: models/gpt2, else models/tiny-gpt2)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model folder (default: models/gpt2, else models/tiny-gpt2)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=120)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-k", type=int)

@@ -89,7 +89,7 @@ class Job:
             story_ids = story_ids[-budget:]
             self.truncated_prompt = True
         self.prompt_ids = primer_ids + story_ids
-        self.sampler = RowSampler(self.params, self.prompt_ids)
+        self.sampler = RowSampler(self.params, self.prompt_ids, self.eos_token_id)
         self.decoder = StreamDecoder(backend.decode)
 
     def start(self) -> None:

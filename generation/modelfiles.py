@@ -79,7 +79,9 @@ def load_tokenizer(folder: Path) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:  # transformers raises many kinds here
-        raise ModelLoadError(f"tokenizer in {folder} could not be loaded: {_short(error)}") from error
+        raise ModelLoadError(
+            f"tokenizer in {folder} could not be loaded: {_short(error)}"
+        ) from error
     if len(tokenizer) < 2:
         raise ModelLoadError(f"tokenizer in {folder} is broken: it has {len(tokenizer)} token(s)")
     return tokenizer

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from generation.backend import Backend, Job
 from generation.errors import (
@@ -40,7 +41,7 @@ from generation.errors import (
     PromptTooLong,
     TimedOut,
 )
-from generation.types import GenerationRequest, GenerationResult
+from generation.types import GenerationParams, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class Ticket:
         self.seed: int = job.params.seed or 0
 
     @property
+    def params(self) -> GenerationParams:
+        """The parameters used, with the concrete seed."""
+        return self._job.params
+
+    @property
     def position(self) -> int:
         """1.. while waiting; 0 while generating; -1 once finished."""
         return self._pool._position(self._job)
@@ -89,8 +95,9 @@ class Ticket:
             if position <= 0 or self._future.done():
                 return
             waiter = asyncio.ensure_future(self._changed.wait())
+            pending: set[asyncio.Future[Any]] = {waiter, self._future}
             try:
-                await asyncio.wait({waiter, self._future}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
 
@@ -240,8 +247,14 @@ class GenerationPool:
         )
         ticket = Ticket(self, job, self._loop)
         loop = self._loop
-        job.on_text = lambda delta: loop.call_soon_threadsafe(ticket._text.put_nowait, delta)
-        job.on_start = lambda: loop.call_soon_threadsafe(self._positions_changed)
+
+        def on_text(delta: str) -> None:  # worker thread
+            loop.call_soon_threadsafe(ticket._text.put_nowait, delta)
+
+        def on_start() -> None:  # worker thread
+            loop.call_soon_threadsafe(self._positions_changed)
+
+        job.on_text, job.on_start = on_text, on_start
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise Busy(self.retry_estimate(len(self._waiting)))
@@ -347,7 +360,7 @@ class GenerationPool:
 
     def _take(self, count: int) -> list[Job]:
         """Pop up to `count` waiting jobs into the running set (lock held)."""
-        jobs = []
+        jobs: list[Job] = []
         while self._waiting and len(jobs) < count:
             job = self._waiting.popleft()
             self._running.add(job)
@@ -411,7 +424,8 @@ class GenerationPool:
         with self._cond:
             self._running.discard(job)
         self.stats.jobs_done += 1
-        result, error = job.result(), None
+        result: GenerationResult | None = job.result()
+        error: GenerationError | None = None
         if job.close_requested:
             error = PoolClosed()
         elif job.finish_reason == "cancelled":

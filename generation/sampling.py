@@ -21,7 +21,9 @@ from generation.types import GenerationParams
 
 
 class RowSampler:
-    def __init__(self, params: GenerationParams, prompt_ids: Sequence[int]) -> None:
+    def __init__(
+        self, params: GenerationParams, prompt_ids: Sequence[int], eos_token_id: int | None = None
+    ) -> None:
         if params.seed is None:
             raise ValueError("RowSampler needs a concrete seed (params.with_seed())")
         self.params = params
@@ -34,6 +36,8 @@ class RowSampler:
         self._ngrams: dict[tuple[int, ...], set[int]] = {}
         for token in prompt_ids:
             self.append(token)
+        self._eos = eos_token_id
+        self._generated = 0
 
     def append(self, token: int) -> None:
         self._history.append(token)
@@ -54,8 +58,12 @@ class RowSampler:
 
     def choose(self, logits: npt.NDArray[np.floating]) -> int:
         """Pick the next token from one row of logits and record it."""
-        token = self._choose(np.array(logits, dtype=np.float64))
+        x = np.array(logits, dtype=np.float64)
+        if self._eos is not None and self._generated < self.params.min_new_tokens:
+            x[self._eos] = -np.inf
+        token = self._choose(x)
         self.append(token)
+        self._generated += 1
         return token
 
     def _choose(self, x: npt.NDArray[np.float64]) -> int:

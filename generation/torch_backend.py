@@ -130,7 +130,10 @@ class TransformersBackend:
         self.steps = TorchStepModel(self.model)
         log.info(
             "loaded %s from %s (%d layers, %d threads)",
-            self.model_id, model_dir, config.n_layer, torch.get_num_threads(),
+            self.model_id,
+            model_dir,
+            config.n_layer,
+            torch.get_num_threads(),
         )
 
     def encode(self, text: str) -> list[int]:

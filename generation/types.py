@@ -33,6 +33,9 @@ class GenerationParams:
     no_repeat_ngram_size: int = 3
     # Recorded and shown so a part can be reproduced; None picks one at random.
     seed: int | None = None
+    # End-of-text is suppressed until this many tokens are written, so a "long"
+    # story cannot stop after one sentence.
+    min_new_tokens: int = 0
     # Greedy decoding (argmax) for tests and engine comparisons, not for stories.
     do_sample: bool = True
 
@@ -50,11 +53,17 @@ class GenerationParams:
             raise InvalidRequest("top_p must be greater than 0 and at most 1.")
         if not _finite(self.repetition_penalty) or not 1 <= self.repetition_penalty <= 3:
             raise InvalidRequest("repetition_penalty must be between 1 and 3.")
-        if not isinstance(self.no_repeat_ngram_size, int) or not 0 <= self.no_repeat_ngram_size <= 10:
-            raise InvalidRequest("no_repeat_ngram_size must be a whole number from 0 to 10.")
-        if self.seed is not None and (
-            not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
+        if (
+            not isinstance(self.no_repeat_ngram_size, int)
+            or not 0 <= self.no_repeat_ngram_size <= 10
         ):
+            raise InvalidRequest("no_repeat_ngram_size must be a whole number from 0 to 10.")
+        if (
+            not isinstance(self.min_new_tokens, int)
+            or not 0 <= self.min_new_tokens <= self.max_new_tokens
+        ):
+            raise InvalidRequest("min_new_tokens must be between 0 and max_new_tokens.")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
             raise InvalidRequest("seed must be a whole number from 0 to 2^63-1.")
 
     def with_seed(self) -> GenerationParams:

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Status = Literal["queued", "generating", "done", "failed", "cancelled", "interrupted"]
-STATUSES: tuple[Status, ...] = ("queued", "generating", "done", "failed", "cancelled", "interrupted")
+STATUSES: tuple[Status, ...] = (
+    "queued",
+    "generating",
+    "done",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
 Source = Literal["discord", "api", "cli"]
 PartKind = Literal["prompt", "generated"]
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -133,7 +134,9 @@ class Store:
                     log.warning("database %s is not in WAL mode", self.path)
                 await self._conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as error:
-            raise StorageUnavailable(f"{self.path} is not a usable SQLite database: {error}") from None
+            raise StorageUnavailable(
+                f"{self.path} is not a usable SQLite database: {error}"
+            ) from None
 
     async def schema_version(self) -> int:
         cursor = await self._conn.execute("PRAGMA user_version")
@@ -165,10 +168,8 @@ class Store:
 
     # --------------------------------------------------------------- plumbing
     async def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):  # no transaction was open
             await self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction was open
 
     @asynccontextmanager
     async def _transaction(self, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
@@ -218,7 +219,17 @@ class Store:
             cursor = await conn.execute(
                 "INSERT INTO stories (author_id, source, guild_id, channel_id, genre, title,"
                 " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (author_id, source, guild_id, channel_id, genre, title_of(prompt), status, now, now),
+                (
+                    author_id,
+                    source,
+                    guild_id,
+                    channel_id,
+                    genre,
+                    title_of(prompt),
+                    status,
+                    now,
+                    now,
+                ),
             )
             story_id = cursor.lastrowid
             cursor = await conn.execute(
@@ -227,8 +238,12 @@ class Store:
                 (story_id, prompt, author_id, now),
             )
             part_id = cursor.lastrowid
-            story_row = await (await conn.execute("SELECT * FROM stories WHERE id = ?", (story_id,))).fetchone()
-            part_row = await (await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))).fetchone()
+            story_row = await (
+                await conn.execute("SELECT * FROM stories WHERE id = ?", (story_id,))
+            ).fetchone()
+            part_row = await (
+                await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))
+            ).fetchone()
         return story_from_row(story_row), part_from_row(part_row)
 
     async def add_part(
@@ -254,9 +269,19 @@ class Store:
                 " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
                 " created_at) VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    story_id, parent_id, part.text, part.requested_by, params, part.seed,
-                    part.model_id, part.prompt_tokens, part.new_tokens, part.queued_s,
-                    part.generation_s, part.finish_reason, now,
+                    story_id,
+                    parent_id,
+                    part.text,
+                    part.requested_by,
+                    params,
+                    part.seed,
+                    part.model_id,
+                    part.prompt_tokens,
+                    part.new_tokens,
+                    part.queued_s,
+                    part.generation_s,
+                    part.finish_reason,
+                    now,
                 ),
             )
             part_id = cursor.lastrowid
@@ -266,8 +291,12 @@ class Store:
                     (status, now, story_id),
                 )
             else:
-                await conn.execute("UPDATE stories SET updated_at = ? WHERE id = ?", (now, story_id))
-            row = await (await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))).fetchone()
+                await conn.execute(
+                    "UPDATE stories SET updated_at = ? WHERE id = ?", (now, story_id)
+                )
+            row = await (
+                await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))
+            ).fetchone()
         return part_from_row(row)
 
     async def set_status(self, story_id: int, status: Status) -> None:
@@ -384,7 +413,8 @@ class Store:
                 row = await (
                     await conn.execute(
                         f"{subtree} SELECT (SELECT COUNT(*) FROM sub),"
-                        " (SELECT COUNT(*) FROM part_messages WHERE part_id IN (SELECT id FROM sub))",
+                        " (SELECT COUNT(*) FROM part_messages"
+                        "  WHERE part_id IN (SELECT id FROM sub))",
                         part_ids,
                     )
                 ).fetchone()
@@ -431,7 +461,8 @@ class Store:
 
     async def messages_of_part(self, part_id: int) -> list[tuple[int, int]]:
         rows = await self._all(
-            "SELECT message_id, channel_id FROM part_messages WHERE part_id = ? ORDER BY message_id",
+            "SELECT message_id, channel_id FROM part_messages WHERE part_id = ?"
+            " ORDER BY message_id",
             (part_id,),
         )
         return [(row["message_id"], row["channel_id"]) for row in rows]

@@ -85,7 +85,9 @@ class GenreRegistry:
         return cls.from_dict(data, source=str(path), base=path.parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "genres", base: Path = Path()) -> GenreRegistry:
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "genres", base: Path = Path()
+    ) -> GenreRegistry:
         table = data.get("genres")
         if not isinstance(table, dict) or not table:
             raise GenreConfigError(f"{source}: needs at least one [genres.<key>] table")

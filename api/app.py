@@ -1,0 +1,283 @@
+"""The HTTP interface: the old Flask service's `POST /` contract, and a small API.
+
+    POST /                      {"input": "..."} -> {"output": input + continuation, ...}
+                                "stream": true (or Accept: text/event-stream) -> SSE
+    POST /stories/{id}/continue continue a stored story
+    GET  /stories/{id}          the story as JSON;  GET /stories/{id}.md as Markdown
+    GET  /healthz  /readyz      liveness; readiness (model, database, queue)
+    GET  /openapi.json          this description, kept true by a test
+
+It runs in the bot's event loop on the same pool and storage. Stories made here
+have no Discord author and the source `api`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import ApiError, error_body, from_domain, json_errors
+from api.openapi import spec
+from generation.errors import GenerationError
+from storage.errors import StorageError
+from stories import export
+from stories.service import PartOutcome, Requester, Run, StoryOptions, StoryService
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY = web.AppKey("service", StoryService)
+API_KEY = web.AppKey("api_key", str)
+CORS_KEY = web.AppKey("cors", list)
+
+_API = Requester(user_id=None, source="api", age_restricted_ok=True)
+_OPTIONAL = {
+    "genre": (str,),
+    "max_new_tokens": (int,),
+    "temperature": (int, float),
+    "top_k": (int,),
+    "top_p": (int, float),
+    "seed": (int,),
+}
+_PUBLIC = {"/healthz", "/openapi.json"}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, ensure_ascii=False),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def _read_object(request: web.Request, required: bool = True) -> dict[str, Any]:
+    raw = await request.read()  # raises 413 past client_max_size
+    if not raw.strip():
+        if required:
+            raise ApiError(
+                400, "malformed_json", 'The body must be a JSON object like {"input": "..."}.'
+            )
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {error}.") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, "not_an_object", 'The body must be a JSON object like {"input": "..."}.'
+        )
+    return body
+
+
+def _options(body: dict[str, Any]) -> StoryOptions:
+    values: dict[str, Any] = {}
+    for name, types in _OPTIONAL.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            kind = (
+                "a string"
+                if types == (str,)
+                else "a whole number"
+                if types == (int,)
+                else "a number"
+            )
+            raise ApiError(422, "wrong_type", f"{name} must be {kind}.")
+        values[name] = value
+    return StoryOptions(**values)
+
+
+def _wants_stream(request: web.Request, body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(422, "wrong_type", "stream must be true or false.")
+    return stream or "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _story_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "not_found", f"There is no story {raw[:40]!r}.")
+    return int(raw)
+
+
+def _answer(outcome: PartOutcome, output: str) -> dict[str, Any]:
+    result = outcome.result
+    return {
+        "output": output,
+        "story_id": outcome.story.id,
+        "part_id": outcome.part.id,
+        "genre": outcome.story.genre,
+        "seed": result.seed,
+        "tokens": result.new_tokens,
+        "seconds": round(result.queued_s + result.generation_s, 3),
+        "finish_reason": result.finish_reason,
+    }
+
+
+async def _respond(request: web.Request, run: Run, prefix: str, stream: bool) -> web.StreamResponse:
+    """Wait for the run (or stream it as server-sent events) and answer."""
+    if not stream:
+        outcome = await run.outcome()
+        return _json(_answer(outcome, prefix + outcome.part.text))
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+
+    async def send(event: str, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, ensure_ascii=False)
+        await response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+
+    # The run belongs to the service: if this client goes away, the story is still
+    # finished and stored.
+    async for position in run.positions():
+        if position > 0:
+            await send("queued", {"position": position, "story_id": run.story.id})
+    async for delta in run.stream():
+        await send("text", {"text": delta})
+    try:
+        outcome = await run.outcome()
+    except Exception as error:
+        api_error = from_domain(error)
+        await send("error", error_body(api_error.code, api_error.message))
+    else:
+        await send("done", _answer(outcome, prefix + outcome.part.text))
+    await response.write_eof()
+    return response
+
+
+async def post_root(request: web.Request) -> web.StreamResponse:
+    """The old contract: POST {"input": "..."} -> {"output": input + continuation}."""
+    body = await _read_object(request)
+    text = body.get("input")
+    if text is None:
+        raise ApiError(422, "missing_input", 'The body needs an "input" string.')
+    if not isinstance(text, str):
+        raise ApiError(422, "wrong_type", "input must be a string.")
+    if not text.strip():
+        raise ApiError(422, "empty_input", "input is empty: give the story a first line.")
+    stream = _wants_stream(request, body)
+    run = await request.app[SERVICE_KEY].start(text, _options(body), _API)
+    # The stored prompt is stripped; the old service answered input + continuation.
+    return await _respond(request, run, text, stream)
+
+
+async def continue_story(request: web.Request) -> web.StreamResponse:
+    story_id = _story_id(request)
+    body = await _read_object(request, required=False)
+    options = _options(body)
+    if options.genre is not None:
+        raise ApiError(422, "wrong_field", "A story keeps its genre; genre cannot be changed.")
+    stream = _wants_stream(request, body)
+    service = request.app[SERVICE_KEY]
+    run = await service.continue_story(
+        story_id, _API, options if options != StoryOptions() else None
+    )
+    return await _respond(request, run, run.previous_text, stream)
+
+
+async def get_story(request: web.Request) -> web.Response:
+    story, parts, path = await request.app[SERVICE_KEY].story(_story_id(request))
+    return _json(export.to_json(story, parts, path))
+
+
+async def get_story_markdown(request: web.Request) -> web.Response:
+    text = await request.app[SERVICE_KEY].export(_story_id(request), "md")
+    return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    pool = service.pool
+    database = True
+    try:
+        await service.store.schema_version()
+    except Exception:
+        database = False
+    backend = pool.backend
+    ready = pool.ready and database
+    body = {
+        "ready": ready,
+        "model_loaded": backend is not None,
+        "model": backend.model_id if backend else None,
+        "backend": backend.name if backend else None,
+        "database": database,
+        "queue_depth": pool.queue_depth,
+        "running": pool.running,
+        "queue_capacity": pool.max_queue,
+    }
+    return _json(body, status=200 if ready else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(spec())
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    key = request.app[API_KEY]
+    if key and request.path not in _PUBLIC and request.method != "OPTIONS":
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        # Constant-time comparison: response timing must not leak the key.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), key.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "A valid API key is required: Authorization: Bearer <key>.",
+                {"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    origins: list[str] = request.app[CORS_KEY]
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and (origin in origins or "*" in origins)
+    if request.method == "OPTIONS" and allowed:
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+    if allowed and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin or ""
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def create_app(
+    service: StoryService,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = 64 * 1024,
+    cors_origins: list[str] | None = None,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[cors, json_errors, api_key_auth]
+    )
+    app[SERVICE_KEY] = service
+    app[API_KEY] = api_key or ""
+    app[CORS_KEY] = cors_origins or []
+    app.router.add_post("/", post_root)
+    app.router.add_post("/stories/{id}/continue", continue_story)
+    app.router.add_get(r"/stories/{id:[^/]+}.md", get_story_markdown)
+    app.router.add_get("/stories/{id}", get_story)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+__all__ = ["GenerationError", "StorageError", "create_app"]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set everything up and run storybot: the bot with DISCORD_TOKEN, else the HTTP
+# service alone on HTTP_HOST:HTTP_PORT (127.0.0.1:5000).
+# Uses models/gpt2 when present; tries to download it when absent; without a
+# network, falls back to the tiny offline model, loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+if [[ -z "${MODEL_DIR:-}" ]] && ! grep -qs '^MODEL_DIR=' .env; then
+  if [[ ! -f models/gpt2/storybot.json ]] && ! .venv/bin/python download_model.py; then
+    .venv/bin/python download_model.py --tiny
+    echo "WARNING: GPT-2 could not be downloaded; running the TINY test model." >&2
+    echo "WARNING: stories will be nonsense until you run: .venv/bin/python download_model.py" >&2
+    export MODEL_DIR=models/tiny-gpt2
+  fi
+fi
+exec .venv/bin/python -m bot

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install the pinned requirements.
+# Idempotent: a stamp of the requirements' hash skips pip when nothing changed.
+#   scripts/setup.sh            runtime requirements
+#   scripts/setup.sh dev        runtime + test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "error: storybot needs Python 3.11 or newer ($PYTHON is $("$PYTHON" -V 2>&1))" >&2; exit 1; }
+
+requirements=requirements.txt
+[[ "${1:-}" == "dev" ]] && requirements=requirements-dev.txt
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+
+stamp=".venv/.installed-$(basename "$requirements" .txt)"
+hash=$(cat requirements.txt "$requirements" | sha256sum | cut -d' ' -f1)
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
+  echo "installing $requirements into .venv ..."
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r "$requirements"
+  echo "$hash" > "$stamp"
+fi

@@ -1,0 +1,177 @@
+"""`python -m bot` as a user runs it: a real process, a real port, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env_for(model_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "HTTP_"))}
+    env.update(
+        MODEL_DIR=str(model_dir),
+        DATABASE_PATH=str(tmp_path / "db" / "s.sqlite3"),
+        HTTP_PORT=str(free_port()),
+        LOG_LEVEL="INFO",
+        TORCH_THREADS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot"],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_http(port: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the HTTP interface did not come up")
+
+
+def post(port: int, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_http_only_start_serve_and_clean_shutdown(
+    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    env = env_for(tiny_model_dir, tmp_path)
+    port = int(env["HTTP_PORT"])
+    process = start(env, REPO)
+    try:
+        wait_http(port, process)
+        answer = post(port, {"input": "The detective reached the crime scene"})
+        assert str(answer["output"]).startswith("The detective reached the crime scene")
+    finally:
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "serving the HTTP interface only" in output and "stopped cleanly" in output
+    assert (tmp_path / "db" / "s.sqlite3").exists()
+
+
+def test_shutdown_marks_unfinished_stories_interrupted(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    env = env_for(tiny_model_dir, tmp_path, GENERATION_TIMEOUT_S="600")
+    port = int(env["HTTP_PORT"])
+    db = Path(env["DATABASE_PATH"])
+    process = start(env, REPO)
+    try:
+        wait_http(port, process)
+        # Leave a story "generating" in the file, as a crash would.
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO stories (author_id, source, genre, title, status, created_at,"
+                " updated_at) VALUES (1, 'discord', 'crime', 't', 'generating', 0, 0)"
+            )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    process = start(env, REPO)  # the restart finds it
+    try:
+        wait_http(port, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM stories").fetchall() == [("interrupted",)]
+    assert "interrupted" in output
+
+
+def run_once(env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=cwd, env=env, text=True, capture_output=True, timeout=120
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_missing_model_folder(tmp_path: Path) -> None:
+    line = one_line_error(run_once(env_for(tmp_path / "nothing", tmp_path)))
+    assert "does not exist" in line and "download_model.py" in line
+
+
+def test_partial_and_corrupt_model_folders(tiny_model_dir: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    line = one_line_error(run_once(env_for(partial, tmp_path)))
+    assert "incomplete" in line and "model.safetensors" in line
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for item in tiny_model_dir.iterdir():
+        (corrupt / item.name).write_bytes(item.read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    line = one_line_error(run_once(env_for(corrupt, tmp_path)))
+    assert "could not be loaded" in line
+
+
+def test_bad_database_path(tiny_model_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = env_for(tiny_model_dir, tmp_path, DATABASE_PATH=str(blocker / "db.sqlite3"))
+    line = one_line_error(run_once(env))
+    assert "DATABASE_PATH" in line and "not a folder" in line
+
+
+def test_port_already_in_use(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(run_once(env_for(tiny_model_dir, tmp_path, HTTP_PORT=str(port))))
+    assert "already in use" in line and str(port) in line
+
+
+def test_invalid_setting_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    line = one_line_error(run_once(env_for(tiny_model_dir, tmp_path, QUEUE_SIZE="lots")))
+    assert "QUEUE_SIZE" in line

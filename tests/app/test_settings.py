@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, load_settings
+
+SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.secret-token-value"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("DISCORD_", "HTTP_", "MODEL_", "DATABASE_", "LOG_", "QUEUE_", "USER_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.http_host == "127.0.0.1" and settings.http_port == 5000
+    assert settings.discord_token is None and settings.model_dir == Path("models/gpt2")
+    assert settings.backend == "transformers"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"HTTP_PORT": "abc"}, "HTTP_PORT"),
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT"),
+        ({"DISCORD_DEV_GUILD_ID": "guild"}, "DISCORD_DEV_GUILD_ID"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"BACKEND": "magic"}, "BACKEND"),
+        ({"QUEUE_SIZE": "0"}, "QUEUE_SIZE"),
+        ({"HTTP_HOST": "0.0.0.0"}, "HTTP_API_KEY"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert name in message and "\n" not in message
+
+
+def test_dotenv_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("HTTP_PORT=6001\nLOG_LEVEL=debug\nUSER_COOLDOWN_S=3\n")
+    monkeypatch.setenv("HTTP_PORT", "6002")
+    settings = load_settings()
+    assert settings.http_port == 6002 and settings.log_level == "DEBUG"
+    assert settings.user_cooldown_s == 3
+
+
+def test_token_never_shows(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", SECRET)
+    monkeypatch.setenv("HTTP_API_KEY", SECRET + "2")
+    settings = load_settings()
+    logging.getLogger("test").warning("settings: %s %r", settings, settings)
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert SECRET not in caplog.text
+    assert settings.discord_token is not None
+    assert settings.discord_token.get_secret_value() == SECRET
+    monkeypatch.setenv("HTTP_PORT", "nope")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert SECRET not in str(error.value)
+
+
+def test_public_host_with_key_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_HOST", "0.0.0.0")
+    monkeypatch.setenv("HTTP_API_KEY", "k")
+    assert load_settings().http_host == "0.0.0.0"
+
+
+def test_env_example_lists_every_setting() -> None:
+    from app.settings import Settings
+    from tests.conftest import REPO
+
+    example = (REPO / ".env.example").read_text()
+    keys = {
+        line.split("=")[0]
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert keys == {name.upper() for name in Settings.model_fields}
