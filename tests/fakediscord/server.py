@@ -1,0 +1,663 @@
+"""A fake Discord on loopback that speaks the real protocol.
+
+The bot under test runs the real discord.py client: its HTTP client talks to
+the REST routes below and its gateway client to the websocket, redirected by
+the two documented points (`discord.http.Route.BASE` and
+`discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`). Everything the bot sends
+is recorded with its JSON body; what Discord would echo (the bot's own
+messages and reactions) is echoed over the gateway, so tests prove the bot
+ignores itself. Faults (429, 5xx, error codes, a dropped gateway) can be
+injected per route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+DISCORD_EPOCH_MS = 1420070400000
+JSON = "application/json"  # exactly: discord.py refuses "application/json; charset=utf-8"
+ALL_PERMISSIONS = str((1 << 50) - 1)
+ADD_REACTIONS = 1 << 6
+
+_increment = itertools.count()
+BODY = web.RequestKey("json", object)  # the parsed JSON body (or multipart payload_json)
+FILES = web.RequestKey("files", list)  # names of the files of a multipart request
+
+
+def snowflake() -> str:
+    """A string snowflake that encodes the current time, as Discord's do."""
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    return str((ms << 22) | (1 << 17) | (next(_increment) % 4096))
+
+
+def iso_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # Real Discord answers through a proxy; discord.py reads a 429 without `Via`
+    # as a Cloudflare ban rather than a rate limit.
+    headers = {"Via": "1.1 google", **(headers or {})}
+    if status == 204:
+        return web.Response(status=204, headers=headers)
+    body = json.dumps(data)
+    return web.Response(
+        status=status, body=body.encode(), headers={"Content-Type": JSON, **headers}
+    )
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    bot: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "global_name": self.username.title(),
+            "discriminator": "0",
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+        }
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.id}>"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str  # without the /api/v10 prefix
+    json: Any
+    files: list[str] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    body: dict[str, Any]
+    times: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeDiscordServer:
+    """The state and routes of one fake Discord (one guild)."""
+
+    def __init__(self) -> None:
+        self.application_id = snowflake()
+        self.bot_user = User(snowflake(), "storybot", bot=True)
+        self.guild_id = snowflake()
+        self.channels: dict[str, dict[str, Any]] = {}
+        for name, nsfw in (("general", False), ("stories", False), ("after-dark", True)):
+            channel_id = snowflake()
+            self.channels[channel_id] = {
+                "id": channel_id,
+                "type": 0,
+                "name": name,
+                "guild_id": self.guild_id,
+                "position": len(self.channels),
+                "permission_overwrites": [],
+                "nsfw": nsfw,
+                "topic": None,
+                "last_message_id": None,
+                "rate_limit_per_user": 0,
+                "parent_id": None,
+            }
+        self.users: dict[str, User] = {self.bot_user.id: self.bot_user}
+        self.other_bot = self.add_user("otherbot", bot=True)
+        self.bot_permissions = int(ALL_PERMISSIONS)
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.requests: list[Recorded] = []
+        self.commands: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self.interactions: dict[str, dict[str, Any]] = {}  # token -> state
+        self.ws: web.WebSocketResponse | None = None
+        self.session_id = ""
+        self.sequence = 0
+        self.identifies = 0
+        self.resumes = 0
+        self.connected = asyncio.Event()
+        self.changed = asyncio.Condition()
+        self.url = ""
+
+    # ----------------------------------------------------------------- world
+    def add_user(self, name: str, bot: bool = False) -> User:
+        user = User(snowflake(), name, bot=bot)
+        self.users[user.id] = user
+        return user
+
+    def channel(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.channels.values() if c["name"] == name)
+
+    def member(self, user: User) -> dict[str, Any]:
+        return {
+            "user": user.payload(),
+            "roles": [],
+            "joined_at": iso_now(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+            "pending": False,
+            "permissions": ALL_PERMISSIONS,
+        }
+
+    def guild_payload(self) -> dict[str, Any]:
+        everyone = {
+            "id": self.guild_id,
+            "name": "@everyone",
+            "permissions": str(self.bot_permissions),
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+        members = [self.member(u) for u in self.users.values()]
+        return {
+            "id": self.guild_id,
+            "name": "Story Club",
+            "icon": None,
+            "owner_id": self.bot_user.id,
+            "roles": [everyone],
+            "channels": list(self.channels.values()),
+            "members": members,
+            "member_count": len(members),
+            "large": False,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "voice_states": [],
+            "presences": [],
+            "threads": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "unavailable": False,
+            "premium_tier": 0,
+            "mfa_level": 0,
+            "verification_level": 0,
+            "nsfw_level": 0,
+            "explicit_content_filter": 0,
+            "default_message_notifications": 0,
+            "system_channel_id": None,
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "preferred_locale": "en-US",
+            "joined_at": iso_now(),
+            "premium_subscription_count": 0,
+            "application_id": None,
+            "description": None,
+            "banner": None,
+            "splash": None,
+            "discovery_splash": None,
+            "vanity_url_code": None,
+            "max_members": 500000,
+        }
+
+    # -------------------------------------------------------------- recording
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Wait for a condition: re-checked at each change the fake sees, and every
+        20 ms for conditions on the bot's own state."""
+
+        async def loop() -> Any:
+            async with self.changed:
+                while True:
+                    value = predicate()
+                    if value:
+                        return value
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), 0.02)
+
+        return await asyncio.wait_for(loop(), timeout)
+
+    def inject(
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        body: dict[str, Any] | None = None,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next `times` matching requests with this error instead."""
+        self.faults.append(
+            Fault(
+                method.upper(),
+                re.compile(path_regex),
+                status,
+                body or {"message": "injected", "code": 0},
+                times,
+                headers or {},
+            )
+        )
+
+    def _fault_for(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                fault.times -= 1
+                return fault
+        return None
+
+    # ---------------------------------------------------------------- gateway
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        if self.ws is None or self.ws.closed:
+            raise RuntimeError("the bot is not connected to the gateway")
+        self.sequence += 1
+        await self.ws.send_str(json.dumps({"op": 0, "t": event, "s": self.sequence, "d": data}))
+
+    async def gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.ws = ws
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 45000}}))
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(message.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_str(json.dumps({"op": 11}))
+            elif op == 2:
+                self.identifies += 1
+                self.session_id = snowflake()
+                await self.dispatch(
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": self.bot_user.payload(),
+                        "session_id": self.session_id,
+                        "resume_gateway_url": self.url.replace("http", "ws", 1) + "/gateway",
+                        "guilds": [{"id": self.guild_id, "unavailable": True}],
+                        "application": {"id": self.application_id, "flags": 0},
+                        "private_channels": [],
+                        "relationships": [],
+                    },
+                )
+                await self.dispatch("GUILD_CREATE", self.guild_payload())
+                self.connected.set()
+                await self._notify()
+            elif op == 6:
+                self.resumes += 1
+                await self.dispatch("RESUMED", {})
+                self.connected.set()
+                await self._notify()
+        return ws
+
+    async def drop_gateway(self) -> None:
+        """Close the gateway as a network fault would (the client must resume)."""
+        self.connected.clear()
+        if self.ws is not None:
+            await self.ws.close(code=4000, message=b"dropped by the test")
+
+    # ------------------------------------------------------------------ REST
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/gateway":
+            return await handler(request)
+        path = request.path.removeprefix("/api/v10")
+        body: Any = None
+        files: list[str] = []
+        if request.content_type == "multipart/form-data":
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                else:
+                    files.append(part.filename or "")  # type: ignore[union-attr]
+                    await part.read()  # type: ignore[union-attr]
+        elif request.can_read_body:
+            raw = await request.read()
+            body = json.loads(raw) if raw else None
+        request[BODY] = body
+        request[FILES] = files
+        self.requests.append(Recorded(request.method, path, body, files))
+        fault = self._fault_for(request.method, path)
+        if fault is not None:
+            await self._notify()
+            return respond(fault.body, fault.status, fault.headers)
+        try:
+            return await handler(request)
+        finally:
+            await self._notify()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware])
+        r = app.router
+        api = "/api/v10"
+        r.add_get("/gateway", self.gateway)
+        r.add_get(api + "/users/@me", self.me)
+        r.add_get(api + "/oauth2/applications/@me", self.application_info)
+        r.add_get(api + "/gateway/bot", self.gateway_bot)
+        r.add_put(api + "/applications/{app}/commands", self.sync_commands)
+        r.add_put(api + "/applications/{app}/guilds/{guild}/commands", self.sync_commands)
+        r.add_get(api + "/applications/{app}/commands", self.list_commands)
+        r.add_post(api + "/interactions/{iid}/{token}/callback", self.interaction_callback)
+        r.add_route("*", api + "/webhooks/{app}/{token}/messages/{mid}", self.webhook_message)
+        r.add_post(api + "/webhooks/{app}/{token}", self.followup)
+        r.add_get(api + "/channels/{cid}", self.get_channel)
+        r.add_post(api + "/channels/{cid}/messages", self.create_message)
+        r.add_route("*", api + "/channels/{cid}/messages/{mid}", self.message_route)
+        r.add_put(api + "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", self.add_reaction)
+        r.add_delete(api + "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", self.no_content)
+        return app
+
+    async def me(self, request: web.Request) -> web.Response:
+        return respond(self.bot_user.payload())
+
+    async def list_commands(self, request: web.Request) -> web.Response:
+        return respond(self.commands)
+
+    async def no_content(self, request: web.Request) -> web.Response:
+        return respond(None, 204)
+
+    async def application_info(self, request: web.Request) -> web.Response:
+        return respond(
+            {
+                "id": self.application_id,
+                "name": "storybot",
+                "icon": None,
+                "description": "",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": self.users[next(iter(self.users))].payload(),
+                "summary": "",
+                "verify_key": "0" * 64,
+                "flags": 0,
+                "team": None,
+                "tags": [],
+                "interactions_endpoint_url": None,
+                "redirect_uris": [],
+            }
+        )
+
+    async def gateway_bot(self, request: web.Request) -> web.Response:
+        return respond(
+            {
+                "url": self.url.replace("http", "ws", 1) + "/gateway",
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 1000,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            }
+        )
+
+    async def sync_commands(self, request: web.Request) -> web.Response:
+        commands = []
+        for command in request[BODY]:
+            commands.append(
+                {
+                    **command,
+                    "id": snowflake(),
+                    "application_id": self.application_id,
+                    "version": snowflake(),
+                    "default_member_permissions": None,
+                    "type": command.get("type", 1),
+                }
+            )
+        self.commands = commands
+        return respond(commands)
+
+    # -------------------------------------------------------------- messages
+    def make_message(
+        self,
+        channel_id: str,
+        body: dict[str, Any],
+        author: User,
+        files: list[str] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        message_id = snowflake()
+        reference = body.get("message_reference")
+        message = {
+            "id": message_id,
+            "channel_id": channel_id,
+            "guild_id": self.guild_id,
+            "author": author.payload(),
+            "content": body.get("content") or "",
+            "timestamp": iso_now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [
+                {
+                    "id": snowflake(),
+                    "filename": name,
+                    "size": 1,
+                    "url": "https://x/y",
+                    "proxy_url": "https://x/y",
+                }
+                for name in files or []
+            ],
+            "embeds": body.get("embeds") or [],
+            "pinned": False,
+            "type": 19 if reference else 0,
+            "flags": body.get("flags", 0) or 0,
+            "components": body.get("components") or [],
+            "allowed_mentions": body.get("allowed_mentions"),
+            **extra,
+        }
+        if reference:
+            message["message_reference"] = {
+                **reference,
+                "message_id": str(reference["message_id"]),
+                "channel_id": channel_id,
+                "guild_id": self.guild_id,
+            }
+        self.messages[message_id] = message
+        return message
+
+    def _public(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in message.items()
+            if k not in ("allowed_mentions", "deleted", "edits", "interaction_token")
+        }
+
+    async def create_message(self, request: web.Request) -> web.Response:
+        channel_id = request.match_info["cid"]
+        if channel_id not in self.channels:
+            return respond({"message": "Unknown Channel", "code": 10003}, 404)
+        body = request[BODY] or {}
+        reference = body.get("message_reference")
+        if reference and not self._live(reference.get("message_id")):
+            if reference.get("fail_if_not_exists", True):
+                return respond({"message": "Invalid Form Body", "code": 50035}, 400)
+            body = {**body, "message_reference": None}
+        message = self.make_message(channel_id, body, self.bot_user, request[FILES])
+        await self.dispatch(
+            "MESSAGE_CREATE", {**self._public(message), "member": self.member(self.bot_user)}
+        )
+        return respond(self._public(message))
+
+    def _live(self, message_id: str | int | None) -> dict[str, Any] | None:
+        message = self.messages.get(str(message_id or ""))
+        return message if message and not message.get("deleted") else None
+
+    async def message_route(self, request: web.Request) -> web.Response:
+        message = self._live(request.match_info["mid"])
+        if message is None:
+            return respond({"message": "Unknown Message", "code": 10008}, 404)
+        if request.method == "GET":
+            return respond(self._public(message))
+        if request.method == "DELETE":
+            message["deleted"] = True
+            await self.dispatch(
+                "MESSAGE_DELETE",
+                {
+                    "id": message["id"],
+                    "channel_id": message["channel_id"],
+                    "guild_id": self.guild_id,
+                },
+            )
+            return respond(None, 204)
+        if request.method == "PATCH":
+            self._edit(message, request[BODY] or {}, request[FILES])
+            await self.dispatch("MESSAGE_UPDATE", self._public(message))
+            return respond(self._public(message))
+        return respond({"message": "405: Method Not Allowed", "code": 0}, 405)
+
+    def _edit(self, message: dict[str, Any], body: dict[str, Any], files: list[str]) -> None:
+        message.setdefault("edits", []).append(body)
+        for key in ("content", "embeds", "components", "flags", "allowed_mentions"):
+            if key in body:
+                message[key] = (
+                    body[key] if body[key] is not None else ([] if key != "content" else "")
+                )
+        if files:
+            message["attachments"] = [
+                {
+                    "id": snowflake(),
+                    "filename": n,
+                    "size": 1,
+                    "url": "https://x/y",
+                    "proxy_url": "https://x/y",
+                }
+                for n in files
+            ]
+        message["edited_timestamp"] = iso_now()
+
+    async def add_reaction(self, request: web.Request) -> web.Response:
+        message = self._live(request.match_info["mid"])
+        if message is None:
+            return respond({"message": "Unknown Message", "code": 10008}, 404)
+        if not self.bot_permissions & ADD_REACTIONS:
+            return respond({"message": "Missing Permissions", "code": 50013}, 403)
+        emoji = request.match_info["emoji"]
+        message.setdefault("reactions_by", []).append((self.bot_user.id, emoji))
+        await self.dispatch(
+            "MESSAGE_REACTION_ADD", self.reaction_payload(message, self.bot_user, emoji)
+        )
+        return respond(None, 204)
+
+    def reaction_payload(self, message: dict[str, Any], user: User, emoji: str) -> dict[str, Any]:
+        return {
+            "user_id": user.id,
+            "channel_id": message["channel_id"],
+            "message_id": message["id"],
+            "guild_id": self.guild_id,
+            "member": self.member(user),
+            "emoji": {"id": None, "name": emoji},
+            "type": 0,
+            "burst": False,
+            "burst_colors": [],
+            "message_author_id": message["author"]["id"],
+        }
+
+    async def get_channel(self, request: web.Request) -> web.Response:
+        channel = self.channels.get(request.match_info["cid"])
+        if channel is None:
+            return respond({"message": "Unknown Channel", "code": 10003}, 404)
+        return respond(channel)
+
+    # ----------------------------------------------------------- interactions
+    def interaction(self, token: str) -> dict[str, Any] | None:
+        return self.interactions.get(token)
+
+    async def interaction_callback(self, request: web.Request) -> web.Response:
+        state = self.interactions.get(request.match_info["token"])
+        if state is None or state["id"] != request.match_info["iid"]:
+            return respond({"message": "Unknown interaction", "code": 10062}, 404)
+        if state["responded"]:
+            return respond(
+                {"message": "Interaction has already been acknowledged.", "code": 40060}, 400
+            )
+        body = request[BODY] or {}
+        state["responded"] = body.get("type")
+        data = body.get("data") or {}
+        ephemeral = bool((data.get("flags") or 0) & 64)
+        kind = body.get("type")
+        message = None
+        if kind in (4, 5):  # a message (or "thinking") becomes the original response
+            message = self.make_message(
+                state["channel_id"],
+                data,
+                self.bot_user,
+                request[FILES],
+                interaction_token=state["token"],
+            )
+            if kind == 5:
+                message["flags"] = (message["flags"] or 0) | 128  # loading
+            state["original"] = message["id"]
+            state["ephemeral"] = ephemeral
+        elif kind == 7 and state.get("message_id"):  # update the clicked message
+            target = self._live(state["message_id"])
+            if target is not None:
+                self._edit(target, data, request[FILES])
+                message = target
+        answer: dict[str, Any] = {
+            "interaction": {
+                "id": state["id"],
+                "type": state["type"],
+                "response_message_id": message and message["id"],
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": ephemeral,
+            }
+        }
+        if message is not None:
+            answer["resource"] = {"type": kind, "message": self._public(message)}
+        return respond(answer)
+
+    async def webhook_message(self, request: web.Request) -> web.Response:
+        state = self.interactions.get(request.match_info["token"])
+        if state is None or state.get("expired"):
+            return respond({"message": "Invalid Webhook Token", "code": 50027}, 401)
+        mid = request.match_info["mid"]
+        if mid == "@original":
+            mid = state.get("original") or ""
+        message = self._live(mid)
+        if message is None:
+            return respond({"message": "Unknown Message", "code": 10008}, 404)
+        if request.method == "PATCH":
+            self._edit(message, request[BODY] or {}, request[FILES])
+            message["flags"] = (message.get("flags") or 0) & ~128
+            return respond(self._public(message))
+        if request.method == "DELETE":
+            message["deleted"] = True
+            return respond(None, 204)
+        return respond(self._public(message))
+
+    async def followup(self, request: web.Request) -> web.Response:
+        state = self.interactions.get(request.match_info["token"])
+        if state is None or state.get("expired"):
+            return respond({"message": "Invalid Webhook Token", "code": 50027}, 401)
+        body = request[BODY] or {}
+        message = self.make_message(
+            state["channel_id"],
+            body,
+            self.bot_user,
+            request[FILES],
+            interaction_token=state["token"],
+            webhook_id=self.application_id,
+        )
+        state.setdefault("followups", []).append(message["id"])
+        return respond(self._public(message))
