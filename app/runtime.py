@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from api.app import create_app
+from app.errors import StartupError
 from app.settings import Settings, SettingsError, load_settings
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir
@@ -33,10 +34,6 @@ from stories.service import StoryService
 log = logging.getLogger("storybot")
 
 SHUTDOWN_GRACE_S = 8.0  # Docker waits 10 s after SIGTERM before SIGKILL
-
-
-class StartupError(Exception):
-    """A problem an operator must fix; printed as one line."""
 
 
 def configure_logging(level: str) -> None:

@@ -468,11 +468,42 @@ class Store:
         return [(row["message_id"], row["channel_id"]) for row in rows]
 
     async def forget_message(self, message_id: int) -> bool:
+        """A deleted message: forget it as a part's or a pending story's message."""
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 "DELETE FROM part_messages WHERE message_id = ?", (message_id,)
             )
-            return cursor.rowcount > 0
+            pending = await conn.execute(
+                "DELETE FROM pending_messages WHERE message_id = ?", (message_id,)
+            )
+            return cursor.rowcount + pending.rowcount > 0
+
+    async def link_pending(self, story_id: int, message_id: int, channel_id: int) -> None:
+        """A message showing a story that is queued or being written."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO pending_messages (message_id, story_id, channel_id,"
+                " created_at) VALUES (?, ?, ?, ?)",
+                (message_id, story_id, channel_id, time.time()),
+            )
+
+    async def pending_messages(self, story_id: int) -> list[tuple[int, int]]:
+        rows = await self._all(
+            "SELECT message_id, channel_id FROM pending_messages WHERE story_id = ?"
+            " ORDER BY message_id",
+            (story_id,),
+        )
+        return [(row["message_id"], row["channel_id"]) for row in rows]
+
+    async def clear_pending(self, message_id: int) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM pending_messages WHERE message_id = ?", (message_id,))
+
+    async def story_for_pending(self, message_id: int) -> int | None:
+        row = await self._one(
+            "SELECT story_id FROM pending_messages WHERE message_id = ?", (message_id,)
+        )
+        return int(row["story_id"]) if row else None
 
 
 async def _count(conn: aiosqlite.Connection, where: str, args: tuple[Any, ...]) -> Deleted:

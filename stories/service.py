@@ -27,6 +27,8 @@ from stories.genres import Genre, GenreRegistry
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cut
+# Zero-width and other invisible characters: a prompt of only these is empty.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class StoryOptions:
 
     genre: str | None = None
     max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -71,6 +74,7 @@ class Run:
     previous_text: str
     kind: str  # "start", "continue", "reroll"
     requested_by: int | None
+    part_number: int  # 1 for the first generated part
     done: asyncio.Future[PartOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -129,10 +133,11 @@ class StoryService:
         self._continuing: dict[int, asyncio.Future[Run]] = {}  # parent part id -> run in flight
         self._runs: dict[int, Run] = {}  # story id -> latest run in flight
         self._tasks: set[asyncio.Task[None]] = set()
+        self.recovered: list[Story] = []
 
     # ------------------------------------------------------------------ checks
     def _check_prompt(self, prompt: str) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str) or not prompt.translate(_INVISIBLE).strip():
             raise InvalidRequest("The prompt is empty: give the story a first line.")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"The prompt is too long: at most {MAX_PROMPT_CHARS} characters.")
@@ -185,7 +190,7 @@ class StoryService:
         except GenerationError:
             await self.store.delete_story(story.id)  # a refused request leaves no row
             raise
-        return self._launch(story, root, genre, ticket, prompt, "start", who.user_id)
+        return self._launch(story, root, genre, ticket, prompt, "start", who.user_id, 1)
 
     async def continue_from(
         self, part_id: int, who: Requester, options: StoryOptions | None = None
@@ -238,11 +243,14 @@ class StoryService:
         options = options or StoryOptions(max_new_tokens=previous)
         params = genre.params(**asdict(options) | {"genre": None})
         self._check_user(who)
-        previous_text = await self.store.text_to(parent.id)
+        path = await self.store.path_to(parent.id)
+        previous_text = "".join(part.text for part in path)
         request = GenerationRequest(previous_text, params, primer=genre.primer)
         ticket = self.pool.submit(request)
         await self.store.set_status(story.id, "queued")
-        return self._launch(story, parent, genre, ticket, previous_text, kind, who.user_id)
+        return self._launch(
+            story, parent, genre, ticket, previous_text, kind, who.user_id, len(path)
+        )
 
     def _launch(
         self,
@@ -253,8 +261,9 @@ class StoryService:
         previous_text: str,
         kind: str,
         user_id: int | None,
+        part_number: int,
     ) -> Run:
-        run = Run(story, parent, genre, ticket, previous_text, kind, user_id)
+        run = Run(story, parent, genre, ticket, previous_text, kind, user_id, part_number)
         if user_id is not None:
             self._active.setdefault(user_id, set()).add(run)
             self._last_start[user_id] = time.monotonic()
@@ -399,6 +408,7 @@ class StoryService:
 
     async def recover_interrupted(self) -> list[Story]:
         stories = await self.store.mark_interrupted()
+        self.recovered = stories  # the bot tells their channels once it is connected
         if stories:
             log.warning("%d stories were interrupted by the last shutdown", len(stories))
         return stories

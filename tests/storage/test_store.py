@@ -277,3 +277,30 @@ async def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
             await store.create_story(prompt="refused", genre="crime", author_id=1)
         assert (await store.list_stories(1)).total == 1
         assert await store.integrity_check() == "ok"
+
+
+async def test_pending_messages_follow_their_story(store: Store) -> None:
+    story, _ = await store.create_story(prompt="p", genre="crime", author_id=1)
+    await store.link_pending(story.id, 900, channel_id=5)
+    assert await store.pending_messages(story.id) == [(900, 5)]
+    assert await store.story_for_pending(900) == story.id
+    assert await store.forget_message(900)
+    assert await store.pending_messages(story.id) == []
+    await store.link_pending(story.id, 901, channel_id=5)
+    await store.delete_story(story.id)
+    assert await store.story_for_pending(901) is None
+
+
+async def test_version_one_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    first = migrations()[0][1].read_text()
+    with sqlite3.connect(path) as conn:  # a database written by the first release
+        conn.executescript(first + "\nPRAGMA user_version = 1;")
+        conn.execute(
+            "INSERT INTO stories (author_id, source, genre, title, status, created_at, updated_at)"
+            " VALUES (1, 'discord', 'crime', 'old story', 'done', 0, 0)"
+        )
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == len(migrations()) >= 2
+        assert (await store.list_stories(1)).items[0].story.title == "old story"
+        await store.link_pending(1, 5, channel_id=1)

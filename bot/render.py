@@ -1,0 +1,67 @@
+"""How stories look in Discord: bold prompt, continuation, a footer line.
+
+Text is split at sentence boundaries into chunks under Discord's 2000-character
+message limit, so nothing is ever cut. Markdown in prompts and generated text
+is escaped, so a prompt cannot break the layout (and mentions never ping:
+every message is sent with AllowedMentions.none()).
+"""
+
+from __future__ import annotations
+
+import re
+
+import discord
+
+MESSAGE_LIMIT = 2000
+CHUNK = 1900  # room for the footer line
+_BREAK = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")
+
+
+def escape(text: str) -> str:
+    return discord.utils.escape_markdown(text)
+
+
+def split_text(text: str, limit: int = CHUNK) -> list[str]:
+    """Split at the last sentence end (else whitespace) before `limit`."""
+    chunks: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = max((m.end() for m in _BREAK.finditer(window)), default=0)
+        if cut < limit // 3:  # no sentence end in reach: break at a space
+            cut = window.rfind(" ") + 1
+        if cut <= 0:
+            cut = limit
+        chunks.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip("\n")
+    if rest or not chunks:
+        chunks.append(rest)
+    return chunks
+
+
+def story_body(prompt: str | None, continuation: str) -> str:
+    """The prompt in bold (first part only) followed by the continuation."""
+    body = escape(continuation)
+    if prompt is None:
+        return body.lstrip()
+    shown = escape(prompt.strip())
+    return f"**{shown}**{body}" if len(shown) <= 1500 else f"{shown}{body}"
+
+
+def footer(genre: str, author_id: int | None, part: int, seed: int, extra: str = "") -> str:
+    who = f" · by <@{author_id}>" if author_id else ""
+    return f"-# {genre}{who} · part {part} · seed {seed}{extra}"
+
+
+def final_chunks(body: str, foot: str) -> list[str]:
+    chunks = split_text(body)
+    chunks[-1] = f"{chunks[-1]}\n{foot}"
+    return chunks
+
+
+def progress(body: str, status: str) -> str:
+    """A message while queued or streaming: the tail of the text and a status."""
+    status_line = f"\n-# {status}"
+    room = MESSAGE_LIMIT - len(status_line) - 2
+    shown = body if len(body) <= room else "…" + body[-(room - 1) :]
+    return f"{shown} ▌{status_line}" if shown else status_line.lstrip("\n")
