@@ -330,7 +330,8 @@ class Frontend:
         async def confirmed(confirm: discord.Interaction) -> None:
             deleted = await self.service.forget(interaction.user.id)
             await confirm.response.edit_message(
-                content=f"Done: deleted {deleted.stories} stories and {deleted.parts} parts you wrote.",
+                content=f"Done: deleted {deleted.stories} stories and {deleted.parts} parts "
+                "you wrote.",
                 view=None,
             )
 
