@@ -10,9 +10,10 @@ nothing that was written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 
 from generation.errors import Busy, Cancelled, GenerationError, InvalidRequest, PoolClosed
@@ -134,6 +135,10 @@ class StoryService:
         self._runs: dict[int, Run] = {}  # story id -> latest run in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.recovered: list[Story] = []
+        # Slots taken by requests between their check and their launch: the check
+        # and the launch are separated by awaits, so two quick requests must not
+        # both pass the per-user limit.
+        self._reserved: dict[int, int] = {}
 
     # ------------------------------------------------------------------ checks
     def _check_prompt(self, prompt: str) -> str:
@@ -146,10 +151,10 @@ class StoryService:
     def _check_user(self, who: Requester) -> None:
         if who.user_id is None:
             return
-        active = self._active.get(who.user_id, set())
-        if len(active) >= self.user_max_active:
+        active = len(self._active.get(who.user_id, set())) + self._reserved.get(who.user_id, 0)
+        if active >= self.user_max_active:
             raise UserLimit(
-                f"You already have {len(active)} stories being written; "
+                f"You already have {active} stories being written; "
                 "wait for one to finish (or cancel it)."
             )
         last = self._last_start.get(who.user_id)
@@ -168,29 +173,46 @@ class StoryService:
             )
         return genre
 
+    @contextlib.contextmanager
+    def _slot(self, who: Requester) -> Iterator[None]:
+        """Check the per-user limits and hold a slot until the run is launched."""
+        self._check_user(who)
+        if who.user_id is None:
+            yield
+            return
+        self._reserved[who.user_id] = self._reserved.get(who.user_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._reserved[who.user_id] - 1
+            if left:
+                self._reserved[who.user_id] = left
+            else:
+                del self._reserved[who.user_id]
+
     # --------------------------------------------------------------- use-cases
     async def start(self, prompt: str, options: StoryOptions, who: Requester) -> Run:
         """Start a story: validate, store it as queued, submit it."""
         prompt = self._check_prompt(prompt)
         genre = self._genre(options.genre, who)
         params = genre.params(**asdict(options))
-        self._check_user(who)
         request = GenerationRequest(prompt, params, primer=genre.primer)
         self.pool.validate(request)  # refuse bad input before storing anything
-        story, root = await self.store.create_story(
-            prompt=prompt,
-            genre=genre.key,
-            author_id=who.user_id,
-            source=who.source,
-            guild_id=who.guild_id,
-            channel_id=who.channel_id,
-        )
-        try:
-            ticket = self.pool.submit(request)
-        except GenerationError:
-            await self.store.delete_story(story.id)  # a refused request leaves no row
-            raise
-        return self._launch(story, root, genre, ticket, prompt, "start", who.user_id, 1)
+        with self._slot(who):
+            story, root = await self.store.create_story(
+                prompt=prompt,
+                genre=genre.key,
+                author_id=who.user_id,
+                source=who.source,
+                guild_id=who.guild_id,
+                channel_id=who.channel_id,
+            )
+            try:
+                ticket = self.pool.submit(request)
+            except GenerationError:
+                await self.store.delete_story(story.id)  # a refused request leaves no row
+                raise
+            return self._launch(story, root, genre, ticket, prompt, "start", who.user_id, 1)
 
     async def continue_from(
         self, part_id: int, who: Requester, options: StoryOptions | None = None
@@ -242,15 +264,15 @@ class StoryService:
         previous = (parent.params or {}).get("max_new_tokens")
         options = options or StoryOptions(max_new_tokens=previous)
         params = genre.params(**asdict(options) | {"genre": None})
-        self._check_user(who)
-        path = await self.store.path_to(parent.id)
-        previous_text = "".join(part.text for part in path)
-        request = GenerationRequest(previous_text, params, primer=genre.primer)
-        ticket = self.pool.submit(request)
-        await self.store.set_status(story.id, "queued")
-        return self._launch(
-            story, parent, genre, ticket, previous_text, kind, who.user_id, len(path)
-        )
+        with self._slot(who):
+            path = await self.store.path_to(parent.id)
+            previous_text = "".join(part.text for part in path)
+            request = GenerationRequest(previous_text, params, primer=genre.primer)
+            ticket = self.pool.submit(request)
+            await self.store.set_status(story.id, "queued")
+            return self._launch(
+                story, parent, genre, ticket, previous_text, kind, who.user_id, len(path)
+            )
 
     def _launch(
         self,

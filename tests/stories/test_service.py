@@ -183,3 +183,13 @@ async def test_pool_shutdown_marks_running_stories_interrupted(
 def test_join_text_avoids_double_spaces() -> None:
     assert join_text("Hello ", " world") == "world"
     assert join_text("Hello", " world") == " world"
+
+
+async def test_two_quick_starts_cannot_both_pass_the_limit(service: StoryService) -> None:
+    service.user_max_active = 1
+    results = await asyncio.gather(
+        service.start("one", opts(), ALICE),
+        service.start("two", opts(), ALICE),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, UserLimit) for r in results) == 1
