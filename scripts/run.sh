@@ -9,7 +9,7 @@ scripts/setup.sh
 
 if [[ -z "${MODEL_DIR:-}" ]] && ! grep -qs '^MODEL_DIR=' .env; then
   if [[ ! -f models/gpt2/storybot.json ]] && ! .venv/bin/python download_model.py; then
-    .venv/bin/python download_model.py --tiny
+    [[ -f models/tiny-gpt2/storybot.json ]] || .venv/bin/python download_model.py --tiny
     echo "WARNING: GPT-2 could not be downloaded; running the TINY test model." >&2
     echo "WARNING: stories will be nonsense until you run: .venv/bin/python download_model.py" >&2
     export MODEL_DIR=models/tiny-gpt2
