@@ -50,7 +50,10 @@ def make_pool(settings: Settings) -> GenerationPool:
     model_dir = settings.model_dir
     return GenerationPool(
         lambda: TransformersBackend(
-            model_dir, max_batch_size=settings.max_batch_size, threads=settings.torch_threads
+            model_dir,
+            max_batch_size=settings.max_batch_size,
+            threads=settings.torch_threads,
+            precision=settings.precision,
         ),
         max_queue=settings.queue_size,
         max_batch=settings.max_batch_size,

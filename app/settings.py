@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 BackendName = Literal["transformers"]
+Precision = Literal["int8", "fp32"]
 
 
 class SettingsError(Exception):
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
     backend: BackendName = "transformers"
+    # int8: ~3.5x faster on CPU with quality held (see bench/RESULTS.md); fp32: reference.
+    precision: Precision = "int8"
     genres_path: Path = Path("genres.toml")
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     max_batch_size: int = Field(default=8, ge=1, le=64)

@@ -96,9 +96,9 @@ class Job:
         self.started_at = time.monotonic()
         self.on_start()
 
-    def choose(self, logits: object) -> int:
+    def choose(self, logits: object, top: object = None) -> int:
         assert self.sampler is not None
-        return self.sampler.choose(logits)  # type: ignore[arg-type]
+        return self.sampler.choose(logits, top)  # type: ignore[arg-type]
 
     def accept(self, token: int) -> None:
         """Record a new token; stream its text; decide whether the job is done."""

@@ -31,6 +31,19 @@ class StepModel(Protocol):
 
     def merge(self, first: Any, second: Any) -> Any: ...
 
+    def top_ids(self, width: int) -> Any:
+        """Each row's `width` highest-scoring ids from the last logits, or None."""
+        ...
+
+
+def _tops(model: StepModel, jobs: list[Job]) -> list[Any]:
+    """Ask the engine once per step for each row's best candidates."""
+    needs = [job.sampler.candidates_needed() if job.sampler else 0 for job in jobs]
+    if not needs or min(needs) == 0:
+        return [None] * len(jobs)
+    top = model.top_ids(max(needs))
+    return [None] * len(jobs) if top is None else list(top)
+
 
 def run_decode_loop(
     model: StepModel, jobs: list[Job], admit: Callable[[int], list[Job]], max_batch: int
@@ -43,17 +56,19 @@ def run_decode_loop(
             for job in pending:
                 job.start()
             new_state, logits = model.prefill([job.prompt_ids for job in pending])
+            tops = _tops(model, pending)
             for row, job in enumerate(pending):
                 if not job.check_stop():
-                    job.accept(job.choose(logits[row]))
+                    job.accept(job.choose(logits[row], tops[row]))
             state = new_state if state is None else model.merge(state, new_state)
             active += pending
             pending = []
         active, state = _drop_finished(model, active, state)
         if active:
             state, logits = model.step(state, [job.generated[-1] for job in active])
+            tops = _tops(model, active)
             for row, job in enumerate(active):
-                job.accept(job.choose(logits[row]))
+                job.accept(job.choose(logits[row], tops[row]))
             active, state = _drop_finished(model, active, state)
         room = max_batch - len(active)
         pending = admit(room) if room > 0 else []

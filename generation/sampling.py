@@ -38,6 +38,7 @@ class RowSampler:
             self.append(token)
         self._eos = eos_token_id
         self._generated = 0
+        self._top: npt.NDArray[np.int64] | None = None
 
     def append(self, token: int) -> None:
         self._history.append(token)
@@ -56,47 +57,87 @@ class RowSampler:
         prefix = tuple(self._history[len(self._history) - (n - 1) :]) if n > 1 else ()
         return self._ngrams.get(prefix, set())
 
-    def choose(self, logits: npt.NDArray[np.floating]) -> int:
-        """Pick the next token from one row of logits and record it."""
-        x = np.array(logits, dtype=np.float64)
-        if self._eos is not None and self._generated < self.params.min_new_tokens:
-            x[self._eos] = -np.inf
-        token = self._choose(x)
+    def choose(
+        self, logits: npt.NDArray[np.floating], top: npt.NDArray[np.int64] | None = None
+    ) -> int:
+        """Pick the next token from one row of logits and record it.
+
+        `top`, when given, holds this row's highest-scoring token ids (any order),
+        computed for the whole batch at once by the engine; it is used when it is
+        at least `candidates_needed()` wide.
+        """
+        self._top = top
+        token = self._choose(np.asarray(logits))
         self.append(token)
         self._generated += 1
         return token
 
-    def _choose(self, x: npt.NDArray[np.float64]) -> int:
+    def candidates_needed(self) -> int:
+        """How many of the raw top tokens can still win (0: the whole vocabulary)."""
         p = self.params
+        if not p.do_sample:
+            k = 1
+        elif p.top_k > 0:
+            k = p.top_k
+        else:
+            return 0
+        return k + self._seen_arr.size + len(self._banned()) + 1
+
+    def _candidates(self, logits: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
+        """Token ids that can win after penalties and bans.
+
+        Penalties only lower a token's score and bans remove tokens, so the
+        top k after them lie within the top (k + number of affected tokens)
+        before them: a partial sort of those instead of a copy of all 50257.
+        """
+        p = self.params
+        vocab = logits.shape[0]
+        k = p.top_k if (p.do_sample and 0 < p.top_k < vocab) else (0 if p.do_sample else 1)
+        if k == 0:
+            return np.arange(vocab)
+        affected = self._seen_arr.size + len(self._banned()) + 1
+        wanted = min(vocab, k + affected)
+        if wanted >= vocab:
+            return np.arange(vocab)
+        top = self._top
+        if top is not None and len(top) >= wanted:
+            return top
+        return np.argpartition(-logits, wanted - 1)[:wanted]
+
+    def _choose(self, logits: npt.NDArray[np.floating]) -> int:
+        p = self.params
+        ids = self._candidates(logits)
+        x = logits[ids].astype(np.float64)
+        if self._eos is not None and self._generated < p.min_new_tokens:
+            x[ids == self._eos] = -np.inf
         if p.repetition_penalty != 1.0 and self._seen_arr.size:
-            ids = self._seen_arr[self._seen_arr < x.shape[0]]
-            seen = x[ids]
-            x[ids] = np.where(seen < 0, seen * p.repetition_penalty, seen / p.repetition_penalty)
+            seen = np.isin(ids, self._seen_arr)
+            x[seen] = np.where(
+                x[seen] < 0, x[seen] * p.repetition_penalty, x[seen] / p.repetition_penalty
+            )
         banned = self._banned()
         if banned:
-            x[np.fromiter(banned, dtype=np.int64, count=len(banned))] = -np.inf
-        if not np.isfinite(x).any():  # every token banned: fall back to the raw argmax
-            return int(np.argmax(np.nan_to_num(x, neginf=0.0)))
+            x[np.isin(ids, np.fromiter(banned, dtype=np.int64, count=len(banned)))] = -np.inf
+        if not np.isfinite(x).any():  # every candidate banned: fall back to the raw argmax
+            return int(np.argmax(logits))
         if not p.do_sample:
-            return int(np.argmax(x))
+            return int(ids[int(np.argmax(x))])
 
         x /= p.temperature
-        vocab = x.shape[0]
-        if 0 < p.top_k < vocab:
-            candidates = np.argpartition(-x, p.top_k - 1)[: p.top_k]
-        else:
-            candidates = np.arange(vocab)
-        order = candidates[np.argsort(-x[candidates], kind="stable")]
-        logits = x[order]
-        keep = np.isfinite(logits)
-        order, logits = order[keep], logits[keep]
-        probs = np.exp(logits - logits[0])
+        if 0 < p.top_k < len(ids):
+            top = np.argpartition(-x, p.top_k - 1)[: p.top_k]
+            ids, x = ids[top], x[top]
+        order = np.lexsort((ids, -x))  # by score, ties by token id: deterministic
+        ids, scores = ids[order], x[order]
+        keep = np.isfinite(scores)
+        ids, scores = ids[keep], scores[keep]
+        probs = np.exp(scores - scores[0])
         probs /= probs.sum()
         if p.top_p < 1.0:
             cumulative = np.cumsum(probs)
             cutoff = int(np.searchsorted(cumulative, p.top_p)) + 1
-            order, probs = order[:cutoff], probs[:cutoff]
+            ids, probs = ids[:cutoff], probs[:cutoff]
         cumulative = np.cumsum(probs)
         draw = self._rng.random() * cumulative[-1]
-        index = min(int(np.searchsorted(cumulative, draw, side="right")), len(order) - 1)
-        return int(order[index])
+        index = min(int(np.searchsorted(cumulative, draw, side="right")), len(ids) - 1)
+        return int(ids[index])

@@ -10,6 +10,7 @@ ids, which gives the same logits as batch 1 (checked by a test).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from generation.backend import Job
@@ -29,39 +29,48 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _State:
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [batch, heads, time, head_dim]
+    cache: Any  # a DynamicCache, kept across steps: per layer [batch, heads, time, head_dim]
     mask: torch.Tensor  # [batch, time]; 0 marks left padding
     next_pos: torch.Tensor  # [batch]: position id of each row's next token
+
+
+def _kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 class TorchStepModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.forward_calls = 0
+        self._last: torch.Tensor | None = None  # the last logits, for top_ids
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
-        from transformers import DynamicCache
-
         self.forward_calls += 1
-        return self.model(
+        out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
-            cache=cache if cache is not None else DynamicCache(),
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
+        self._last = out.logits[:, -1, :]
+        return out
 
-    @staticmethod
-    def _kv(out: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(layer.keys, layer.values) for layer in out.cache.layers]
-
-    @staticmethod
-    def _logits(out: Any) -> Logits:
-        result: Logits = out.logits[:, -1, :].float().numpy()
+    def _logits(self) -> Logits:
+        assert self._last is not None
+        result: Logits = self._last.float().numpy()
         return result
 
+    def top_ids(self, width: int) -> Any:
+        """Each row's `width` best token ids, for all rows in one call."""
+        if self._last is None or width >= self._last.shape[-1]:
+            return None
+        return torch.topk(self._last, width, dim=-1, sorted=False).indices.numpy()
+
     def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
+        from transformers import DynamicCache
+
         width = max(len(row) for row in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -69,59 +78,87 @@ class TorchStepModel:
             ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[index, width - len(row) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._forward(ids, mask, pos, None)
-        lengths = mask.sum(-1)
-        return _State(self._kv(out), mask, lengths), self._logits(out)
+        out = self._forward(ids, mask, pos, DynamicCache())
+        return _State(out.cache, mask, mask.sum(-1)), self._logits()
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
-        from transformers import DynamicCache
-
         ids = torch.tensor(tokens, dtype=torch.long)[:, None]
         mask = torch.cat([state.mask, torch.ones((len(tokens), 1), dtype=state.mask.dtype)], 1)
-        cache = DynamicCache(ddp_cache_data=state.kv)
-        out = self._forward(ids, mask, state.next_pos[:, None], cache)
-        return _State(self._kv(out), mask, state.next_pos + 1), self._logits(out)
+        # The cache grows in place; it is rebuilt only when rows leave or join.
+        out = self._forward(ids, mask, state.next_pos[:, None], state.cache)
+        return _State(out.cache, mask, state.next_pos + 1), self._logits()
 
     def select(self, state: _State, keep: Sequence[int]) -> _State:
+        from transformers import DynamicCache
+
         index = torch.tensor(keep, dtype=torch.long)
         mask = state.mask[index]
         # Drop columns that are padding in every remaining row.
         used = mask.any(0).nonzero()
         first = int(used[0]) if len(used) else 0
-        kv = [(k[index, :, first:], v[index, :, first:]) for k, v in state.kv]
-        return _State(kv, mask[:, first:], state.next_pos[index])
+        kv = [(k[index, :, first:], v[index, :, first:]) for k, v in _kv(state.cache)]
+        return _State(DynamicCache(ddp_cache_data=kv), mask[:, first:], state.next_pos[index])
 
     def merge(self, first: _State, second: _State) -> _State:
+        from transformers import DynamicCache
+
         width = max(first.mask.shape[1], second.mask.shape[1])
-        a, b = _pad_left(first, width), _pad_left(second, width)
+        a_kv, a_mask = _pad_left(first, width)
+        b_kv, b_mask = _pad_left(second, width)
         kv = [
             (torch.cat([ka, kb]), torch.cat([va, vb]))
-            for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True)
+            for (ka, va), (kb, vb) in zip(a_kv, b_kv, strict=True)
         ]
-        return _State(kv, torch.cat([a.mask, b.mask]), torch.cat([a.next_pos, b.next_pos]))
+        cache = DynamicCache(ddp_cache_data=kv)
+        return _State(
+            cache, torch.cat([a_mask, b_mask]), torch.cat([first.next_pos, second.next_pos])
+        )
 
 
-def _pad_left(state: _State, width: int) -> _State:
+def _pad_left(
+    state: _State, width: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     pad = width - state.mask.shape[1]
+    kv = _kv(state.cache)
     if pad == 0:
-        return state
-    kv = []
-    for k, v in state.kv:
+        return kv, state.mask
+    padded = []
+    for k, v in kv:
         zeros = k.new_zeros((k.shape[0], k.shape[1], pad, k.shape[3]))
-        kv.append((torch.cat([zeros, k], 2), torch.cat([zeros, v], 2)))
+        padded.append((torch.cat([zeros, k], 2), torch.cat([zeros, v], 2)))
     mask = torch.cat([state.mask.new_zeros((state.mask.shape[0], pad)), state.mask], 1)
-    return _State(kv, mask, state.next_pos)
+    return padded, mask
 
 
 class TransformersBackend:
-    """GPT-2 through transformers + torch, fp32, owned by one worker thread."""
+    """GPT-2 through transformers + torch, owned by one worker thread.
 
-    name = "transformers"
+    precision "fp32" is the reference; "int8" (CPU) quantizes every linear layer
+    after turning GPT-2's Conv1D into Linear: about 3.5x faster on 2 cores for
+    GPT-2 small (bench/RESULTS.md), with top-1 agreement and perplexity held to
+    the fp32 model by a test on a trained model.
+    """
 
-    def __init__(self, model_dir: Path, *, max_batch_size: int = 8, threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_batch_size: int = 8,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
         if threads:
             torch.set_num_threads(threads)
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"unknown precision {precision!r}")
         self.model, self.tokenizer = load_causal_lm(model_dir)
+        self.precision = precision
+        self.name = "transformers" if precision == "fp32" else f"transformers-{precision}"
+        if precision == "int8":
+            from generation.quantize import quantize_int8
+
+            self.model = quantize_int8(self.model)
+            gc.collect()  # let the fp32 weights go
         self.model_id = model_id_of(model_dir)
         config = self.model.config
         self.context_size = int(getattr(config, "n_positions", 1024))
@@ -129,10 +166,11 @@ class TransformersBackend:
         self.max_batch_size = max_batch_size
         self.steps = TorchStepModel(self.model)
         log.info(
-            "loaded %s from %s (%d layers, %d threads)",
+            "loaded %s from %s (%d layers, %s, %d threads)",
             self.model_id,
             model_dir,
             config.n_layer,
+            precision,
             torch.get_num_threads(),
         )
 
@@ -163,4 +201,4 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-__all__ = ["TorchStepModel", "TransformersBackend", "default_threads", "np"]
+__all__ = ["TorchStepModel", "TransformersBackend", "default_threads"]

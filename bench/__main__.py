@@ -1,0 +1,229 @@
+"""The generation benchmark (not a test): `python -m bench [--quick] [--write]`.
+
+Builds (or reuses) a model with GPT-2 small's exact shape and random weights
+(it costs the same as the real one), then measures each backend in its own
+fresh process, alternating the order over at least three rounds, and prints
+and writes Markdown and JSON: batch-1 seconds and tokens/s, time to first
+token, aggregate tokens/s and p50/p95 latency for 8 and 32 requests arriving
+at random times through the real pool, resident memory and load time, each as
+a ratio to transformers fp32 `generate` measured in the same run, and the
+fraction of the memory-bandwidth ceiling (measured here too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT = Path(__file__).parent / "out"
+RESULTS = Path(__file__).parent / "RESULTS.md"
+BACKENDS = ["hf-generate", "transformers", "transformers-int8"]
+REFERENCE = "hf-generate"
+MEAN_GAP_S = 0.25  # requests arrive as a Poisson process with this mean gap
+BYTES_PER_PARAM = {"hf-generate": 4.0, "transformers": 4.0, "transformers-int8": 1.0}
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_model(folder: Path) -> tuple[Path, int]:
+    """GPT-2 small's shape, random weights, our locally trained tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config()  # 12 layers, 768 wide, 50257 tokens, 1024 positions
+    if not (folder / "model.safetensors").exists():
+        import torch
+
+        from generation.tiny import corpus, train_tokenizer
+
+        progress(f"building a GPT-2-small-shaped model in {folder} ...")
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+        tokenizer = train_tokenizer(list(corpus()), 1024)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    params = sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+    return folder, params
+
+
+def bandwidth_gb_s() -> float:
+    """Read+write bandwidth of a large copy: what decoding at batch 1 is bound by."""
+    a = np.ones(64 * 1024 * 1024, dtype=np.float64)  # 512 MB
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best / 1e9
+
+
+def run_worker(backend: str, model: Path, tokens: int, concurrency: str) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.worker",
+        "--backend",
+        backend,
+        "--model",
+        str(model),
+        "--tokens",
+        str(tokens),
+        "--concurrency",
+        concurrency,
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{backend} failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def summarise(
+    runs: dict[str, list[dict[str, Any]]], tokens: int, levels: list[int], gbs: float, params: int
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for backend, results in runs.items():
+        row: dict[str, Any] = {
+            "batch1_s": median_of(results, "batch1_s"),
+            "ttft_ms": 1000 * median_of(results, "ttft_s"),
+            "load_s": median_of(results, "load_s"),
+            "rss_mb": median_of(results, "rss_mb"),
+            "peak_rss_mb": median_of(results, "peak_rss_mb"),
+        }
+        row["batch1_tok_s"] = tokens / row["batch1_s"]
+        ceiling = gbs * 1e9 / (params * BYTES_PER_PARAM[backend])
+        row["ceiling_tok_s"] = ceiling
+        row["ceiling_fraction"] = row["batch1_tok_s"] / ceiling
+        for n in levels:
+            row[f"c{n}_tok_s"] = median_of(results, f"c{n}", "aggregate_tok_s")
+            row[f"c{n}_p50_s"] = median_of(results, f"c{n}", "p50_s")
+            row[f"c{n}_p95_s"] = median_of(results, f"c{n}", "p95_s")
+        summary[backend] = row
+    ref = summary[REFERENCE]
+    for row in summary.values():
+        row["batch1_speedup"] = ref["batch1_s"] / row["batch1_s"]
+        for n in levels:
+            row[f"c{n}_throughput_ratio"] = row[f"c{n}_tok_s"] / ref[f"c{n}_tok_s"]
+        row["rss_ratio"] = row["rss_mb"] / ref["rss_mb"]
+    return summary
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -> str:
+    lines = [
+        "# Generation benchmark",
+        "",
+        f"{meta['when']} · {meta['machine']} · {meta['cores']} cores · memory bandwidth "
+        f"{meta['bandwidth_gb_s']:.1f} GB/s (copy) · model: GPT-2 small shape, random weights "
+        f"({meta['params'] / 1e6:.0f} M parameters) · {meta['tokens']} new tokens · "
+        f"{meta['rounds']} round(s), medians, each backend in a fresh process, order alternating.",
+        "",
+        "Ratios are against `hf-generate`: transformers fp32 `model.generate`, measured in the "
+        "same run (for concurrency: one left-padded `generate` batch of all requests).",
+        "",
+        "| backend | batch-1 s | tokens/s | speed-up | first token | of ceiling | load s "
+        "| RSS MB (peak) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        lines.append(
+            f"| {name} | {row['batch1_s']:.2f} | {row['batch1_tok_s']:.1f} | "
+            f"{row['batch1_speedup']:.2f}× | "
+            f"{row['ttft_ms']:.0f} ms | {100 * row['ceiling_fraction']:.0f} % of "
+            f"{row['ceiling_tok_s']:.0f} | {row['load_s']:.1f} | {row['rss_mb']:.0f} "
+            f"({row['peak_rss_mb']:.0f}) |"
+        )
+    for n in levels:
+        lines += [
+            "",
+            f"{n} requests arriving at random times (mean gap {meta['mean_gap_s']} s):",
+            "",
+            "| backend | aggregate tokens/s | ratio | p50 latency s | p95 latency s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in summary.items():
+            lines.append(
+                f"| {name} | {row[f'c{n}_tok_s']:.1f} | {row[f'c{n}_throughput_ratio']:.2f}× | "
+                f"{row[f'c{n}_p50_s']:.1f} | {row[f'c{n}_p95_s']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="50 tokens, 8 requests, one round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    args = parser.parse_args()
+    rounds, tokens, levels = args.rounds, args.tokens, [8, 32]
+    if args.quick:
+        rounds, tokens, levels = 1, 50, [8]
+    backends = args.backends.split(",")
+    if REFERENCE not in backends:
+        backends.insert(0, REFERENCE)
+    OUT.mkdir(exist_ok=True)
+    model, params = build_model(OUT / "gpt2-small-random")
+    gbs = bandwidth_gb_s()
+    progress(f"memory bandwidth {gbs:.1f} GB/s; {rounds} round(s) of {', '.join(backends)}")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in backends}
+    for round_index in range(rounds):
+        order = backends[round_index % len(backends) :] + backends[: round_index % len(backends)]
+        for name in order:
+            progress(f"round {round_index + 1}/{rounds}: {name} ...")
+            started = time.monotonic()
+            runs[name].append(run_worker(name, model, tokens, ",".join(map(str, levels))))
+            progress(f"  {name} done in {time.monotonic() - started:.0f} s")
+    import os
+
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.platform(),
+        "cores": len(os.sched_getaffinity(0)),
+        "bandwidth_gb_s": gbs,
+        "params": params,
+        "tokens": tokens,
+        "rounds": rounds,
+        "mean_gap_s": MEAN_GAP_S,
+    }
+    summary = summarise(runs, tokens, levels, gbs, params)
+    text = markdown(summary, meta, levels)
+    (OUT / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2)
+    )
+    (OUT / "results.md").write_text(text)
+    if args.write:
+        RESULTS.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""One backend, measured in a fresh process; prints one JSON line.
+
+python -m bench.worker --backend transformers-int8 --model bench/out/gpt2-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT = (
+    "The detective reached the crime scene at dawn. The rain had washed the street, "
+    "and the old harbour smelled of salt and diesel. Nobody had seen anything, of course."
+)
+
+
+def rss_mb() -> float:
+    """Resident memory now (steady state), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def hf_generate(model_dir: Path, tokens: int, concurrency: list[int]) -> dict[str, Any]:
+    """The naive reference: transformers fp32 `generate`, one call per request,
+    or one left-padded batch for concurrent requests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.padding_side = "left"  # GPT-2 has no pad token: pad with end-of-text, on the left
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32").eval()
+    load_s = time.perf_counter() - started
+    pad = tokenizer.eos_token_id
+    out: dict[str, Any] = {"load_s": load_s, "rss_mb": rss_mb()}
+    with torch.inference_mode():
+        ids = tokenizer([PROMPT], return_tensors="pt")
+        t0 = time.perf_counter()
+        model.generate(**ids, max_new_tokens=1, do_sample=False, pad_token_id=pad)
+        out["ttft_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(
+            **ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
+        )
+        out["batch1_s"] = time.perf_counter() - t0
+        for n in concurrency:
+            batch = tokenizer(
+                [f"{PROMPT} ({i})" for i in range(n)], return_tensors="pt", padding=True
+            )
+            t0 = time.perf_counter()
+            model.generate(
+                **batch,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+            elapsed = time.perf_counter() - t0
+            out[f"c{n}"] = {
+                "aggregate_tok_s": n * tokens / elapsed,
+                "p50_s": elapsed,
+                "p95_s": elapsed,
+                "wall_s": elapsed,
+                "note": "one padded batch, all finish together",
+            }
+    out["rss_mb"] = rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+async def pooled(
+    model_dir: Path, precision: str, tokens: int, concurrency: list[int], mean_gap_s: float
+) -> dict[str, Any]:
+    from generation.pool import GenerationPool
+    from generation.torch_backend import TransformersBackend
+    from generation.types import GenerationParams, GenerationRequest
+
+    started = time.perf_counter()
+    pool = GenerationPool(
+        lambda: TransformersBackend(model_dir, precision=precision, max_batch_size=8),
+        max_batch=8,
+        max_queue=1000,
+        max_new_tokens_limit=1000,
+    )
+    await pool.start()
+    out: dict[str, Any] = {"load_s": time.perf_counter() - started, "rss_mb": rss_mb()}
+
+    def request(seed: int) -> GenerationRequest:
+        params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens, seed=seed)
+        return GenerationRequest(PROMPT, params)
+
+    ticket = pool.submit(request(0))
+    t0 = time.perf_counter()
+    first = None
+    async for _ in ticket.stream():
+        first = first or time.perf_counter() - t0
+    result = await ticket.result()
+    out["batch1_s"] = result.generation_s
+    out["ttft_s"] = result.first_token_s
+    rng = random.Random(0)
+    for n in concurrency:
+        latencies: list[float] = []
+
+        async def one(seed: int, delay: float, into: list[float]) -> None:
+            await asyncio.sleep(delay)  # the request's arrival time, not a wait for a condition
+            start = time.perf_counter()
+            await pool.submit(request(seed)).result()
+            into.append(time.perf_counter() - start)
+
+        delays, at = [], 0.0
+        for _ in range(n):  # arrivals at random times (a Poisson process)
+            delays.append(at)
+            at += rng.expovariate(1 / mean_gap_s)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i, d, latencies) for i, d in enumerate(delays)))
+        wall = time.perf_counter() - t0
+        latencies.sort()
+        out[f"c{n}"] = {
+            "aggregate_tok_s": n * tokens / wall,
+            "p50_s": statistics.median(latencies),
+            "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+            "wall_s": wall,
+        }
+    await pool.aclose()
+    out["rss_mb"] = rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--backend", required=True, choices=["hf-generate", "transformers", "transformers-int8"]
+    )
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--concurrency", default="8,32")
+    parser.add_argument("--mean-gap", type=float, default=0.25)
+    args = parser.parse_args()
+    concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    if args.backend == "hf-generate":
+        result = hf_generate(args.model, args.tokens, concurrency)
+    else:
+        precision = "int8" if args.backend.endswith("int8") else "fp32"
+        result = asyncio.run(pooled(args.model, precision, args.tokens, concurrency, args.mean_gap))
+    print(json.dumps({"backend": args.backend, **result}))
+
+
+if __name__ == "__main__":
+    main()
