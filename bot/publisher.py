@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import discord
@@ -46,7 +47,10 @@ class Publisher:
         old_messages: list[discord.PartialMessage] | None = None,
     ) -> None:
         task = asyncio.create_task(
-            self._follow(run, channel, message, show_prompt, part_number, old_messages or []),
+            self._logged(
+                self._run(run, channel, message, show_prompt, part_number, old_messages or []),
+                run.story.id,
+            ),
             name=f"publish-{run.story.id}",
         )
         self._tasks.add(task)
@@ -87,19 +91,12 @@ class Publisher:
         return message
 
     # ----------------------------------------------------------------- follow
-    async def _follow(
-        self,
-        run: Run,
-        channel: discord.abc.Messageable,
-        message: discord.Message,
-        show_prompt: bool,
-        part_number: int,
-        old_messages: list[discord.PartialMessage],
-    ) -> None:
+    @staticmethod
+    async def _logged(work: Awaitable[None], story_id: int) -> None:
         try:
-            await self._run(run, channel, message, show_prompt, part_number, old_messages)
+            await work
         except Exception:
-            log.exception("story %d: could not show the story in Discord", run.story.id)
+            log.exception("story %d: could not show the story in Discord", story_id)
 
     async def _run(
         self,

@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-repeat-ngram-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (no sampling)")
+    parser.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="int8 (default, faster on CPU) or fp32 (the reference)",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,7 +67,11 @@ async def run(args: argparse.Namespace) -> int:
     )
     model_dir = args.model_dir or genre.model or default_model_dir()
     print(f"loading {model_dir} ...", file=sys.stderr, flush=True)
-    async with GenerationPool(lambda: TransformersBackend(model_dir), max_batch=1) as pool:
+
+    def backend() -> TransformersBackend:
+        return TransformersBackend(model_dir, precision=args.precision)
+
+    async with GenerationPool(backend, max_batch=1) as pool:
         ticket = pool.submit(GenerationRequest(args.prompt, params, primer=genre.primer))
         sys.stdout.write(args.prompt)
         async for delta in ticket.stream():
