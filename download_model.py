@@ -97,11 +97,14 @@ def fetch(model: str, revision: str | None, out: Path) -> None:
 
 
 def verify(out: Path) -> str:
-    """Load the folder through the app's own path and write a few tokens."""
+    """Load the folder through the app's own path, then convert it for the fast
+    backend (ONNX Runtime), so the first start-up does not have to."""
+    from generation.onnx_backend import convert
     from generation.torch_backend import TransformersBackend
 
     backend = TransformersBackend(out, max_batch_size=1)
     ids = backend.encode("Once upon a time")
+    convert(out, "int8", progress=print)
     return f"{len(backend.tokenizer)} tokens in the vocabulary, prompt -> {len(ids)} ids"
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from api.app import create_app
 from app.errors import StartupError
 from app.settings import Settings, SettingsError, load_settings
+from generation.backend import Backend
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
@@ -48,13 +49,21 @@ def configure_logging(level: str) -> None:
 
 def make_pool(settings: Settings) -> GenerationPool:
     model_dir = settings.model_dir
+
+    def backend() -> Backend:
+        options = {
+            "max_batch_size": settings.max_batch_size,
+            "threads": settings.torch_threads,
+            "precision": settings.precision,
+        }
+        if settings.backend == "onnx":
+            from generation.onnx_backend import OnnxBackend
+
+            return OnnxBackend(model_dir, **options)  # type: ignore[arg-type]
+        return TransformersBackend(model_dir, **options)  # type: ignore[arg-type]
+
     return GenerationPool(
-        lambda: TransformersBackend(
-            model_dir,
-            max_batch_size=settings.max_batch_size,
-            threads=settings.torch_threads,
-            precision=settings.precision,
-        ),
+        backend,
         max_queue=settings.queue_size,
         max_batch=settings.max_batch_size,
         default_timeout_s=settings.generation_timeout_s,

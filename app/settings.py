@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-BackendName = Literal["transformers"]
+BackendName = Literal["onnx", "transformers"]
 Precision = Literal["int8", "fp32"]
 
 
@@ -47,8 +47,9 @@ class Settings(BaseSettings):
 
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
-    backend: BackendName = "transformers"
-    # int8: ~3.5x faster on CPU with quality held (see bench/RESULTS.md); fp32: reference.
+    # onnx: ONNX Runtime, the fastest on CPU (bench/RESULTS.md); transformers: the
+    # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference.
+    backend: BackendName = "onnx"
     precision: Precision = "int8"
     genres_path: Path = Path("genres.toml")
     torch_threads: int | None = Field(default=None, ge=1, le=256)

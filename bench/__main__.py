@@ -26,10 +26,16 @@ import numpy as np
 
 OUT = Path(__file__).parent / "out"
 RESULTS = Path(__file__).parent / "RESULTS.md"
-BACKENDS = ["hf-generate", "transformers", "transformers-int8"]
+BACKENDS = ["hf-generate", "transformers", "transformers-int8", "onnx-int8"]
 REFERENCE = "hf-generate"
 MEAN_GAP_S = 0.25  # requests arrive as a Poisson process with this mean gap
-BYTES_PER_PARAM = {"hf-generate": 4.0, "transformers": 4.0, "transformers-int8": 1.0}
+BYTES_PER_PARAM = {
+    "hf-generate": 4.0,
+    "transformers": 4.0,
+    "transformers-int8": 1.0,
+    "onnx": 4.0,
+    "onnx-int8": 1.0,
+}
 
 
 def progress(message: str) -> None:
@@ -191,6 +197,11 @@ def main() -> int:
         backends.insert(0, REFERENCE)
     OUT.mkdir(exist_ok=True)
     model, params = build_model(OUT / "gpt2-small-random")
+    from generation.onnx_backend import convert
+
+    for name in backends:  # convert once, outside the timed loads
+        if name.startswith("onnx"):
+            convert(model, "int8" if name.endswith("int8") else "fp32", progress=progress)
     gbs = bandwidth_gb_s()
     progress(f"memory bandwidth {gbs:.1f} GB/s; {rounds} round(s) of {', '.join(backends)}")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in backends}

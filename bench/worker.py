@@ -83,15 +83,18 @@ def hf_generate(model_dir: Path, tokens: int, concurrency: list[int]) -> dict[st
 
 
 async def pooled(
-    model_dir: Path, precision: str, tokens: int, concurrency: list[int], mean_gap_s: float
+    model_dir: Path, backend: str, tokens: int, concurrency: list[int], mean_gap_s: float
 ) -> dict[str, Any]:
+    from generation.onnx_backend import OnnxBackend
     from generation.pool import GenerationPool
     from generation.torch_backend import TransformersBackend
     from generation.types import GenerationParams, GenerationRequest
 
+    precision = "int8" if backend.endswith("int8") else "fp32"
+    engine: Any = OnnxBackend if backend.startswith("onnx") else TransformersBackend
     started = time.perf_counter()
     pool = GenerationPool(
-        lambda: TransformersBackend(model_dir, precision=precision, max_batch_size=8),
+        lambda: engine(model_dir, precision=precision, max_batch_size=8),
         max_batch=8,
         max_queue=1000,
         max_new_tokens_limit=1000,
@@ -144,7 +147,9 @@ async def pooled(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--backend", required=True, choices=["hf-generate", "transformers", "transformers-int8"]
+        "--backend",
+        required=True,
+        choices=["hf-generate", "transformers", "transformers-int8", "onnx", "onnx-int8"],
     )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=200)
@@ -155,8 +160,9 @@ def main() -> None:
     if args.backend == "hf-generate":
         result = hf_generate(args.model, args.tokens, concurrency)
     else:
-        precision = "int8" if args.backend.endswith("int8") else "fp32"
-        result = asyncio.run(pooled(args.model, precision, args.tokens, concurrency, args.mean_gap))
+        result = asyncio.run(
+            pooled(args.model, args.backend, args.tokens, concurrency, args.mean_gap)
+        )
     print(json.dumps({"backend": args.backend, **result}))
 
 

@@ -149,7 +149,8 @@ def test_partial_and_corrupt_model_folders(tiny_model_dir: Path, tmp_path: Path)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for item in tiny_model_dir.iterdir():
-        (corrupt / item.name).write_bytes(item.read_bytes())
+        if item.is_file():
+            (corrupt / item.name).write_bytes(item.read_bytes())
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
     line = one_line_error(run_once(env_for(corrupt, tmp_path)))
     assert "could not be loaded" in line

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     settings = load_settings()
     assert settings.http_host == "127.0.0.1" and settings.http_port == 5000
     assert settings.discord_token is None and settings.model_dir == Path("models/gpt2")
-    assert settings.backend == "transformers"
+    assert settings.backend == "onnx" and settings.precision == "int8"
 
 
 @pytest.mark.parametrize(
