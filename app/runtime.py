@@ -26,7 +26,6 @@ from generation.backend import Backend
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
-from generation.torch_backend import TransformersBackend
 from storage.errors import StorageError
 from storage.store import Store
 from stories.genres import GenreConfigError, GenreRegistry
@@ -56,10 +55,14 @@ def make_pool(settings: Settings) -> GenerationPool:
             "threads": settings.torch_threads,
             "precision": settings.precision,
         }
+        # Imported only when chosen: the ONNX backend needs no torch at run time,
+        # which keeps hundreds of MB out of the process.
         if settings.backend == "onnx":
             from generation.onnx_backend import OnnxBackend
 
             return OnnxBackend(model_dir, **options)  # type: ignore[arg-type]
+        from generation.torch_backend import TransformersBackend
+
         return TransformersBackend(model_dir, **options)  # type: ignore[arg-type]
 
     return GenerationPool(

@@ -204,7 +204,12 @@ class OnnxStepModel:
     def top_ids(self, width: int) -> Any:
         if self._last is None or width >= self._last.shape[-1]:
             return None
-        return np.argpartition(-self._last, width - 1, axis=-1)[:, :width]
+        try:  # torch's topk is several times faster than a partial sort per row
+            import torch
+        except ImportError:
+            return np.argpartition(-self._last, width - 1, axis=-1)[:, :width]
+        logits = torch.from_numpy(self._last)  # a view, no copy
+        return torch.topk(logits, width, dim=-1, sorted=False).indices.numpy()
 
     def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
         width = max(len(row) for row in rows)
