@@ -194,6 +194,15 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             f"| {name} | {row['burst8_tok_s']:.1f} | {row['burst8_ratio']:.2f}× | "
             f"{row['burst8_p50_s']:.1f} |"
         )
+    check = meta.get("greedy_check")
+    if check:
+        verdict = "identical" if check["identical"] else "NOT identical"
+        lines += [
+            "",
+            f"Quality guard: ONNX fp32 greedy tokens vs the transformers reference on this model: "
+            f"{verdict} ({check['matching_tokens']}/{check['total_tokens']} tokens, "
+            f"{check['rows']} prompts batched together).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +250,17 @@ def main() -> int:
         "mean_gap_s": MEAN_GAP_S,
     }
     summary = summarise(runs, tokens, levels, gbs, params)
+    if any(name.startswith("onnx") for name in backends):
+        progress("checking ONNX fp32 against the reference's greedy tokens ...")
+        convert(model, "fp32", progress=progress)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.greedy", str(model), "50"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        meta["greedy_check"] = json.loads(done.stdout.strip().splitlines()[-1])
     text = markdown(summary, meta, levels)
     (OUT / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2)
