@@ -7,23 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from generation.decode import greedy_tokens
 from generation.onnx_backend import OnnxBackend
 from generation.torch_backend import TransformersBackend
 
 PROMPTS = ["The detective reached the crime scene at dawn.", "Once upon a time", "Mara"]
-
-
-def greedy(steps: object, rows: list[list[int]], count: int) -> list[list[int]]:
-    state, logits = steps.prefill(rows)  # type: ignore[attr-defined]
-    out = [[int(np.argmax(row))] for row in logits]
-    for _ in range(count - 1):
-        state, logits = steps.step(state, [tokens[-1] for tokens in out])  # type: ignore[attr-defined]
-        for tokens, row in zip(out, logits, strict=True):
-            tokens.append(int(np.argmax(row)))
-    return out
 
 
 def main() -> None:
@@ -33,8 +23,8 @@ def main() -> None:
     fast = OnnxBackend(model, precision="fp32")
     rows = [reference.encode(prompt) for prompt in PROMPTS]
     with torch.inference_mode():
-        expected = greedy(reference.steps, rows, count)
-    got = greedy(fast.steps, rows, count)
+        expected = greedy_tokens(reference.steps, rows, count)
+    got = greedy_tokens(fast.steps, rows, count)
     same = sum(
         a == b for e, g in zip(expected, got, strict=True) for a, b in zip(e, g, strict=True)
     )

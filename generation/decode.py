@@ -83,3 +83,44 @@ def _drop_finished(model: StepModel, active: list[Job], state: Any) -> tuple[lis
     if not keep:
         return [], None
     return [active[row] for row in keep], model.select(state, keep)
+
+
+class LocalBackend:
+    """What the local backends share: a Hugging Face tokenizer and a StepModel
+    run by `run_decode_loop`. Subclasses set these attributes in __init__."""
+
+    name: str
+    model_id: str
+    context_size: int
+    max_batch_size: int
+    eos_token_id: int | None
+    tokenizer: Any
+    steps: StepModel
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(
+            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return text
+
+    @property
+    def forward_calls(self) -> int:
+        return self.steps.forward_calls
+
+    def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
+        run_decode_loop(self.steps, jobs, admit, self.max_batch_size)
+
+
+def greedy_tokens(model: StepModel, rows: Sequence[Sequence[int]], count: int) -> list[list[int]]:
+    """Argmax decoding of a batch, for comparing engines token for token."""
+    state, logits = model.prefill(rows)
+    out = [[int(np.argmax(row))] for row in logits]
+    for _ in range(count - 1):
+        state, logits = model.step(state, [tokens[-1] for tokens in out])
+        for tokens, row in zip(out, logits, strict=True):
+            tokens.append(int(np.argmax(row)))
+    return out

@@ -28,14 +28,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from generation.backend import Job
-from generation.decode import Logits, run_decode_loop
+from generation.decode import LocalBackend, Logits
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir, load_tokenizer, model_id_of
 
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when the exported graph's interface changes
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -83,9 +91,15 @@ def convert(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             produced = staging / "model-int8.onnx"
-            quantize_dynamic(
-                str(fp32), str(produced), weight_type=QuantType.QInt8, per_channel=True
-            )
+            root = logging.getLogger()
+            quiet = _DropMessage("pre-processing before quantization")
+            root.addFilter(quiet)  # the quantizer's advice is for model authors, not operators
+            try:
+                quantize_dynamic(
+                    str(fp32), str(produced), weight_type=QuantType.QInt8, per_channel=True
+                )
+            finally:
+                root.removeFilter(quiet)
         weights = model_dir / "model.safetensors"
         meta = {
             "version": EXPORT_VERSION,
@@ -257,8 +271,10 @@ class OnnxStepModel:
         )
 
 
-class OnnxBackend:
+class OnnxBackend(LocalBackend):
     """GPT-2 on ONNX Runtime; converts the model folder on first use."""
+
+    steps: OnnxStepModel
 
     def __init__(
         self,
@@ -294,23 +310,6 @@ class OnnxBackend:
             session, int(config["n_layer"]), heads, int(config["n_embd"]) // heads
         )
         log.info("loaded %s from %s on ONNX Runtime (%s)", self.model_id, path, precision)
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        text: str = self.tokenizer.decode(
-            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return text
-
-    @property
-    def forward_calls(self) -> int:
-        return self.steps.forward_calls
-
-    def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
-        run_decode_loop(self.steps, jobs, admit, self.max_batch_size)
 
     def close(self) -> None:
         self.steps.session = None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from generation.backend import Job
-from generation.decode import Logits, run_decode_loop
+from generation.decode import LocalBackend, Logits
 from generation.modelfiles import load_causal_lm, model_id_of
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _pad_left(
     return padded, mask
 
 
-class TransformersBackend:
+class TransformersBackend(LocalBackend):
     """GPT-2 through transformers + torch, owned by one worker thread.
 
     precision "fp32" is the reference; "int8" (CPU) quantizes every linear layer
@@ -138,6 +138,8 @@ class TransformersBackend:
     GPT-2 small (bench/RESULTS.md), with top-1 agreement and perplexity held to
     the fp32 model by a test on a trained model.
     """
+
+    steps: TorchStepModel
 
     def __init__(
         self,
@@ -174,24 +176,10 @@ class TransformersBackend:
             torch.get_num_threads(),
         )
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        text: str = self.tokenizer.decode(
-            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return text
-
-    @property
-    def forward_calls(self) -> int:
-        return self.steps.forward_calls
-
     def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
         # inference_mode is thread-local: it must be entered on the worker thread.
         with torch.inference_mode():
-            run_decode_loop(self.steps, jobs, admit, self.max_batch_size)
+            super().generate(jobs, admit)
 
     def close(self) -> None:
         self.model = None

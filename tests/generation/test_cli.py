@@ -19,10 +19,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_streams_the_story_and_prints_timing(tiny_model_dir: Path) -> None:
-    result = run(
+def story_args(model: Path) -> tuple[str, ...]:
+    return (
         "--model-dir",
-        str(tiny_model_dir),
+        str(model),
         "--genre",
         "crime",
         "--seed",
@@ -31,23 +31,17 @@ def test_cli_streams_the_story_and_prints_timing(tiny_model_dir: Path) -> None:
         "30",
         "The detective reached the crime scene",
     )
+
+
+def test_cli_streams_the_story_and_prints_timing(tiny_model_dir: Path) -> None:
+    result = run(*story_args(tiny_model_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("The detective reached the crime scene")
     assert len(result.stdout.strip()) > len("The detective reached the crime scene")
     assert (
         "tokens/s" in result.stderr and "seed 3" in result.stderr and "first token" in result.stderr
     )
-    again = run(
-        "--model-dir",
-        str(tiny_model_dir),
-        "--genre",
-        "crime",
-        "--seed",
-        "3",
-        "--max-new-tokens",
-        "30",
-        "The detective reached the crime scene",
-    )
+    again = run(*story_args(tiny_model_dir))
     assert again.stdout == result.stdout  # same seed, same story
 
 

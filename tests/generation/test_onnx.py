@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from generation.decode import greedy_tokens
 from generation.modelfiles import load_causal_lm
 from generation.onnx_backend import OnnxBackend, convert, onnx_path
 from generation.pool import GenerationPool
@@ -26,16 +27,6 @@ def model_copy(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return folder
 
 
-def greedy_rows(steps: object, rows: list[list[int]], count: int = 25) -> list[list[int]]:
-    state, logits = steps.prefill(rows)  # type: ignore[attr-defined]
-    out = [[int(np.argmax(row))] for row in logits]
-    for _ in range(count - 1):
-        state, logits = steps.step(state, [tokens[-1] for tokens in out])  # type: ignore[attr-defined]
-        for tokens, row in zip(out, logits, strict=True):
-            tokens.append(int(np.argmax(row)))
-    return out
-
-
 def test_fp32_gives_the_references_greedy_tokens(model_copy: Path) -> None:
     reference = TransformersBackend(model_copy, threads=1)
     fast = OnnxBackend(model_copy, precision="fp32", threads=1)
@@ -44,10 +35,10 @@ def test_fp32_gives_the_references_greedy_tokens(model_copy: Path) -> None:
         for p in ("The detective walked into", "Ada", "A red door near the castle.")
     ]
     with torch.inference_mode():
-        expected = greedy_rows(reference.steps, rows)
-    assert greedy_rows(fast.steps, rows) == expected  # batched, left-padded
+        expected = greedy_tokens(reference.steps, rows, 25)
+    assert greedy_tokens(fast.steps, rows, 25) == expected  # batched, left-padded
     for row, tokens in zip(rows, expected, strict=True):
-        assert greedy_rows(fast.steps, [row]) == [tokens]  # alone
+        assert greedy_tokens(fast.steps, [row], 25) == [tokens]  # alone
 
 
 def test_conversion_is_cached(model_copy: Path) -> None:
