@@ -60,7 +60,11 @@ def make_pool(settings: Settings) -> GenerationPool:
         if settings.backend == "onnx":
             from generation.onnx_backend import OnnxBackend
 
-            return OnnxBackend(model_dir, **options)  # type: ignore[arg-type]
+            return OnnxBackend(
+                model_dir,
+                allow_spinning=settings.onnx_allow_spinning,
+                **options,  # type: ignore[arg-type]
+            )
         from generation.torch_backend import TransformersBackend
 
         return TransformersBackend(model_dir, **options)  # type: ignore[arg-type]

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference.
     backend: BackendName = "onnx"
     precision: Precision = "int8"
+    # ONNX Runtime threads spin-wait between runs: faster for a lone request,
+    # slower when many people ask at once (bench/RESULTS.md). Off by default.
+    onnx_allow_spinning: bool = False
     genres_path: Path = Path("genres.toml")
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     max_batch_size: int = Field(default=8, ge=1, le=64)
