@@ -22,8 +22,6 @@ from aiohttp import web
 
 from api.errors import ApiError, error_body, from_domain, json_errors
 from api.openapi import spec
-from generation.errors import GenerationError
-from storage.errors import StorageError
 from stories import export
 from stories.service import PartOutcome, Requester, Run, StoryOptions, StoryService
 
@@ -278,6 +276,3 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     return app
-
-
-__all__ = ["GenerationError", "StorageError", "create_app"]

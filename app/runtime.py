@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -184,8 +185,6 @@ def _check_database_path(path: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise StartupError(f"DATABASE_PATH {path}: {probe} is not a folder")
-    import os
-
     if not os.access(probe, os.W_OK) and not path.exists():
         raise StartupError(f"DATABASE_PATH {path}: folder {probe} is not writable")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -237,8 +238,6 @@ def main() -> int:
             started = time.monotonic()
             runs[name].append(run_worker(name, model, tokens, ",".join(map(str, levels))))
             progress(f"  {name} done in {time.monotonic() - started:.0f} s")
-    import os
-
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": platform.platform(),

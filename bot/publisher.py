@@ -83,7 +83,7 @@ class Publisher:
         view = cancel_view(run.story.id)
         message: discord.Message | None = None
         if existing is not None:
-            message = await self._edit(existing, channel, content=content, view=view)
+            message = await self._edit(existing, content=content, view=view)
         if message is None:
             reference = reply_to.to_reference(fail_if_not_exists=False) if reply_to else None
             message = await channel.send(content, view=view, reference=reference)  # type: ignore[arg-type]
@@ -133,15 +133,15 @@ class Publisher:
         try:
             outcome = await run.outcome()
         except Cancelled:
-            await self._settle(message, channel, run, head, "🚫 Cancelled.", None)
+            await self._settle(message, run, head, "🚫 Cancelled.", None)
             return
         except PoolClosed:
             await self._settle(
-                message, channel, run, head, "⚠️ Interrupted by a restart.", retry_view(run.story.id)
+                message, run, head, "⚠️ Interrupted by a restart.", retry_view(run.story.id)
             )
             return
         except GenerationError as error:
-            await self._settle(message, channel, run, head, f"⚠️ {error}", retry_view(run.story.id))
+            await self._settle(message, run, head, f"⚠️ {error}", retry_view(run.story.id))
             return
         result = outcome.result
         extra = " · cut short (time limit)" if result.finish_reason == "timeout" else ""
@@ -159,7 +159,6 @@ class Publisher:
     async def _settle(
         self,
         message: discord.Message,
-        channel: discord.abc.Messageable,
         run: Run,
         head: str | None,
         status: str,
@@ -168,7 +167,7 @@ class Publisher:
         content = render.progress(render.story_body(head, "") if head else "", status).replace(
             " ▌", ""
         )
-        settled = await self._edit(message, channel, content=content, view=view)
+        settled = await self._edit(message, content=content, view=view)
         await self.store.clear_pending(message.id)
         if settled is not None and view is not None:
             await self.store.link_pending(run.story.id, settled.id, settled.channel.id)
@@ -189,7 +188,7 @@ class Publisher:
             target = targets[index] if index < len(targets) else None
             sent: discord.Message | None = None
             if target is not None:
-                sent = await self._edit(target, channel, content=chunk, view=view if last else None)
+                sent = await self._edit(target, content=chunk, view=view if last else None)
             if sent is None:
                 reference = posted[-1].to_reference(fail_if_not_exists=False) if posted else None
                 sent = await channel.send(
@@ -219,7 +218,6 @@ class Publisher:
     async def _edit(
         self,
         message: discord.Message | discord.PartialMessage,
-        channel: discord.abc.Messageable,
         **fields: Any,
     ) -> discord.Message | None:
         """Edit; None when the message is gone (deleted) or cannot be edited."""
@@ -235,7 +233,7 @@ class Publisher:
     async def _edit_or_repost(
         self, message: discord.Message, channel: discord.abc.Messageable, run: Run, content: str
     ) -> discord.Message:
-        edited = await self._edit(message, channel, content=content)
+        edited = await self._edit(message, content=content)
         if edited is not None:
             return edited
         fresh = await channel.send(content, view=cancel_view(run.story.id))

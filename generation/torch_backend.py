@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,8 +184,4 @@ class TransformersBackend(LocalBackend):
         self.model = None
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
-
-
-__all__ = ["TorchStepModel", "TransformersBackend", "default_threads"]
+__all__ = ["TorchStepModel", "TransformersBackend"]

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 
-from generation.errors import Busy, Cancelled, GenerationError, InvalidRequest, PoolClosed
+from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
 from generation.pool import GenerationPool, Ticket
 from generation.types import GenerationRequest, GenerationResult
 from storage.models import Deleted, GeneratedPart, Part, Source, Status, Story, StoryPage
@@ -401,8 +401,11 @@ class StoryService:
         """The story, all its parts, and the path to its newest part."""
         story = await self.store.get_story(story_id)
         parts = await self.store.story_parts(story_id)
-        path = await self.store.path_to(parts[-1].id)
-        return story, parts, path
+        by_id = {part.id: part for part in parts}
+        path = [parts[-1]]  # walk up from the newest part: the parts are all loaded
+        while path[-1].parent_id is not None:
+            path.append(by_id[path[-1].parent_id])
+        return story, parts, path[::-1]
 
     async def export(self, story_id: int, fmt: str = "md") -> str:
         story, parts, path = await self.story(story_id)
@@ -436,4 +439,4 @@ class StoryService:
         return stories
 
 
-__all__ = ["Busy", "PartOutcome", "Requester", "Run", "StoryOptions", "StoryService", "join_text"]
+__all__ = ["PartOutcome", "Requester", "Run", "StoryOptions", "StoryService", "join_text"]
