@@ -204,6 +204,12 @@ async def readyz(request: web.Request) -> web.Response:
         database = False
     backend = pool.backend
     ready = pool.ready and database
+    remote: dict[str, Any] | None = None
+    health = getattr(backend, "health", None)
+    if health is not None:  # a remote engine: is it answering now?
+        state = await health()
+        remote = {"url": backend.base_url, "reachable": state.reachable, "error": state.error}  # type: ignore[union-attr]
+        ready = ready and state.reachable
     body = {
         "ready": ready,
         "model_loaded": backend is not None,
@@ -214,6 +220,8 @@ async def readyz(request: web.Request) -> web.Response:
         "running": pool.running,
         "queue_capacity": pool.max_queue,
     }
+    if remote is not None:
+        body["remote"] = remote
     return _json(body, status=200 if ready else 503)
 
 

@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from generation.errors import Busy, Cancelled, GenerationError, InvalidRequest, PoolClosed, TimedOut
+from generation.errors import (
+    Busy,
+    Cancelled,
+    EngineUnavailable,
+    GenerationError,
+    InvalidRequest,
+    PoolClosed,
+    TimedOut,
+)
 from storage.errors import InvalidData, NotFound, StorageError, StorageUnavailable
 from stories.errors import AgeRestricted, NotAllowed, UserLimit
 
@@ -58,6 +66,8 @@ def from_domain(error: BaseException) -> ApiError:
         return ApiError(404, error.code, message)
     if isinstance(error, InvalidData):
         return ApiError(422, error.code, message)
+    if isinstance(error, EngineUnavailable):
+        return ApiError(502, error.code, message, {"Retry-After": f"{error.retry_after:.0f}"})
     if isinstance(error, StorageUnavailable | PoolClosed):
         return ApiError(503, error.code, message, {"Retry-After": "30"})
     if isinstance(error, TimedOut):

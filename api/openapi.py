@@ -127,6 +127,16 @@ _READY = {
         "queue_depth": {"type": "integer", "minimum": 0},
         "running": {"type": "integer", "minimum": 0},
         "queue_capacity": {"type": "integer"},
+        "remote": {
+            "description": "BACKEND=openai only: whether the remote engine answers",
+            "type": "object",
+            "required": ["url", "reachable", "error"],
+            "properties": {
+                "url": {"type": "string"},
+                "reachable": {"type": "boolean"},
+                "error": {"type": ["string", "null"]},
+            },
+        },
     },
 }
 
@@ -148,6 +158,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "body too large",
         422: "invalid field: missing or empty input, wrong type, unknown genre, out of range",
         429: "per-user limit",
+        502: "the remote story engine (BACKEND=openai) failed (see Retry-After)",
         503: "queue full or shutting down (see Retry-After)",
         504: "the story took too long",
     }
@@ -161,7 +172,7 @@ def _generation_responses() -> dict[str, Any]:
         "description": "events `queued` {position}, `text` {text}, then `done` (an Answer) "
         "or `error` (an Error)",
     }
-    return {"200": ok, **_errors(400, 401, 413, 422, 503, 504)}
+    return {"200": ok, **_errors(400, 401, 413, 422, 502, 503, 504)}
 
 
 def spec() -> dict[str, Any]:

@@ -51,6 +51,8 @@ def make_pool(settings: Settings) -> GenerationPool:
     model_dir = settings.model_dir
 
     def backend() -> Backend:
+        if settings.backend == "openai":
+            return _remote_backend(settings)
         options = {
             "max_batch_size": settings.max_batch_size,
             "threads": settings.torch_threads,
@@ -70,12 +72,34 @@ def make_pool(settings: Settings) -> GenerationPool:
 
         return TransformersBackend(model_dir, **options)  # type: ignore[arg-type]
 
+    remote = settings.backend == "openai"
     return GenerationPool(
         backend,
         max_queue=settings.queue_size,
-        max_batch=settings.max_batch_size,
+        # A remote server batches for itself: the bound is what we keep in flight.
+        max_batch=settings.openai_max_concurrency if remote else settings.max_batch_size,
         default_timeout_s=settings.generation_timeout_s,
         max_new_tokens_limit=settings.max_new_tokens_limit,
+    )
+
+
+def _remote_backend(settings: Settings) -> Backend:
+    from generation.openai_backend import OpenAIBackend
+
+    assert settings.openai_base_url is not None  # settings insist on it
+    tokenizer = settings.openai_tokenizer or settings.model_dir / "tokenizer.json"
+    key = settings.openai_api_key
+    return OpenAIBackend(
+        settings.openai_base_url,
+        api_key=key.get_secret_value() if key else None,
+        model=settings.openai_model,
+        max_concurrency=settings.openai_max_concurrency,
+        context_size=settings.openai_context_size,
+        tokenizer=tokenizer if tokenizer.is_file() else None,
+        sampling_fields=settings.openai_sampling_fields,
+        connect_timeout_s=settings.openai_connect_timeout_s,
+        read_timeout_s=settings.openai_read_timeout_s,
+        retries=settings.openai_retries,
     )
 
 
@@ -121,7 +145,8 @@ async def run(
     """Serve until `stop` is set (or a signal arrives); then shut down cleanly."""
     stop = stop or asyncio.Event()
     genres = GenreRegistry.load(settings.genres_path)
-    check_model_dir(settings.model_dir)
+    if settings.backend != "openai":  # a remote engine holds its own model
+        check_model_dir(settings.model_dir)
     _check_database_path(settings.database_path)
     async with await Store.open(settings.database_path) as store:
         pool = make_pool(settings)

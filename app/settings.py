@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-BackendName = Literal["onnx", "transformers"]
+BackendName = Literal["onnx", "transformers", "openai"]
+SamplingFields = Literal["auto", "extra", "generation_config", "none"]
 Precision = Literal["int8", "fp32"]
 
 
@@ -54,6 +56,23 @@ class Settings(BaseSettings):
     # ONNX Runtime threads spin-wait between runs: faster for a lone request,
     # slower when many people ask at once (bench/RESULTS.md). Off by default.
     onnx_allow_spinning: bool = False
+    # BACKEND=openai: a remote OpenAI-compatible server (vLLM, TGI, llama.cpp,
+    # transformers serve) does the generating over /v1/completions. The base URL
+    # is the API root, like http://vllm:8000/v1.
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_model: str | None = None  # default: the one model the server lists
+    openai_max_concurrency: int = Field(default=32, ge=1, le=1024)  # requests in flight
+    openai_retries: int = Field(default=3, ge=0, le=10)
+    openai_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    openai_read_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # between chunks
+    # How top_k, repetition_penalty and no_repeat_ngram_size reach the server;
+    # auto asks it once at start-up.
+    openai_sampling_fields: SamplingFields = "auto"
+    # The remote model's tokenizer.json, to fit long stories exactly; default:
+    # MODEL_DIR/tokenizer.json when it exists, else a byte count.
+    openai_tokenizer: Path | None = None
+    openai_context_size: int = Field(default=1024, ge=16, le=1_000_000)
     genres_path: Path = Path("genres.toml")
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     max_batch_size: int = Field(default=8, ge=1, le=64)
@@ -77,7 +96,15 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "INFO"
 
-    @field_validator("discord_token", "http_api_key", mode="before")
+    @field_validator(
+        "discord_token",
+        "http_api_key",
+        "openai_api_key",
+        "openai_base_url",
+        "openai_model",
+        "openai_tokenizer",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -101,6 +128,24 @@ class Settings(BaseSettings):
         if not is_loopback(self.http_host) and self.http_api_key is None:
             raise ValueError(
                 f"HTTP_HOST={self.http_host} is not a loopback address, so HTTP_API_KEY is required"
+            )
+        return self
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8000/v1")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> Settings:
+        if self.backend == "openai" and self.openai_base_url is None:
+            raise ValueError(
+                "BACKEND=openai needs OPENAI_BASE_URL, the server's API root, like http://host:8000/v1"
             )
         return self
 

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from generation.errors import GenerationError
 from generation.sampling import RowSampler
-from generation.text import StreamDecoder, trim_to_sentence
+from generation.text import StreamDecoder, TextStream, trim_to_sentence
 from generation.types import FinishReason, GenerationParams, GenerationRequest, GenerationResult
 
 
@@ -33,6 +34,11 @@ class Backend(Protocol):
 
     def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
         """Generate until every job, including admitted ones, is finished."""
+        ...
+
+    def wake(self) -> None:
+        """Called from the event loop when a job is queued or cancelled, so a
+        backend that waits on I/O can look again; local backends look each token."""
         ...
 
     def close(self) -> None: ...
@@ -62,7 +68,9 @@ class Job:
     model_id: str = ""
     backend_name: str = ""
     sampler: RowSampler | None = None
-    decoder: StreamDecoder | None = None
+    decoder: StreamDecoder | TextStream | None = None
+    remote_tokens: int = 0  # tokens a remote engine reports writing (it keeps the ids)
+    error: GenerationError | None = None  # why the backend gave up on this job
 
     # Prompts longer than this many characters are cut to their tail before
     # tokenizing; far more than 1024 tokens ever need, and it bounds the work.
@@ -111,7 +119,7 @@ class Job:
             self._finish("eos")
             return
         self.generated.append(token)
-        assert self.decoder is not None
+        assert isinstance(self.decoder, StreamDecoder)
         delta = self.decoder.push(token)
         if delta:
             self.on_text(delta)
@@ -119,6 +127,39 @@ class Job:
             self._finish("length")
         else:
             self.check_stop(now)
+
+    def accept_text(self, text: str, tokens: int = 1) -> None:
+        """Record text a remote engine wrote (it tokenizes on its side)."""
+        if self.finished:
+            return
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if not isinstance(self.decoder, TextStream):
+            self.decoder = TextStream()
+        self.remote_tokens += tokens
+        delta = self.decoder.push(text)
+        if delta:
+            self.on_text(delta)
+        if self.new_tokens >= self.params.max_new_tokens:
+            self._finish("length")
+        else:
+            self.check_stop(now)
+
+    def end(self, reason: FinishReason) -> None:
+        """The engine says the job is done (a remote server's finish_reason)."""
+        if not self.finished:
+            self._finish(reason)
+
+    def fail(self, error: GenerationError) -> None:
+        """The backend cannot finish this job: the caller gets `error`."""
+        if not self.finished:
+            self.error = error
+            self._finish("error")
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.generated) + self.remote_tokens
 
     def check_stop(self, now: float | None = None) -> bool:
         """Stop for cancellation or the time limit; True when the job is done."""
@@ -149,7 +190,7 @@ class Job:
             text=text,
             raw_text=raw,
             prompt_tokens=len(self.prompt_ids),
-            new_tokens=len(self.generated),
+            new_tokens=self.new_tokens,
             seed=self.params.seed,
             finish_reason=self.finish_reason,
             truncated_prompt=self.truncated_prompt,

@@ -111,6 +111,9 @@ class LocalBackend:
     def forward_calls(self) -> int:
         return self.steps.forward_calls
 
+    def wake(self) -> None:
+        """Nothing to do: the decoding loop looks at the queue every token."""
+
     def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
         run_decode_loop(self.steps, jobs, admit, self.max_batch_size)
 

@@ -56,3 +56,34 @@ class ModelLoadError(GenerationError):
     """A model folder is missing, partial or corrupt. Raised at start-up."""
 
     code = "model_load_error"
+
+
+class EngineUnavailable(GenerationError):
+    """A remote engine could not be reached, or stopped mid-story, after retries."""
+
+    code = "engine_unavailable"
+
+    def __init__(
+        self,
+        message: str = "The story engine is not answering right now; please try again in a minute.",
+        retry_after: float = 30.0,
+    ) -> None:
+        self.retry_after = max(1.0, round(retry_after))
+        super().__init__(message)
+
+
+class EngineRefused(GenerationError):
+    """A remote engine refused a request (a bad key, an unknown model, bad fields)."""
+
+    code = "engine_refused"
+
+    def __init__(
+        self, message: str = "The story engine refused the request; the operator has been told."
+    ) -> None:
+        super().__init__(message)
+
+
+class EngineStartError(ModelLoadError):
+    """The remote engine is unusable at start-up: one line saying why."""
+
+    code = "engine_start_error"

@@ -199,6 +199,7 @@ class GenerationPool:
             for job in self._running:
                 job.close_requested = True
             self._cond.notify_all()
+        self._wake_backend()
         for job in left:
             self._finish_on_loop(job, None, PoolClosed())
         if self._thread is not None and self._thread.is_alive():
@@ -262,6 +263,7 @@ class GenerationPool:
             self._tickets[id(job)] = ticket
             self._idle.clear()
             self._cond.notify()
+        self._wake_backend()
         ticket._timer = loop.call_later(timeout, self._expire, ticket)
         log.debug("queued %s %s at position %d", ticket.id, request.label, len(self._waiting))
         return ticket
@@ -292,18 +294,24 @@ class GenerationPool:
     def _cancel(self, ticket: Ticket) -> bool:
         job = ticket._job
         with self._cond:
-            if job in self._waiting:
-                self._waiting.remove(job)
-                queued = True
-            elif job in self._running:
+            if job in self._running:
                 job.cancel_requested = True  # the worker stops it at the next token
-                return True
+                running = True
+            elif job in self._waiting:
+                self._waiting.remove(job)
+                running = False
             else:
                 return False
-        if queued:
+        if running:
+            self._wake_backend()
+        else:
             self._finish_on_loop(job, None, Cancelled())
             self._positions_changed()
         return True
+
+    def _wake_backend(self) -> None:
+        if self.backend is not None:
+            self.backend.wake()
 
     def _expire(self, ticket: Ticket) -> None:
         job = ticket._job
@@ -426,11 +434,13 @@ class GenerationPool:
         self.stats.jobs_done += 1
         result: GenerationResult | None = job.result()
         error: GenerationError | None = None
-        if job.close_requested:
+        if job.error is not None:
+            error = job.error
+        elif job.close_requested:
             error = PoolClosed()
         elif job.finish_reason == "cancelled":
             error = Cancelled()
-        elif job.finish_reason == "timeout" and not job.generated:
+        elif job.finish_reason == "timeout" and not job.new_tokens:
             error = TimedOut()
         if error is not None:
             error.partial = result  # type: ignore[attr-defined]
@@ -438,7 +448,7 @@ class GenerationPool:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish_on_loop, job, result, error)
         if job.finish_reason == "timeout":
-            log.warning("request timed out after %d tokens", len(job.generated))
+            log.warning("request timed out after %d tokens", job.new_tokens)
 
 
 def _set_result(future: asyncio.Future[Backend], value: Backend) -> None:

@@ -67,3 +67,19 @@ class StreamDecoder:
     @property
     def text(self) -> str:
         return clean(self._decode(self._ids))
+
+
+class TextStream:
+    """The `StreamDecoder` of a remote engine, which sends text, not ids."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def push(self, text: str) -> str:
+        delta = clean(text)
+        self._parts.append(delta)
+        return delta
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)

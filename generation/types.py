@@ -9,7 +9,7 @@ from typing import Literal
 
 from generation.errors import InvalidRequest
 
-FinishReason = Literal["length", "eos", "cancelled", "timeout"]
+FinishReason = Literal["length", "eos", "cancelled", "timeout", "error"]
 
 # GPT-2 has 1024 positions; prompt tokens + new tokens must fit in them.
 GPT2_CONTEXT = 1024

@@ -15,7 +15,7 @@ requirements=requirements.txt
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 
 stamp=".venv/.installed-$(basename "$requirements" .txt)"
-hash=$(cat requirements.txt "$requirements" | sha256sum | cut -d' ' -f1)
+hash=$(cat requirements-slim.txt requirements.txt "$requirements" | sha256sum | cut -d' ' -f1)
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
   echo "installing $requirements into .venv ..."
   .venv/bin/python -m pip install --quiet --upgrade pip

@@ -68,6 +68,9 @@ class GatedBackend:
         self.gate.wait(timeout=60)
         self.inner.generate(jobs, admit)
 
+    def wake(self) -> None:
+        self.inner.wake()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -65,6 +65,7 @@ def test_token_never_shows(
 ) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", SECRET)
     monkeypatch.setenv("HTTP_API_KEY", SECRET + "2")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET + "3")
     settings = load_settings()
     logging.getLogger("test").warning("settings: %s %r", settings, settings)
     assert SECRET not in repr(settings) and SECRET not in str(settings)
@@ -94,3 +95,19 @@ def test_env_example_lists_every_setting() -> None:
         if "=" in line and not line.startswith("#")
     }
     assert keys == {name.upper() for name in Settings.model_fields}
+
+
+def test_remote_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKEND", "openai")
+    with pytest.raises(SettingsError, match="BACKEND=openai needs OPENAI_BASE_URL"):
+        load_settings()
+    monkeypatch.setenv("OPENAI_BASE_URL", "vllm:8000/v1")
+    with pytest.raises(SettingsError, match=r"^OPENAI_BASE_URL: must be an http"):
+        load_settings()
+    monkeypatch.setenv("OPENAI_BASE_URL", " http://vllm:8000/v1/ ")
+    settings = load_settings()
+    assert settings.openai_base_url == "http://vllm:8000/v1"
+    assert settings.openai_model is None and settings.openai_sampling_fields == "auto"
+    monkeypatch.setenv("OPENAI_SAMPLING_FIELDS", "sometimes")
+    with pytest.raises(SettingsError, match=r"^OPENAI_SAMPLING_FIELDS"):
+        load_settings()

@@ -1,0 +1,239 @@
+"""Remote engines for the openai backend's tests.
+
+- `transformers serve`: a real OpenAI-compatible server (FastAPI, uvicorn) on
+  127.0.0.1 with the tiny model, in its own process.
+- `StandIn`: a small aiohttp server for what a real one will not do on cue:
+  429 and 5xx with Retry-After, a stream cut in the middle, HTML, JSON without
+  choices, a refused key, silence. It records every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Serve:
+    """`transformers serve MODEL` on loopback, stopped when the test is done."""
+
+    def __init__(self, model_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+        command = [
+            *[sys.executable, "-c", "from transformers.cli.transformers import main; main()"],
+            *["serve", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            # Without --continuous-batching: its paged path drops the repetition
+            # penalty (it says so) and stalls on a generation_config on CPU; the
+            # plain path runs concurrent requests side by side and honours them all.
+            *["--device", "cpu", "--log-level", "error"],
+        ]
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"transformers serve exited:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)  # polling a child process's start-up
+        raise AssertionError(f"transformers serve did not start:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def transformers_serve(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Serve]:
+    server = Serve(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_transformers_serve(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Serve]:
+    """A server of the test's own, for tests that stop it."""
+    server = Serve(tiny_model_dir, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.kill()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class StandIn:
+    """Answers /v1/models and /v1/completions from a script of behaviours.
+
+    `script` is consumed one entry per completion request (after start-up's
+    probe, which `probe` answers); when it runs out, `default` is used:
+      ("ok", n)            stream n chunks then finish
+      ("status", code, retry_after | None)
+      ("cut", n)           stream n chunks, then drop the connection
+      ("silent",)          accept, then never answer
+      ("slow",)            one chunk, then nothing (a stream to cancel)
+      ("raw", status, content_type, text)
+    """
+
+    models: list[dict[str, Any]] = field(default_factory=lambda: [{"id": "gpt2"}])
+    probe: tuple[Any, ...] = ("json",)
+    script: list[tuple[Any, ...]] = field(default_factory=list)
+    default: tuple[Any, ...] = ("ok", 5)
+    models_answer: tuple[Any, ...] | None = None
+    reject_fields: set[str] = field(default_factory=set)
+    api_key: str | None = None
+    seen: list[Seen] = field(default_factory=list)
+    disconnected: int = 0
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def completions(self) -> list[Seen]:
+        return [s for s in self.seen if s.path.endswith("/completions") and s.body.get("stream")]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._complete)
+        self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _refused_key(self, request: web.Request) -> web.Response | None:
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "Invalid API key"}}, status=401)
+        return None
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(Seen("GET", request.path, {}, dict(request.headers), time.monotonic()))
+        refused = self._refused_key(request)
+        if refused is not None:
+            return refused
+        if self.models_answer is not None:
+            return await self._answer(request, self.models_answer)
+        return web.json_response({"object": "list", "data": self.models})
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append(Seen("POST", request.path, body, dict(request.headers), time.monotonic()))
+        refused = self._refused_key(request)
+        if refused is not None:
+            return refused
+        unexpected = set(body) & self.reject_fields
+        if unexpected:
+            return web.json_response({"detail": f"Unexpected fields: {unexpected}"}, status=422)
+        if body.get("model") not in {m["id"] for m in self.models}:
+            return web.json_response({"error": {"message": "model not found"}}, status=404)
+        if not body.get("stream"):
+            return await self._answer(request, self.probe)
+        step = self.script.pop(0) if self.script else self.default
+        return await self._answer(request, step)
+
+    async def _answer(self, request: web.Request, step: tuple[Any, ...]) -> web.StreamResponse:
+        kind = step[0]
+        if kind == "json":
+            return web.json_response(
+                {"choices": [{"text": " Once", "index": 0, "finish_reason": "length"}]}
+            )
+        if kind == "status":
+            headers = {"Retry-After": str(step[2])} if step[2] is not None else {}
+            return web.json_response(
+                {"error": {"message": "busy"}}, status=step[1], headers=headers
+            )
+        if kind == "raw":
+            return web.Response(status=step[1], content_type=step[2], text=step[3])
+        if kind == "silent":
+            await self._release.wait()
+            return web.Response(status=503)
+        if kind == "slow":  # one chunk, then nothing until released or closed
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(_chunk(" Slowly."))
+            try:
+                await self._release.wait()
+            except asyncio.CancelledError:
+                self.disconnected += 1
+                raise
+            return response
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for i in range(step[1]):
+                await response.write(_chunk(f" word{i}."))
+                await asyncio.sleep(0)  # let the client read as it would from a real server
+            if kind == "cut":
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(_chunk("", "length"))
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected += 1
+            raise
+        return response
+
+
+def _chunk(text: str, finish: str | None = None) -> bytes:
+    choice = {"text": text, "index": 0, "finish_reason": finish}
+    return f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[StandIn]:
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
