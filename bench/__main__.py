@@ -36,7 +36,9 @@ BYTES_PER_PARAM = {
     "transformers-int8": 1.0,
     "onnx": 4.0,
     "onnx-int8": 1.0,
+    "remote": 4.0,  # transformers serve, fp32
 }
+LOCAL = "onnx-int8"  # the default engine, which the remote row is compared with
 
 
 def progress(message: str) -> None:
@@ -143,6 +145,10 @@ def summarise(
         for n in levels:
             row[f"c{n}_throughput_ratio"] = row[f"c{n}_tok_s"] / ref[f"c{n}_tok_s"]
         row["rss_ratio"] = row["rss_mb"] / ref["rss_mb"]
+    if LOCAL in summary:
+        for row in summary.values():
+            for n in levels:
+                row[f"c{n}_vs_local"] = row[f"c{n}_tok_s"] / summary[LOCAL][f"c{n}_tok_s"]
     return summary
 
 
@@ -166,7 +172,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
         lines.append(
             f"| {name} | {row['batch1_s']:.2f} | {row['batch1_tok_s']:.1f} | "
             f"{row['batch1_speedup']:.2f}× | "
-            f"{row['ttft_ms']:.0f} ms | {100 * row['ceiling_fraction']:.0f} % of "
+            f"{_ms(row['ttft_ms'])} | {100 * row['ceiling_fraction']:.0f} % of "
             f"{row['ceiling_tok_s']:.0f} | {row['load_s']:.1f} | {row['rss_mb']:.0f} / "
             f"{row['busy_rss_mb']:.0f} / {row['peak_rss_mb']:.0f} |"
         )
@@ -195,6 +201,19 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             f"| {name} | {row['burst8_tok_s']:.1f} | {row['burst8_ratio']:.2f}× | "
             f"{row['burst8_p50_s']:.1f} |"
         )
+    if "remote" in summary and LOCAL in summary:
+        remote = summary["remote"]
+        lines += [
+            "",
+            f"The remote backend against `transformers serve --continuous-batching` (fp32 torch) "
+            f"on this machine, as a ratio to the local engine ({LOCAL}): "
+            + ", ".join(
+                f"{n} concurrent {remote[f'c{n}_tok_s']:.1f} tokens/s = "
+                f"{remote[f'c{n}_vs_local']:.2f}×"
+                for n in levels
+            )
+            + ". Its RSS adds the server's process to ours.",
+        ]
     check = meta.get("greedy_check")
     if check:
         verdict = "identical" if check["identical"] else "NOT identical"
@@ -207,6 +226,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
     return "\n".join(lines) + "\n"
 
 
+def _ms(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0f} ms"  # NaN: no text was streamed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="50 tokens, 8 requests, one round")
@@ -214,11 +237,18 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="add the openai backend against `transformers serve` on loopback",
+    )
     args = parser.parse_args()
     rounds, tokens, levels = args.rounds, args.tokens, [8, 32]
     if args.quick:
         rounds, tokens, levels = 1, 50, [8]
     backends = args.backends.split(",")
+    if args.remote and "remote" not in backends:
+        backends.append("remote")
     if REFERENCE not in backends:
         backends.insert(0, REFERENCE)
     OUT.mkdir(exist_ok=True)

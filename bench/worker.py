@@ -1,6 +1,9 @@
 """One backend, measured in a fresh process; prints one JSON line.
 
 python -m bench.worker --backend transformers-int8 --model bench/out/gpt2-small
+
+`remote` starts `transformers serve --continuous-batching` (fp32 torch) on
+loopback with the same model and measures the openai backend against it.
 """
 
 from __future__ import annotations
@@ -8,9 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -87,25 +94,94 @@ def hf_generate(model_dir: Path, tokens: int, concurrency: list[int]) -> dict[st
     return out
 
 
+class Server:
+    """`transformers serve` on loopback with the benchmark's model, for `remote`."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        command = [
+            *[sys.executable, "-c", "from transformers.cli.transformers import main; main()"],
+            *["serve", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            # Continuous batching: the plain path runs concurrent requests in
+            # threads that do not batch (8 at once: no faster than one by one).
+            *["--device", "cpu", "--continuous-batching", "--log-level", "error"],
+        ]
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("transformers serve exited")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("transformers serve did not start")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
 async def pooled(
-    model_dir: Path, backend: str, tokens: int, concurrency: list[int], mean_gap_s: float
+    model_dir: Path,
+    backend: str,
+    tokens: int,
+    concurrency: list[int],
+    mean_gap_s: float,
+    server: Server | None = None,
 ) -> dict[str, Any]:
-    from generation.onnx_backend import OnnxBackend
     from generation.pool import GenerationPool
-    from generation.torch_backend import TransformersBackend
     from generation.types import GenerationParams, GenerationRequest
 
-    precision = "int8" if backend.endswith("int8") else "fp32"
-    engine: Any = OnnxBackend if backend.startswith("onnx") else TransformersBackend
     started = time.perf_counter()
-    pool = GenerationPool(
-        lambda: engine(model_dir, precision=precision, max_batch_size=8),
-        max_batch=8,
-        max_queue=1000,
-        max_new_tokens_limit=1000,
-    )
+    engine: Any
+    if server is not None:  # the remote engine: requests in flight at once, it batches
+        from generation.openai_backend import OpenAIBackend
+
+        width = max(concurrency)
+        url, tokenizer = server.url, model_dir / "tokenizer.json"
+
+        def engine() -> Any:
+            # The paged path drops the repetition penalty and stalls on a
+            # generation_config: plain fields only (temperature, top_p, seed).
+            return OpenAIBackend(
+                url,
+                max_concurrency=width,
+                tokenizer=tokenizer,
+                read_timeout_s=600,
+                sampling_fields="none",
+            )
+    else:
+        from generation.onnx_backend import OnnxBackend
+        from generation.torch_backend import TransformersBackend
+
+        precision = "int8" if backend.endswith("int8") else "fp32"
+        kind: Any = OnnxBackend if backend.startswith("onnx") else TransformersBackend
+        width = 8
+
+        def engine() -> Any:
+            return kind(model_dir, precision=precision, max_batch_size=8)
+
+    pool = GenerationPool(engine, max_batch=width, max_queue=1000, max_new_tokens_limit=1000)
     await pool.start()
     out: dict[str, Any] = {"load_s": time.perf_counter() - started, "rss_mb": rss_mb()}
+    if server is not None:  # the whole deployment: our process and the server's
+        out["rss_mb"] += server.rss_mb()
 
     def request(seed: int) -> GenerationRequest:
         params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens, seed=seed)
@@ -118,7 +194,9 @@ async def pooled(
         first = first or time.perf_counter() - t0
     result = await ticket.result()
     out["batch1_s"] = result.generation_s
-    out["ttft_s"] = result.first_token_s
+    # None when no text streamed: a random model's tokens past our small
+    # tokenizer's vocabulary are bytes a remote server never shows.
+    out["ttft_s"] = result.first_token_s if result.first_token_s is not None else float("nan")
     rng = random.Random(0)
 
     async def load(n: int, delays: list[float]) -> dict[str, float]:
@@ -152,6 +230,9 @@ async def pooled(
     await pool.aclose()
     out["busy_rss_mb"] = rss_mb()  # after the runs: model + working set (KV caches)
     out["peak_rss_mb"] = peak_rss_mb()
+    if server is not None:
+        out["busy_rss_mb"] += server.rss_mb()
+        out["peak_rss_mb"] = out["busy_rss_mb"]  # the server's own peak is not visible here
     return out
 
 
@@ -160,7 +241,7 @@ def main() -> None:
     parser.add_argument(
         "--backend",
         required=True,
-        choices=["hf-generate", "transformers", "transformers-int8", "onnx", "onnx-int8"],
+        choices=["hf-generate", "transformers", "transformers-int8", "onnx", "onnx-int8", "remote"],
     )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=200)
@@ -170,6 +251,14 @@ def main() -> None:
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
     if args.backend == "hf-generate":
         result = hf_generate(args.model, args.tokens, concurrency)
+    elif args.backend == "remote":
+        server = Server(args.model)
+        try:
+            result = asyncio.run(
+                pooled(args.model, args.backend, args.tokens, concurrency, args.mean_gap, server)
+            )
+        finally:
+            server.stop()
     else:
         result = asyncio.run(
             pooled(args.model, args.backend, args.tokens, concurrency, args.mean_gap)

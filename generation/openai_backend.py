@@ -272,20 +272,24 @@ class OpenAIBackend:
             await _raise_for_status(response)
             if not response.content_type.startswith("text/event-stream"):
                 # A server that ignored "stream": the whole answer at once.
-                choice = _first_choice(await _read_json(response))
+                payload = await _read_json(response)
+                choice = _first_choice(payload)
                 job.accept_text(str(choice.get("text") or ""))
+                _count_tokens(job, payload)
                 job.end(_finish_reason(choice.get("finish_reason")))
                 return
             async for data in _sse_data(response):
                 if data == "[DONE]":
                     break
-                choice = _first_choice(_parse_event(data))
+                event = _parse_event(data)
+                choice = _first_choice(event)
                 text = str(choice.get("text") or "")
                 if text:
                     job.accept_text(text)
                 if job.finished:
                     return  # length reached, or cancelled: leaving closes the stream
                 if choice.get("finish_reason"):
+                    _count_tokens(job, event)
                     job.end(_finish_reason(choice["finish_reason"]))
                     return
             if not job.finished:
@@ -514,6 +518,14 @@ def _first_choice(payload: Any) -> dict[str, Any]:
         raise ValueError("its answer has no choices: is this an OpenAI-compatible /completions?")
     choice: dict[str, Any] = choices[0]
     return choice
+
+
+def _count_tokens(job: Job, payload: Any) -> None:
+    """The server's own count, when it sends one: a chunk is not always one token."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    count = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if isinstance(count, int) and count >= 0:
+        job.remote_tokens = count
 
 
 def _finish_reason(reason: object) -> FinishReason:

@@ -218,7 +218,7 @@ class StandIn:
                 assert request.transport is not None
                 request.transport.close()
                 return response
-            await response.write(_chunk("", "length"))
+            await response.write(_chunk("", "length", usage=step[1] + 1))
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnected += 1
@@ -226,9 +226,12 @@ class StandIn:
         return response
 
 
-def _chunk(text: str, finish: str | None = None) -> bytes:
+def _chunk(text: str, finish: str | None = None, usage: int | None = None) -> bytes:
     choice = {"text": text, "index": 0, "finish_reason": finish}
-    return f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+    event: dict[str, Any] = {"choices": [choice]}
+    if usage is not None:  # the server's own token count; a chunk is not always one token
+        event["usage"] = {"completion_tokens": usage}
+    return f"data: {json.dumps(event)}\n\n".encode()
 
 
 @pytest.fixture

@@ -180,6 +180,7 @@ async def test_429_is_retried_after_its_retry_after(stand_in: StandIn) -> None:
     first, second = stand_in.completions
     assert second.at - first.at >= 0.9
     assert result.text == " word0. word1. word2. word3. word4."
+    assert result.new_tokens == 6  # the server's usage count, not the number of chunks
 
 
 async def test_5xx_is_retried_with_backoff_then_a_clear_error(stand_in: StandIn) -> None:
