@@ -131,6 +131,9 @@ def summarise(
         ceiling = gbs * 1e9 / (params * BYTES_PER_PARAM[backend])
         row["ceiling_tok_s"] = ceiling
         row["ceiling_fraction"] = row["batch1_tok_s"] / ceiling
+        if "loop_lag_ms" in results[0]:
+            row["lag_p99_ms"] = median_of(results, "loop_lag_ms", "p99")
+            row["lag_max_ms"] = median_of(results, "loop_lag_ms", "max")
         row["burst8_tok_s"] = median_of(results, "burst8", "aggregate_tok_s")
         row["burst8_p50_s"] = median_of(results, "burst8", "p50_s")
         for n in levels:
@@ -201,6 +204,19 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             f"| {name} | {row['burst8_tok_s']:.1f} | {row['burst8_ratio']:.2f}× | "
             f"{row['burst8_p50_s']:.1f} |"
         )
+    lagged = {name: row for name, row in summary.items() if "lag_p99_ms" in row}
+    if lagged:
+        lines += [
+            "",
+            "Event-loop lag while the pool's worker thread generates (a 10 ms timer's "
+            "lateness over all the concurrent runs): what running generation in a thread "
+            "of the bot's process costs the bot.",
+            "",
+            "| backend | p99 lag ms | max lag ms |",
+            "|---|---|---|",
+        ]
+        for name, row in lagged.items():
+            lines.append(f"| {name} | {row['lag_p99_ms']:.1f} | {row['lag_max_ms']:.1f} |")
     if "remote" in summary and LOCAL in summary:
         remote = summary["remote"]
         lines += [
