@@ -115,6 +115,7 @@ def _answer(outcome: PartOutcome, output: str) -> dict[str, Any]:
         "tokens": result.new_tokens,
         "seconds": round(result.queued_s + result.generation_s, 3),
         "finish_reason": result.finish_reason,
+        "model": result.model_id,
     }
 
 

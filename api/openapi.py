@@ -56,6 +56,10 @@ _ANSWER = {
         "tokens": {"type": "integer"},
         "seconds": {"type": "number"},
         "finish_reason": {"type": "string", "enum": ["length", "eos", "timeout"]},
+        "model": {
+            "type": "string",
+            "description": "the model that wrote it (a genre may have its own)",
+        },
     },
 }
 

@@ -24,6 +24,7 @@ from api.app import create_app
 from app.errors import StartupError
 from app.settings import Settings, SettingsError, load_settings
 from generation.backend import Backend
+from generation.engines import ModelPools, model_memory_mb
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
@@ -47,8 +48,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("discord.http").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
-def make_pool(settings: Settings) -> GenerationPool:
-    model_dir = settings.model_dir
+def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPool:
+    """A pool for the configured backend on `model_dir` (default: MODEL_DIR)."""
+    model_dir = model_dir or settings.model_dir
 
     def backend() -> Backend:
         if settings.backend == "openai":
@@ -103,6 +105,41 @@ def _remote_backend(settings: Settings) -> Backend:
     )
 
 
+def make_model_pools(
+    settings: Settings, default: GenerationPool, genres: GenreRegistry
+) -> ModelPools | None:
+    """Pools for genre models (fine-tuned by `python -m generation.finetune`), or
+    None when no genre has a model of its own."""
+    with_models = [genre for genre in genres if genre.model is not None]
+    if not with_models:
+        return None
+    if settings.backend == "openai":
+        log.warning(
+            "BACKEND=openai: genre models (%s) are served by the remote model",
+            ", ".join(genre.key for genre in with_models),
+        )
+        return None
+    for genre in with_models:
+        if genre.model is not None and not (genre.model / "config.json").is_file():
+            log.warning("genre %s: model folder %s not found yet", genre.key, genre.model)
+
+    def estimate(model_dir: Path) -> float:
+        return model_memory_mb(
+            model_dir,
+            backend=settings.backend,
+            precision=settings.precision,
+            max_batch=settings.max_batch_size,
+        )
+
+    return ModelPools(
+        default,
+        lambda model_dir: make_pool(settings, model_dir),
+        budget_mb=settings.model_memory_budget_mb,
+        estimate_mb=estimate,
+        default_mb=estimate(settings.model_dir),
+    )
+
+
 async def start_http(service: StoryService, settings: Settings) -> web.AppRunner:
     app = create_app(
         service,
@@ -151,12 +188,14 @@ async def run(
     async with await Store.open(settings.database_path) as store:
         pool = make_pool(settings)
         await pool.start()  # loads the model now, not at the first request
+        models = make_model_pools(settings, pool, genres)  # genre models load on demand
         service = StoryService(
             store,
             pool,
             genres,
             user_max_active=settings.user_max_active,
             user_cooldown_s=settings.user_cooldown_s,
+            models=models,
         )
         interrupted = await service.recover_interrupted()
         runner: web.AppRunner | None = None
@@ -188,7 +227,11 @@ async def run(
                 stop.set()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(discord_task, SHUTDOWN_GRACE_S)
-            await pool.aclose(drain_timeout=SHUTDOWN_GRACE_S)  # finish or fail what is in flight
+            # Finish or fail what is in flight, on every loaded model at once.
+            closing = [pool.aclose(drain_timeout=SHUTDOWN_GRACE_S)]
+            if models is not None:
+                closing.append(models.aclose(drain_timeout=SHUTDOWN_GRACE_S))
+            await asyncio.gather(*closing)
             await service.wait_idle()  # every outcome stored (done or interrupted)
     log.info("stopped cleanly")
     if discord_task is not None and discord_task.done() and not discord_task.cancelled():

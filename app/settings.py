@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     openai_tokenizer: Path | None = None
     openai_context_size: int = Field(default=1024, ge=16, le=1_000_000)
     genres_path: Path = Path("genres.toml")
+    # Genre models (fine-tuned) load at their genre's first story; idle ones are
+    # unloaded to keep all loaded models within this (GPT-2 small int8 with a
+    # full batch: about 820 MB each).
+    model_memory_budget_mb: float = Field(default=3000.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     max_batch_size: int = Field(default=8, ge=1, le=64)
     queue_size: int = Field(default=32, ge=1, le=10_000)

@@ -26,9 +26,9 @@ class Busy(GenerationError):
 
     code = "busy"
 
-    def __init__(self, retry_after: float) -> None:
+    def __init__(self, retry_after: float, reason: str = "the queue is full") -> None:
         self.retry_after = max(1.0, round(retry_after))
-        super().__init__(f"Busy: the queue is full, try again in about {self.retry_after:.0f} s.")
+        super().__init__(f"Busy: {reason}, try again in about {self.retry_after:.0f} s.")
 
 
 class Cancelled(GenerationError):

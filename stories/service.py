@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 
+from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
 from generation.pool import GenerationPool, Ticket
 from generation.types import GenerationRequest, GenerationResult
@@ -123,9 +124,11 @@ class StoryService:
         *,
         user_max_active: int = 2,
         user_cooldown_s: float = 0.0,
+        models: ModelPools | None = None,
     ) -> None:
         self.store = store
-        self.pool = pool
+        self.pool = pool  # the default model's
+        self.models = models  # genre models, loaded on demand; None: one model for all
         self.genres = genres
         self.user_max_active = user_max_active
         self.user_cooldown_s = user_cooldown_s
@@ -139,6 +142,7 @@ class StoryService:
         # and the launch are separated by awaits, so two quick requests must not
         # both pass the per-user limit.
         self._reserved: dict[int, int] = {}
+        self._missing_models: set[str] = set()
 
     # ------------------------------------------------------------------ checks
     def _check_prompt(self, prompt: str) -> str:
@@ -190,6 +194,21 @@ class StoryService:
             else:
                 del self._reserved[who.user_id]
 
+    async def _pool_for(self, genre: Genre) -> GenerationPool:
+        """The genre's own model when it has one and its folder exists, else the default."""
+        if genre.model is None or self.models is None:
+            return self.pool
+        if not (genre.model / "config.json").is_file():
+            if genre.key not in self._missing_models:
+                self._missing_models.add(genre.key)
+                log.warning(
+                    "genre %s: model folder %s not found; the default model serves it",
+                    genre.key,
+                    genre.model,
+                )
+            return self.pool
+        return await self.models.pool_for(genre.model)
+
     # --------------------------------------------------------------- use-cases
     async def start(self, prompt: str, options: StoryOptions, who: Requester) -> Run:
         """Start a story: validate, store it as queued, submit it."""
@@ -208,7 +227,8 @@ class StoryService:
                 channel_id=who.channel_id,
             )
             try:
-                ticket = self.pool.submit(request)
+                pool = await self._pool_for(genre)
+                ticket = pool.submit(request)  # no await between: the pool cannot go away
             except GenerationError:
                 await self.store.delete_story(story.id)  # a refused request leaves no row
                 raise
@@ -268,7 +288,8 @@ class StoryService:
             path = await self.store.path_to(parent.id)
             previous_text = "".join(part.text for part in path)
             request = GenerationRequest(previous_text, params, primer=genre.primer)
-            ticket = self.pool.submit(request)
+            pool = await self._pool_for(genre)
+            ticket = pool.submit(request)
             await self.store.set_status(story.id, "queued")
             return self._launch(
                 story, parent, genre, ticket, previous_text, kind, who.user_id, len(path)
