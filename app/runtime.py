@@ -72,7 +72,7 @@ def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPo
             )
         from generation.torch_backend import TransformersBackend
 
-        return TransformersBackend(model_dir, **options)  # type: ignore[arg-type]
+        return TransformersBackend(model_dir, device=settings.device, **options)  # type: ignore[arg-type]
 
     remote = settings.backend == "openai"
     return GenerationPool(

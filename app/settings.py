@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference.
     backend: BackendName = "onnx"
     precision: Precision = "int8"
+    # Where BACKEND=transformers runs: auto (a GPU when there is one), cpu, cuda,
+    # cuda:1... (int8 is for CPUs: a GPU runs fp32).
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # ONNX Runtime threads spin-wait between runs: faster for a lone request,
     # slower when many people ask at once (bench/RESULTS.md). Off by default.
     onnx_allow_spinning: bool = False

@@ -21,6 +21,7 @@ import torch
 
 from generation.backend import Job
 from generation.decode import LocalBackend, Logits
+from generation.errors import ModelLoadError
 from generation.modelfiles import load_causal_lm, model_id_of
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ def _kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 class TorchStepModel:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, device: torch.device | None = None) -> None:
         self.model = model
+        self.device = device or torch.device("cpu")
         self.forward_calls = 0
         self._last: torch.Tensor | None = None  # the last logits, for top_ids
 
@@ -58,14 +60,15 @@ class TorchStepModel:
 
     def _logits(self) -> Logits:
         assert self._last is not None
-        result: Logits = self._last.float().numpy()
+        # One copy to the host per step; sampling runs in numpy on the CPU.
+        result: Logits = self._last.float().cpu().numpy()
         return result
 
     def top_ids(self, width: int) -> Any:
         """Each row's `width` best token ids, for all rows in one call."""
         if self._last is None or width >= self._last.shape[-1]:
             return None
-        return torch.topk(self._last, width, dim=-1, sorted=False).indices.numpy()
+        return torch.topk(self._last, width, dim=-1, sorted=False).indices.cpu().numpy()
 
     def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
         from transformers import DynamicCache
@@ -76,13 +79,14 @@ class TorchStepModel:
         for index, row in enumerate(rows):
             ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[index, width - len(row) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(ids, mask, pos, DynamicCache())
         return _State(out.cache, mask, mask.sum(-1)), self._logits()
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
-        ids = torch.tensor(tokens, dtype=torch.long)[:, None]
-        mask = torch.cat([state.mask, torch.ones((len(tokens), 1), dtype=state.mask.dtype)], 1)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        mask = torch.cat([state.mask, state.mask.new_ones((len(tokens), 1))], 1)
         # The cache grows in place; it is rebuilt only when rows leave or join.
         out = self._forward(ids, mask, state.next_pos[:, None], state.cache)
         return _State(out.cache, mask, state.next_pos + 1), self._logits()
@@ -90,7 +94,7 @@ class TorchStepModel:
     def select(self, state: _State, keep: Sequence[int]) -> _State:
         from transformers import DynamicCache
 
-        index = torch.tensor(keep, dtype=torch.long)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
         mask = state.mask[index]
         # Drop columns that are padding in every remaining row.
         used = mask.any(0).nonzero()
@@ -147,11 +151,17 @@ class TransformersBackend(LocalBackend):
         max_batch_size: int = 8,
         threads: int | None = None,
         precision: str = "fp32",
+        device: str = "cpu",
     ):
         if threads:
             torch.set_num_threads(threads)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"unknown precision {precision!r}")
+        self.device = resolve_device(device)
+        if precision == "int8" and self.device.type != "cpu":
+            # torch's dynamic int8 kernels are CPU ones; a GPU runs GPT-2 fast in fp32.
+            log.warning("PRECISION=int8 is for CPUs: running fp32 on %s", self.device)
+            precision = "fp32"
         self.model, self.tokenizer = load_causal_lm(model_dir)
         self.precision = precision
         self.name = "transformers" if precision == "fp32" else f"transformers-{precision}"
@@ -165,13 +175,15 @@ class TransformersBackend(LocalBackend):
         self.context_size = int(getattr(config, "n_positions", 1024))
         self.eos_token_id = self.tokenizer.eos_token_id
         self.max_batch_size = max_batch_size
-        self.steps = TorchStepModel(self.model)
+        self.model.to(self.device)
+        self.steps = TorchStepModel(self.model, self.device)
         log.info(
-            "loaded %s from %s (%d layers, %s, %d threads)",
+            "loaded %s from %s (%d layers, %s, on %s, %d threads)",
             self.model_id,
             model_dir,
             config.n_layer,
             precision,
+            self.device,
             torch.get_num_threads(),
         )
 
@@ -184,4 +196,18 @@ class TransformersBackend(LocalBackend):
         self.model = None
 
 
-__all__ = ["TorchStepModel", "TransformersBackend"]
+def resolve_device(choice: str) -> torch.device:
+    """ "auto": the first GPU when there is one, else the CPU. A GPU asked for
+    but absent is a start-up error, not a silent fall back to a slow CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise ModelLoadError(f"DEVICE={choice}: not a device (cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={choice}: no CUDA GPU is available here")
+    return device
+
+
+__all__ = ["TorchStepModel", "TransformersBackend", "resolve_device"]
