@@ -15,7 +15,7 @@ import pytest
 
 from app.runtime import run
 from app.settings import load_settings
-from tests.bot.test_story import is_story
+from tests.bot.test_story import button, is_story
 from tests.conftest import REPO
 from tests.fakediscord.harness import FakeDiscord
 from tests.remote.conftest import Serve, StandIn, free_port
@@ -157,3 +157,40 @@ async def test_an_unreachable_engine_is_one_line_at_start_up(tmp_path: Path) -> 
     assert len(errors) == 1, output
     assert errors[0].startswith(f"error: OPENAI_BASE_URL {url} is unreachable: cannot connect")
     assert "Traceback" not in output
+
+
+async def test_a_story_cut_mid_stream_shows_a_clear_error_and_retry_works(
+    fake: FakeDiscord, stand_in: StandIn, tmp_path: Path
+) -> None:
+    """What a Discord user sees when the engine's stream breaks after some text."""
+    stand_in.script = [("cut", 2)]  # the first story breaks; the retry streams whole
+    settings = load_settings(
+        discord_token="t0ken",
+        discord_dev_guild_id=int(fake.server.guild_id),
+        backend="openai",
+        openai_base_url=stand_in.url,
+        model_dir=tmp_path / "no-model",
+        database_path=tmp_path / "s.sqlite3",
+        http_port=free_port(),
+        genres_path=REPO / "genres.toml",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    fake.watch.append(task)
+    await fake.wait_until(
+        lambda: fake.server.commands and fake.server.connected.is_set(), timeout=30
+    )
+    handle = await fake.invoke(
+        "story", user=fake.alice, genre="crime", prompt="Broken wire", length="short"
+    )
+    await handle.deferred()
+    shown = await fake.wait_for_message(lambda m: "stopped in the middle" in m["content"])
+    assert shown["content"].startswith("**Broken wire**")
+    assert len(stand_in.completions) == 1  # text was shown: not retried behind the user's back
+    retry = await fake.click(shown, button(shown, "Retry"), user=fake.alice)
+    await retry.deferred()
+    await fake.wait_until(lambda: is_story(shown))
+    assert "word4." in shown["content"] and "stopped in the middle" not in shown["content"]
+    fake.watch.remove(task)
+    stop.set()
+    await asyncio.wait_for(task, 30)
