@@ -45,12 +45,15 @@ def write_corpus(folder: Path, sentences: int = 900) -> Path:
     return folder
 
 
-def command(data: Path, out: Path, base: Path, genres: Path, *extra: str) -> list[str]:
+def command(
+    data: Path, out: Path, base: Path, genres: Path, *extra: str, convert: bool = False
+) -> list[str]:
     return [
         *[sys.executable, "-m", "generation.finetune", "--data", str(data), "--out", str(out)],
         *["--base", str(base), "--genre", "noir", "--genres", str(genres)],
         *["--block-size", "64", "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3"],
-        *["--max-steps", "150", "--epochs", "20", "--checkpoint-every", "10", "--no-convert"],
+        *["--max-steps", "150", "--epochs", "20", "--checkpoint-every", "10"],
+        *([] if convert else ["--no-convert"]),
         *extra,
     ]
 
@@ -86,7 +89,7 @@ def finetuned(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     was_model = (out / "config.json").exists()
 
     resumed = subprocess.run(
-        command(data, out, tiny_model_dir, genres, "--resume"),
+        command(data, out, tiny_model_dir, genres, "--resume", convert=True),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -119,6 +122,7 @@ def test_resume_finishes_with_validation_loss_falling(finetuned: dict[str, objec
     out = Path(str(finetuned["out"]))
     check_model_dir(out)  # a normal model folder
     assert (out / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+    assert (out / "onnx" / "model-int8.onnx").is_file()  # converted for the default backend
     report = json.loads((out / "finetune.json").read_text())
     assert report["steps"] == 150 and report["files"] == 3
     assert report["validation_loss_after"] < report["validation_loss_before"] - 0.5

@@ -173,6 +173,7 @@ async def test_a_story_cut_mid_stream_shows_a_clear_error_and_retry_works(
         database_path=tmp_path / "s.sqlite3",
         http_port=free_port(),
         genres_path=REPO / "genres.toml",
+        user_cooldown_s=0,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
