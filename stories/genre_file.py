@@ -14,7 +14,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from stories.genres import _KEY, MAX_GENRES, GenreConfigError, GenreRegistry
+from stories.genres import _KEY, MAX_GENRES, GenreConfigError, GenreRegistry, read_genre_file
 
 
 def check_new_genre(path: Path, key: str) -> bool:
@@ -61,13 +61,7 @@ def register_model_genre(
 
 
 def _table(path: Path) -> dict[str, dict[str, object]]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GenreConfigError(f"{path}: genre file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise GenreConfigError(f"{path}: not valid TOML: {error}") from None
-    genres = data.get("genres", {})
+    genres = read_genre_file(path).get("genres", {})
     return genres if isinstance(genres, dict) else {}
 
 

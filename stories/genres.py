@@ -76,13 +76,7 @@ class GenreRegistry:
 
     @classmethod
     def load(cls, path: Path) -> GenreRegistry:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GenreConfigError(f"{path}: genre file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise GenreConfigError(f"{path}: not valid TOML: {error}") from None
-        return cls.from_dict(data, source=str(path), base=path.parent)
+        return cls.from_dict(read_genre_file(path), source=str(path), base=path.parent)
 
     @classmethod
     def from_dict(
@@ -96,6 +90,15 @@ class GenreRegistry:
                 f"{source}: {len(table)} genres, but Discord allows at most {MAX_GENRES} choices"
             )
         return cls([_parse(key, value, source, base) for key, value in table.items()])
+
+
+def read_genre_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenreConfigError(f"{path}: genre file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise GenreConfigError(f"{path}: not valid TOML: {error}") from None
 
 
 def _parse(key: str, entry: Any, source: str, base: Path) -> Genre:

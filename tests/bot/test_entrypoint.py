@@ -14,6 +14,7 @@ import pytest
 from app.runtime import run
 from app.settings import load_settings
 from bot.client import DiscordLoginError
+from tests.bot.app_runner import running_app
 from tests.bot.test_story import is_story
 from tests.conftest import REPO
 from tests.fakediscord.harness import FakeDiscord
@@ -49,26 +50,20 @@ async def test_token_starts_bot_and_http_together(
     fake: FakeDiscord, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(settings_for(fake, tiny_model_dir, tmp_path, port), stop))
-    fake.watch.append(task)
-    await fake.wait_until(
-        lambda: fake.server.commands and fake.server.connected.is_set(), timeout=30
-    )
-    handle = await fake.invoke(
-        "story", user=fake.alice, genre="crime", prompt="Both at once", length="short"
-    )
-    await handle.deferred()
-    await fake.wait_for_message(lambda m: is_story(m) and "Both at once" in m["content"])
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/", data=json.dumps({"input": "Over HTTP"})) as reply,
-    ):
-        body = await reply.json()
-    assert body["output"].startswith("Over HTTP")
-    fake.watch.remove(task)
-    stop.set()
-    await asyncio.wait_for(task, 30)  # a clean return, no exception
+    async with running_app(fake, settings_for(fake, tiny_model_dir, tmp_path, port)):
+        handle = await fake.invoke(
+            "story", user=fake.alice, genre="crime", prompt="Both at once", length="short"
+        )
+        await handle.deferred()
+        await fake.wait_for_message(lambda m: is_story(m) and "Both at once" in m["content"])
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/", data=json.dumps({"input": "Over HTTP"})
+            ) as reply,
+        ):
+            body = await reply.json()
+        assert body["output"].startswith("Over HTTP")
 
 
 async def test_a_refused_token_is_one_clear_error(

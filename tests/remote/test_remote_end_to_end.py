@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from app.runtime import run
 from app.settings import load_settings
+from tests.bot.app_runner import running_app
 from tests.bot.test_story import button, is_story
 from tests.conftest import REPO
 from tests.fakediscord.harness import FakeDiscord
@@ -46,33 +46,25 @@ async def test_bot_and_http_on_transformers_serve(
         http_port=port,
         genres_path=REPO / "genres.toml",
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop))
-    fake.watch.append(task)
-    await fake.wait_until(
-        lambda: fake.server.commands and fake.server.connected.is_set(), timeout=30
-    )
-    handle = await fake.invoke(
-        "story", user=fake.alice, genre="crime", prompt="The remote detective", length="short"
-    )
-    await handle.deferred()
-    story = await fake.wait_for_message(
-        lambda m: is_story(m) and "The remote detective" in m["content"]
-    )
-    assert len(story["content"]) > len("The remote detective") + 20
-    base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base}/", data=json.dumps({"input": "Over HTTP"})) as reply:
-            body = await reply.json()
-        assert reply.status == 200 and body["output"].startswith("Over HTTP")
-        assert len(body["output"]) > len("Over HTTP")
-        async with session.get(f"{base}/readyz") as reply:
-            ready = await reply.json()
+    async with running_app(fake, settings):
+        handle = await fake.invoke(
+            "story", user=fake.alice, genre="crime", prompt="The remote detective", length="short"
+        )
+        await handle.deferred()
+        story = await fake.wait_for_message(
+            lambda m: is_story(m) and "The remote detective" in m["content"]
+        )
+        assert len(story["content"]) > len("The remote detective") + 20
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/", data=json.dumps({"input": "Over HTTP"})) as reply:
+                body = await reply.json()
+            assert reply.status == 200 and body["output"].startswith("Over HTTP")
+            assert len(body["output"]) > len("Over HTTP")
+            async with session.get(f"{base}/readyz") as reply:
+                ready = await reply.json()
     assert ready["ready"] and ready["backend"] == "openai"
     assert ready["remote"] == {"url": transformers_serve.url, "reachable": True, "error": None}
-    fake.watch.remove(task)
-    stop.set()
-    await asyncio.wait_for(task, 30)
 
 
 async def start_slim(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -175,23 +167,15 @@ async def test_a_story_cut_mid_stream_shows_a_clear_error_and_retry_works(
         genres_path=REPO / "genres.toml",
         user_cooldown_s=0,
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop))
-    fake.watch.append(task)
-    await fake.wait_until(
-        lambda: fake.server.commands and fake.server.connected.is_set(), timeout=30
-    )
-    handle = await fake.invoke(
-        "story", user=fake.alice, genre="crime", prompt="Broken wire", length="short"
-    )
-    await handle.deferred()
-    shown = await fake.wait_for_message(lambda m: "stopped in the middle" in m["content"])
-    assert shown["content"].startswith("**Broken wire**")
-    assert len(stand_in.completions) == 1  # text was shown: not retried behind the user's back
-    retry = await fake.click(shown, button(shown, "Retry"), user=fake.alice)
-    await retry.deferred()
-    await fake.wait_until(lambda: is_story(shown))
-    assert "word4." in shown["content"] and "stopped in the middle" not in shown["content"]
-    fake.watch.remove(task)
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    async with running_app(fake, settings):
+        handle = await fake.invoke(
+            "story", user=fake.alice, genre="crime", prompt="Broken wire", length="short"
+        )
+        await handle.deferred()
+        shown = await fake.wait_for_message(lambda m: "stopped in the middle" in m["content"])
+        assert shown["content"].startswith("**Broken wire**")
+        assert len(stand_in.completions) == 1  # text was shown: no silent retry
+        retry = await fake.click(shown, button(shown, "Retry"), user=fake.alice)
+        await retry.deferred()
+        await fake.wait_until(lambda: is_story(shown))
+        assert "word4." in shown["content"] and "stopped in the middle" not in shown["content"]
