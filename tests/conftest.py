@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from generation.torch_backend import TransformersBackend
 from storage.store import Store
 from stories.genres import GenreRegistry
 from stories.service import StoryService
+from tests.fakediscord.harness import FakeDiscord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +75,22 @@ class GatedBackend:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    """The fake Discord on loopback, stopped after the test."""
+    discord = FakeDiscord()
+    await discord.start()
+    yield discord
+    await discord.stop()
 
 
 async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import REPO, free_port
 
 
 def env_for(model_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,22 +14,8 @@ from app.settings import load_settings
 from bot.client import DiscordLoginError
 from tests.bot.app_runner import running_app
 from tests.bot.test_story import is_story
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.fakediscord.harness import FakeDiscord
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    discord = FakeDiscord()
-    await discord.start()
-    yield discord
-    await discord.stop()
 
 
 def settings_for(fake: FakeDiscord, model: Path, tmp_path: Path, port: int, token: str = "t0ken"):  # type: ignore[no-untyped-def]

@@ -65,14 +65,6 @@ class MiniBot(discord.Client):
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def mini(fake: FakeDiscord) -> AsyncIterator[MiniBot]:
     bot = MiniBot()
     started = time.monotonic()

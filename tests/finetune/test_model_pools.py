@@ -112,8 +112,7 @@ async def test_the_service_serves_a_genre_from_its_own_model_folder(
 
     from app.runtime import run
     from app.settings import load_settings
-    from tests.conftest import REPO
-    from tests.remote.conftest import free_port
+    from tests.conftest import REPO, free_port
 
     genre_model = tmp_path / "models" / "noir-gpt2"
     shutil.copytree(tiny_model_dir, genre_model)

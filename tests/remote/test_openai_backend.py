@@ -22,8 +22,8 @@ from generation.openai_backend import OpenAIBackend
 from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend
 from generation.types import GenerationParams, GenerationRequest
-from tests.conftest import wait_for
-from tests.remote.conftest import Serve, StandIn, free_port
+from tests.conftest import free_port, wait_for
+from tests.remote.conftest import Serve, StandIn
 
 
 def remote_pool(url: str, **options: Any) -> GenerationPool:

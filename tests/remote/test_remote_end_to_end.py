@@ -7,29 +7,19 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from app.settings import load_settings
 from tests.bot.app_runner import running_app
 from tests.bot.test_story import button, is_story
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.fakediscord.harness import FakeDiscord
-from tests.remote.conftest import Serve, StandIn, free_port
+from tests.remote.conftest import Serve, StandIn
 
 # What a slim install leaves out; importing any of them fails the slim run.
 HEAVY = ("torch", "transformers", "onnxruntime", "onnx", "safetensors", "huggingface_hub")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    discord = FakeDiscord()
-    await discord.start()
-    yield discord
-    await discord.stop()
 
 
 async def test_bot_and_http_on_transformers_serve(
