@@ -2,12 +2,15 @@
 # Set everything up and run storybot: the bot with DISCORD_TOKEN, else the HTTP
 # service alone on HTTP_HOST:HTTP_PORT (127.0.0.1:5000).
 # Uses models/gpt2 when present; tries to download it when absent; without a
-# network, falls back to the tiny offline model, loudly.
+# network, falls back to the tiny offline model, loudly. With BACKEND=openai it
+# fetches no model: generation happens on the remote engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-if [[ -z "${MODEL_DIR:-}" ]] && ! grep -qs '^MODEL_DIR=' .env; then
+# BACKEND=openai generates on a remote engine: no local model to fetch.
+backend="${BACKEND:-$( (sed -n 's/^BACKEND=//p' .env 2>/dev/null || true) | tail -n 1)}"
+if [[ "$backend" != "openai" && -z "${MODEL_DIR:-}" ]] && ! grep -qs '^MODEL_DIR=' .env; then
   if [[ ! -f models/gpt2/storybot.json ]] && ! .venv/bin/python download_model.py; then
     [[ -f models/tiny-gpt2/storybot.json ]] || .venv/bin/python download_model.py --tiny
     echo "WARNING: GPT-2 could not be downloaded; running the TINY test model." >&2
