@@ -112,7 +112,8 @@ def finetune(args: argparse.Namespace) -> int:
         check_new_genre(args.genres, args.genre)  # refuse a clash before hours of training
     corpus = read_corpus(args.data)
     say(
-        f"data: {len(corpus.documents)} texts from {len(corpus.files)} files in {args.data}"
+        f"data: {_count(len(corpus.documents), 'text')} from "
+        f"{_count(len(corpus.files), 'file')} in {args.data}"
         + (f" ({len(corpus.ignored)} other files ignored)" if corpus.ignored else "")
     )
 
@@ -354,6 +355,10 @@ def _convert(out: Path) -> None:
         convert(out, "int8", progress=say)
     except Exception as error:  # the bot converts at first use: a warning, not a failure
         say(f"warning: ONNX conversion failed ({error}); the bot will convert at first use")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _duration(seconds: float) -> str:
