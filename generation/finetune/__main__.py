@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -241,19 +242,15 @@ _CONFIG_KEYS = ("lr", "batch_size", "grad_accum", "warmup_steps", "weight_decay"
 
 
 def _fingerprint(base: Path, corpus: Corpus, blocks: Blocks, config: Any) -> dict[str, Any]:
-    """What a checkpoint must agree with for --resume to continue the same run."""
+    """What a checkpoint must agree with for --resume to continue the same run:
+    the inputs and every training setting but where it runs and how often it saves."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("device", "checkpoint_every")}
     return {
         "base": str(base.resolve()),
         "data": corpus.fingerprint,
         "block_size": int(blocks.train.shape[1]),
         "train_blocks": len(blocks.train),
-        "steps": config.steps,
-        "lr": config.lr,
-        "batch_size": config.batch_size,
-        "grad_accum": config.grad_accum,
-        "warmup_steps": config.warmup_steps,
-        "weight_decay": config.weight_decay,
-        "seed": config.seed,
+        **settings,
     }
 
 

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -229,7 +229,3 @@ def validation_loss(
         count += len(x)
     model.train()
     return total / max(1, count)
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
