@@ -134,7 +134,7 @@ class ModelPools:
             log.info("unloading idle genre model %s to stay within the memory budget", oldest)
             await entry.pool.aclose()
 
-    async def aclose(self, drain_timeout: float = 10.0) -> None:
+    async def aclose(self, grace_s: float = 10.0) -> None:
         pools = [entry.pool for entry in self._loaded.values()]
         self._loaded.clear()
-        await asyncio.gather(*(pool.aclose(drain_timeout) for pool in pools))
+        await asyncio.gather(*(pool.aclose(grace_s) for pool in pools))

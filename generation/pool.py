@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from generation.backend import Backend, Job
 from generation.errors import (
@@ -60,14 +59,22 @@ class PoolStats:
 
 
 class Ticket:
-    """A caller's handle on one submitted request. Use it on the event loop."""
+    """A caller's handle on one submitted request. Use it on the event loop.
+
+    Its output is a broadcast: any number of readers may follow `positions()`
+    and `stream()` at once, each gets every change and the end, and a reader
+    that stops early disturbs no other.
+    """
 
     def __init__(self, pool: GenerationPool, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         self.id = f"g{next(_ids)}"
         self._pool = pool
         self._job = job
         self._future: asyncio.Future[GenerationResult] = loop.create_future()
-        self._text: asyncio.Queue[str | None] = asyncio.Queue()
+        self._deltas: list[str] = []
+        self._ended = False
+        # Replaced by a fresh event at each change: a reader takes the current one,
+        # looks at the state, and waits; no reader can clear another's wake-up.
         self._changed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self.seed: int = job.params.seed or 0
@@ -85,31 +92,37 @@ class Ticket:
     def done(self) -> bool:
         return self._future.done()
 
+    @property
+    def text(self) -> str:
+        """Everything streamed so far."""
+        return "".join(self._deltas)
+
     async def positions(self) -> AsyncIterator[int]:
         """Yield the position now and at each change, until generation starts."""
         last = None
         while True:
-            self._changed.clear()
+            changed = self._changed
             position = self.position
             if position != last:
                 yield position
                 last = position
             if position <= 0 or self._future.done():
                 return
-            waiter = asyncio.ensure_future(self._changed.wait())
-            pending: set[asyncio.Future[Any]] = {waiter, self._future}
-            try:
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+            if changed is self._changed:  # nothing moved while the reader was away
+                await changed.wait()
 
     async def stream(self) -> AsyncIterator[str]:
-        """Yield text as it is written; ends when the request finishes."""
+        """Yield text as it is written, from the start; ends when the request ends."""
+        seen = 0
         while True:
-            delta = await self._text.get()
-            if delta is None:
+            changed = self._changed
+            while seen < len(self._deltas):
+                seen += 1
+                yield self._deltas[seen - 1]
+            if self._ended:
                 return
-            yield delta
+            if changed is self._changed and seen == len(self._deltas):
+                await changed.wait()
 
     async def result(self) -> GenerationResult:
         return await asyncio.shield(self._future)
@@ -120,6 +133,15 @@ class Ticket:
         return self._pool._cancel(self)
 
     # Called on the loop thread by the pool.
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _push(self, delta: str) -> None:
+        if not self._ended:
+            self._deltas.append(delta)
+            self._notify()
+
     def _resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -130,8 +152,24 @@ class Ticket:
             else:
                 assert result is not None
                 self._future.set_result(result)
-        self._text.put_nowait(None)
-        self._changed.set()
+        self._ended = True
+        self._notify()
+
+
+class Reservation:
+    """A place in the queue held for a request that is not submitted yet (its
+    message is being posted). `submit(request, reservation)` uses it; `release()`
+    gives it back. Releasing twice, or after use, does nothing."""
+
+    def __init__(self, pool: GenerationPool) -> None:
+        self._pool = pool
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with self._pool._cond:
+                self._pool._reserved -= 1
 
 
 class GenerationPool:
@@ -161,6 +199,7 @@ class GenerationPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._seconds_per_job = 10.0  # moving estimate, for Busy's retry hint
+        self._reserved = 0  # places held by `reserve()` for requests not yet submitted
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -184,28 +223,34 @@ class GenerationPool:
     def ready(self) -> bool:
         return self.backend is not None and not self._closing
 
-    async def aclose(self, drain_timeout: float = 10.0) -> None:
-        """Stop taking requests; let running and queued ones finish for up to
-        `drain_timeout` seconds; fail the rest with `PoolClosed`. Never leaves a
-        caller waiting."""
+    async def aclose(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests and fail the waiting ones with `PoolClosed` at once;
+        let running ones finish for up to `grace_s` seconds, then stop them (they
+        fail with `PoolClosed` too). Returns within about `grace_s` + 2 seconds
+        and never leaves a caller waiting."""
         if self._closing:
             return
         self._closing = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=drain_timeout)
-        except TimeoutError:
-            log.warning("pool did not drain in %.0f s; failing what is left", drain_timeout)
         with self._cond:
             left = list(self._waiting)
             self._waiting.clear()
+            self._cond.notify_all()
+        for job in left:
+            self._finish_on_loop(job, None, PoolClosed())
+        self._positions_changed()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("stories still running after %.0f s; stopping them", grace_s)
+        with self._cond:
             for job in self._running:
                 job.close_requested = True
             self._cond.notify_all()
         self._wake_backend()
-        for job in left:
-            self._finish_on_loop(job, None, PoolClosed())
         if self._thread is not None and self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, 30)
+            # The worker stops its rows at the next token; a backend stuck in a
+            # call is left behind (the thread is a daemon) rather than waited for.
+            await asyncio.to_thread(self._thread.join, 2.0)
         # Anything still unresolved (a stuck backend) is failed, not left hanging.
         for ticket in list(self._tickets.values()):
             ticket._resolve(None, PoolClosed())
@@ -229,9 +274,31 @@ class GenerationPool:
         if request.timeout_s is not None and not request.timeout_s > 0:
             raise InvalidRequest("timeout_s must be positive.")
 
-    def submit(self, request: GenerationRequest) -> Ticket:
-        """Queue a request (on the event loop). Raises `InvalidRequest`, `Busy`,
-        `PoolClosed`; never blocks."""
+    def reserve(self) -> Reservation:
+        """Hold a place in the queue for a request about to be submitted, so that
+        `Busy` is known before anything is shown to anyone. Raises `Busy`,
+        `PoolClosed`."""
+        if self._closing or self._loop is None or self.backend is None:
+            raise PoolClosed()
+        with self._cond:
+            waiting = len(self._waiting) + self._reserved
+            if waiting >= self.max_queue:
+                raise Busy(self.retry_estimate(waiting))
+            self._reserved += 1
+        return Reservation(self)
+
+    def predicted_position(self) -> int:
+        """The position a request submitted now would get (1 = next in line)."""
+        with self._cond:
+            return len(self._waiting) + 1
+
+    def submit(self, request: GenerationRequest, reservation: Reservation | None = None) -> Ticket:
+        """Queue a request (on the event loop), in the place `reservation` holds if
+        given. Raises `InvalidRequest`, `Busy`, `PoolClosed`; never blocks."""
+        if reservation is not None:
+            if not reservation.held:
+                raise ValueError("this reservation was released or used already")
+            reservation.release()  # submitted now: the place becomes the request's own
         if self._closing or self._loop is None or self.backend is None:
             raise PoolClosed()
         self.validate(request)
@@ -252,15 +319,16 @@ class GenerationPool:
         loop = self._loop
 
         def on_text(delta: str) -> None:  # worker thread
-            loop.call_soon_threadsafe(ticket._text.put_nowait, delta)
+            loop.call_soon_threadsafe(ticket._push, delta)
 
         def on_start() -> None:  # worker thread
             loop.call_soon_threadsafe(self._positions_changed)
 
         job.on_text, job.on_start = on_text, on_start
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
-                raise Busy(self.retry_estimate(len(self._waiting)))
+            held = 0 if reservation is not None else self._reserved
+            if len(self._waiting) + held >= self.max_queue:
+                raise Busy(self.retry_estimate(len(self._waiting) + held))
             self._waiting.append(job)
             self._tickets[id(job)] = ticket
             self._idle.clear()
@@ -327,7 +395,7 @@ class GenerationPool:
     # ------------------------------------------------------------- loop thread
     def _positions_changed(self) -> None:
         for ticket in list(self._tickets.values()):
-            ticket._changed.set()
+            ticket._notify()
 
     def _finish_on_loop(
         self, job: Job, result: GenerationResult | None, error: BaseException | None

@@ -228,7 +228,9 @@ async def test_waiting_too_long_in_the_queue_times_out(make_pool: PoolFactory) -
         await running.result()
 
 
-async def test_aclose_drains_then_fails_the_rest(make_pool: PoolFactory) -> None:
+async def test_aclose_fails_the_queue_at_once_and_stops_running_work_after_grace(
+    make_pool: PoolFactory,
+) -> None:
     pool = make_pool(gated=True, max_batch=1)
     await pool.start()
     backend = pool.backend
@@ -237,22 +239,63 @@ async def test_aclose_drains_then_fails_the_rest(make_pool: PoolFactory) -> None
     running = pool.submit(req(tokens=900, seed=1))
     await asyncio.to_thread(backend.entered.wait, 10)
     queued = pool.submit(req(seed=2))
-    closing = asyncio.create_task(pool.aclose(drain_timeout=0.2))
+    closing = asyncio.create_task(pool.aclose(grace_s=0.5))
     await wait_for(lambda: pool._closing)
     with pytest.raises(PoolClosed):
         pool.submit(req(seed=3))
+    with pytest.raises(PoolClosed):  # the waiting one is answered before any work ends
+        await asyncio.wait_for(queued.result(), 5)
+    assert not running.done()
     backend.release()
     await asyncio.wait_for(closing, 30)
-    for ticket in (running, queued):
-        with pytest.raises(PoolClosed):
-            await asyncio.wait_for(ticket.result(), 5)
+    with pytest.raises(PoolClosed):  # 900 tokens do not fit in the grace period
+        await asyncio.wait_for(running.result(), 5)
     assert pool._thread is not None and not pool._thread.is_alive()
 
 
-async def test_aclose_lets_short_work_finish(pool: GenerationPool) -> None:
+async def test_aclose_lets_running_work_finish_within_grace(pool: GenerationPool) -> None:
     ticket = pool.submit(req(tokens=10))
-    await pool.aclose(drain_timeout=30)
+    await wait_for(lambda: ticket.position == 0)
+    await pool.aclose(grace_s=30)
     assert (await ticket.result()).new_tokens >= 1
+
+
+async def test_aclose_returns_within_grace_whatever_is_queued(make_pool: PoolFactory) -> None:
+    async with make_pool(max_batch=1, max_queue=300) as pool:
+        tickets = [pool.submit(req(tokens=50, seed=n)) for n in range(300)]
+        await wait_for(lambda: tickets[0].position == 0)
+        started = time.monotonic()
+        await pool.aclose(grace_s=1.0)
+        assert time.monotonic() - started < 1.0 + 2.0
+        results = await asyncio.gather(*(t.result() for t in tickets), return_exceptions=True)
+        assert sum(isinstance(r, PoolClosed) for r in results) >= 299
+
+
+async def test_every_reader_of_a_ticket_gets_all_the_text_and_the_end(
+    make_pool: PoolFactory,
+) -> None:
+    async with make_pool(gated=True, max_batch=1) as pool:
+        backend = pool.backend
+        assert isinstance(backend, GatedBackend)
+        backend.hold()
+        ticket = pool.submit(req(tokens=40, seed=5))
+
+        async def read() -> tuple[list[int], str]:
+            positions = [p async for p in ticket.positions()]
+            text = "".join([d async for d in ticket.stream()])
+            return positions, text
+
+        readers = [asyncio.create_task(read()) for _ in range(3)]
+        early_leaver = ticket.stream()
+        await wait_for(lambda: backend.entered.is_set())
+        backend.release()
+        first = await early_leaver.__anext__()  # one reader leaves after one delta
+        await early_leaver.aclose()
+        done = await asyncio.wait_for(asyncio.gather(*readers), 30)
+        result = await ticket.result()
+        for positions, text in done:
+            assert text == result.raw_text and positions[-1] == 0
+        assert result.raw_text.startswith(first)
 
 
 async def test_a_broken_model_folder_fails_at_start(tmp_path: Path, tiny_model_dir: Path) -> None:
