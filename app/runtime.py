@@ -9,14 +9,14 @@ Start-up problems end the process with one line and exit status 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -31,11 +31,13 @@ from generation.pool import GenerationPool
 from storage.errors import StorageError
 from storage.store import Store
 from stories.genres import GenreConfigError, GenreRegistry
+from stories.message_book import MessageBook
 from stories.service import StoryService
 
-log = logging.getLogger("storybot")
+if TYPE_CHECKING:
+    from bot.client import DiscordApp
 
-SHUTDOWN_GRACE_S = 8.0  # Docker waits 10 s after SIGTERM before SIGKILL
+log = logging.getLogger("storybot")
 
 
 def configure_logging(level: str) -> None:
@@ -147,7 +149,9 @@ async def start_http(service: StoryService, settings: Settings) -> web.AppRunner
         max_body_bytes=settings.http_max_body_bytes,
         cors_origins=settings.cors_origins,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Every request still open at shutdown has its answer by then (the pool fails
+    # what waits): a second is plenty, not aiohttp's default of a minute.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     try:
@@ -169,7 +173,42 @@ def bound_addresses(runner: web.AppRunner) -> list[str]:
     return [f"http://{addr[0]}:{addr[1]}" for addr in runner.addresses if isinstance(addr, tuple)]
 
 
-DiscordStarter = Callable[[StoryService, Settings, asyncio.Event], Awaitable[None]]
+class Front(Protocol):
+    """A front-end that shows runs somewhere (the Discord bot)."""
+
+    async def settle(self, within: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def shut_down(
+    service: StoryService,
+    pools: list[GenerationPool | ModelPools],
+    *,
+    grace_s: float,
+    runner: web.AppRunner | None = None,
+    front: Front | None = None,
+) -> None:
+    """Stop in an order that loses nothing: stop taking work; fail what waits at
+    once (HTTP callers get 503 with Retry-After, Discord messages "interrupted"
+    with Retry); let running parts finish within `grace_s`; store every outcome;
+    post and edit the channel messages while the Discord session is still open;
+    only then close the session. Returns within about `grace_s` + 2 seconds;
+    what could not be shown is left recorded for the next start to fix."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    if runner is not None:
+        for site in list(runner.sites):  # no new connections; open ones get answers
+            await site.stop()
+    service.stop_accepting()
+    await asyncio.gather(*(pool.aclose(grace_s) for pool in pools))
+    await service.wait_idle(within=max(0.5, deadline + 0.5 - loop.time()))
+    if front is not None:
+        await front.settle(within=max(0.5, deadline + 1.0 - loop.time()))
+    if runner is not None:
+        await runner.cleanup()
+    if front is not None:
+        await front.close()
 
 
 async def run(
@@ -177,7 +216,6 @@ async def run(
     stop: asyncio.Event | None = None,
     *,
     started: Callable[[web.AppRunner], None] | None = None,
-    discord: DiscordStarter | None = None,
 ) -> None:
     """Serve until `stop` is set (or a signal arrives); then shut down cleanly."""
     stop = stop or asyncio.Event()
@@ -199,7 +237,7 @@ async def run(
         )
         interrupted = await service.recover_interrupted()
         runner: web.AppRunner | None = None
-        discord_task: asyncio.Task[None] | None = None
+        discord_app = None
         try:
             runner = await start_http(service, settings)
             log.info(
@@ -211,39 +249,39 @@ async def run(
             if settings.discord_token is None:
                 log.info("no DISCORD_TOKEN set: serving the HTTP interface only")
             else:
-                starter = discord or _default_discord
-                discord_task = asyncio.create_task(starter(service, settings, stop), name="discord")
-                discord_task.add_done_callback(lambda _: stop.set())
+                discord_app = _discord_app(service, store, settings)
+                discord_app.start().add_done_callback(lambda _: stop.set())
             if interrupted:
-                log.info("%d interrupted stories can be retried", len(interrupted))
+                log.info("%d interrupted parts can be retried", len(interrupted))
             if started is not None:
                 started(runner)
             await stop.wait()
             log.info("shutting down")
         finally:
-            if runner is not None:
-                await runner.cleanup()  # stop taking new HTTP requests first
-            if discord_task is not None:
-                stop.set()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(discord_task, SHUTDOWN_GRACE_S)
-            # Finish or fail what is in flight, on every loaded model at once.
-            closing = [pool.aclose(drain_timeout=SHUTDOWN_GRACE_S)]
-            if models is not None:
-                closing.append(models.aclose(drain_timeout=SHUTDOWN_GRACE_S))
-            await asyncio.gather(*closing)
-            await service.wait_idle()  # every outcome stored (done or interrupted)
+            await shut_down(
+                service,
+                [pool] + ([models] if models is not None else []),
+                grace_s=settings.shutdown_grace_s,
+                runner=runner,
+                front=discord_app,
+            )
     log.info("stopped cleanly")
-    if discord_task is not None and discord_task.done() and not discord_task.cancelled():
-        error = discord_task.exception()
-        if error is not None:
-            raise error
+    if discord_app is not None:
+        discord_app.raise_failure()
 
 
-async def _default_discord(service: StoryService, settings: Settings, stop: asyncio.Event) -> None:
-    from bot.client import run_bot
+def _discord_app(service: StoryService, store: Store, settings: Settings) -> DiscordApp:
+    from bot.client import DiscordApp, StoryBot  # discord.py only when there is a token
 
-    await run_bot(service, settings, stop)
+    assert settings.discord_token is not None
+    bot = StoryBot(
+        service,
+        MessageBook(store),
+        dev_guild_id=settings.discord_dev_guild_id,
+        max_new_tokens_limit=settings.max_new_tokens_limit,
+        notice_window_s=max(10.0, settings.user_cooldown_s),
+    )
+    return DiscordApp(bot, settings.discord_token.get_secret_value())
 
 
 def _check_database_path(path: Path) -> None:
@@ -266,6 +304,8 @@ async def _serve_until_signal(settings: Settings) -> None:
 
 
 def main() -> int:
+    from bot.client import DiscordLoginError
+
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -275,6 +315,9 @@ def main() -> int:
     try:
         asyncio.run(_serve_until_signal(settings))
     except (StartupError, ModelLoadError, StorageError, GenreConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except DiscordLoginError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=32, ge=1, le=10_000)
     max_new_tokens_limit: int = Field(default=400, ge=1, le=1000)
     generation_timeout_s: float = Field(default=600.0, gt=0)
+    # On SIGTERM, stories being written get this long to finish (queued ones are
+    # marked interrupted at once); the process exits within about 2 s more.
+    # Docker sends SIGKILL 10 s after SIGTERM (compose: stop_grace_period).
+    shutdown_grace_s: float = Field(default=8.0, ge=0, le=600)
 
     # Storage.
     database_path: Path = Path("data/storybot.sqlite3")

@@ -3,6 +3,10 @@
 No privileged intents: reactions arrive with the default intents, and the bot
 never reads message content. Every message it sends uses
 `AllowedMentions.none()`, so generated text can never ping anyone.
+
+`DiscordApp` is the bot's life in the composition root: start it, and at
+shutdown `settle` (post what finished, mark what did not, while the session is
+still open) before `close`.
 """
 
 from __future__ import annotations
@@ -15,24 +19,24 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from app.errors import StartupError
-from app.settings import Settings
-from bot.frontend import LENGTHS, PROMPT_LIMIT, Frontend
+from bot.handlers import LENGTHS, PROMPT_LIMIT, Handlers
+from bot.notices import Notices
 from bot.publisher import Publisher
-from bot.views import DYNAMIC_ITEMS
+from bot.views import story_button_type
+from stories.message_book import MessageBook
 from stories.service import StoryService
 
 log = logging.getLogger(__name__)
 
 
-class DiscordLoginError(StartupError):
+class DiscordLoginError(Exception):
     """The token was refused; printed as one line at start-up."""
 
 
-def build_commands(frontend: Frontend) -> list[app_commands.Command[Any, Any, Any]]:
+def build_commands(handlers: Handlers) -> list[app_commands.Command[Any, Any, Any]]:
     genre_choices = [
         app_commands.Choice(name=genre.title[:100], value=genre.key)
-        for genre in frontend.service.genres
+        for genre in handlers.service.genres
     ]
     length_choices = [
         app_commands.Choice(name=size.label, value=key) for key, size in LENGTHS.items()
@@ -58,15 +62,15 @@ def build_commands(frontend: Frontend) -> list[app_commands.Command[Any, Any, An
 
         Thin: validation by Discord (choices, ranges) and again by the service.
         """
-        await frontend.story(interaction, genre, prompt, length, seed)
+        await handlers.story(interaction, genre, prompt, length, seed)
 
     @app_commands.command(name="mystories", description="Your stories: read, export or delete them")
     async def mystories(interaction: discord.Interaction) -> None:
-        await frontend.my_stories(interaction)
+        await handlers.my_stories(interaction)
 
     @app_commands.command(name="forgetme", description="Delete every story and part you wrote")
     async def forgetme(interaction: discord.Interaction) -> None:
-        await frontend.forget_me(interaction)
+        await handlers.forget_me(interaction)
 
     return [story, mystories, forgetme]
 
@@ -75,11 +79,14 @@ class StoryBot(discord.Client):
     def __init__(
         self,
         service: StoryService,
+        book: MessageBook,
         *,
         dev_guild_id: int | None = None,
         edit_interval: float = 1.0,
         max_new_tokens_limit: int = 400,
         guild_ready_timeout: float = 2.0,
+        notice_window_s: float = 10.0,
+        retry_base_s: float = 1.0,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = False  # never needed: we read reactions and interactions only
@@ -93,17 +100,24 @@ class StoryBot(discord.Client):
         self.service = service
         self.dev_guild_id = dev_guild_id
         self.tree = app_commands.CommandTree(self)
-        self.publisher = Publisher(service.store, edit_interval=edit_interval)
-        self.frontend = Frontend(
-            self, service, self.publisher, max_new_tokens_limit=max_new_tokens_limit
+        self.publisher = Publisher(
+            book, service, edit_interval=edit_interval, retry_base_s=retry_base_s
         )
-        self._announced = False
+        self.handlers = Handlers(
+            self,
+            service,
+            book,
+            self.publisher,
+            Notices(window_s=notice_window_s),
+            max_new_tokens_limit=max_new_tokens_limit,
+        )
+        self._synced_messages = False
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
-        for command in build_commands(self.frontend):
+        self.add_dynamic_items(story_button_type(self.handlers))
+        for command in build_commands(self.handlers):
             self.tree.add_command(command)
-        self.tree.on_error = self.frontend.on_error  # type: ignore[method-assign]
+        self.tree.on_error = self.handlers.on_error  # type: ignore[method-assign]
         if self.dev_guild_id:
             guild = discord.Object(id=self.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -118,49 +132,59 @@ class StoryBot(discord.Client):
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
-        if not self._announced:
-            self._announced = True
-            await self.frontend.announce_interrupted()
+        if not self._synced_messages:  # once: on_ready comes again after a reconnect
+            self._synced_messages = True
+            await self.handlers.bring_messages_up_to_date()
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        await self.frontend.on_reaction(payload)
+        await self.handlers.on_reaction(payload)
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self.frontend.on_message_delete(payload)
+        await self.handlers.on_message_delete(payload)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         # discord.py calls this inside its `except` block: the traceback is live.
         log.exception("error in Discord event %s", event_method)  # noqa: LOG004
 
+
+class DiscordApp:
+    """Runs a `StoryBot` in a task of its own, for the composition root."""
+
+    def __init__(self, bot: StoryBot, token: str) -> None:
+        self.bot = bot
+        self._token = token
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self.bot.start(self._token), name="discord-client")
+        return self.task
+
+    async def wait_until_ready(self) -> None:
+        """Return once connected; raise if the client died first."""
+        assert self.task is not None
+        ready = asyncio.ensure_future(self.bot.wait_until_ready())
+        await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            self.raise_failure()
+            raise RuntimeError("the Discord client stopped before it was ready")
+
+    async def settle(self, within: float) -> None:
+        """Post what finished and mark what did not, while the session is open."""
+        await self.bot.publisher.settle(within)
+
     async def close(self) -> None:
-        await super().close()
-        await self.publisher.wait_idle()
+        await self.bot.close()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.task, 5)
 
-
-async def run_bot(service: StoryService, settings: Settings, stop: asyncio.Event) -> None:
-    """Run the bot until `stop` is set; used by `python -m bot`."""
-    assert settings.discord_token is not None
-    bot = StoryBot(
-        service,
-        dev_guild_id=settings.discord_dev_guild_id,
-        max_new_tokens_limit=settings.max_new_tokens_limit,
-    )
-    runner = asyncio.create_task(
-        bot.start(settings.discord_token.get_secret_value()), name="discord-client"
-    )
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if runner.done():
-            error = runner.exception()
-            if isinstance(error, discord.LoginFailure):
-                raise DiscordLoginError(
-                    "DISCORD_TOKEN was refused by Discord: check the token"
-                ) from None
-            if error is not None:
-                raise error
-    finally:
-        stopper.cancel()
-        await bot.close()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await runner
+    def raise_failure(self) -> None:
+        """Raise what ended the client, if it ended on its own with an error."""
+        if self.task is None or not self.task.done() or self.task.cancelled():
+            return
+        error = self.task.exception()
+        if isinstance(error, discord.LoginFailure):
+            raise DiscordLoginError("DISCORD_TOKEN was refused by Discord: check the token")
+        if error is not None:
+            raise error

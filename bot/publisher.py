@@ -1,17 +1,26 @@
-"""Showing a run in a channel: queued, streaming, final.
+"""Showing runs and parts in channel messages, and keeping those messages true.
 
-The story is an ordinary channel message owned by the bot (interaction tokens
-die after 15 minutes; a queued story can take longer). It shows the queue
-position with a Cancel button, then the text as it streams (edited at most
-once per `edit_interval`), then the final text split at sentence boundaries,
-with Continue and Reroll buttons and a ➕ reaction. A message deleted meanwhile
-is posted again; a missing permission costs the reaction, not the story.
+A story is shown in ordinary channel messages owned by the bot (interaction
+tokens die after 15 minutes; a queued story can take longer). A run's message
+is posted before anything is generated (`post`, called from the service's
+`announce`), shows the queue position with a Cancel button, then the text as it
+streams (edited at most once per `edit_interval`), then the final part split at
+sentence boundaries, with Continue and Reroll buttons and one ➕ reaction.
+
+- A reroll streams into a message of its own and leaves the old version in
+  place until the new one is complete; then the old messages show the new part.
+- Every message is recorded in the `MessageBook` with what Discord confirmed it
+  shows. A final update that fails for a reason other than "gone" is retried
+  with backoff; what is still stale is brought up to date by `sync` (at the
+  next start, or after a deletion).
+- A message deleted meanwhile is posted again; a deleted channel stops the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable
@@ -20,190 +29,302 @@ from typing import Any
 import discord
 
 from bot import render
-from bot.views import cancel_view, retry_view, story_view
-from generation.errors import Cancelled, GenerationError, PoolClosed
-from storage.store import Store
-from stories.service import Run
+from bot.views import cancel_button, part_buttons, retry_button
+from generation.errors import Cancelled
+from storage.errors import NotFound
+from storage.models import MessageRecord
+from stories.errors import StoryDeleted
+from stories.message_book import GONE, MessageBook, part_key, run_key
+from stories.service import PartView, Run, RunView, StoryService
 
 log = logging.getLogger(__name__)
 
 CONTINUE_EMOJI = "➕"
+UNKNOWN_CHANNEL = 10003
+Target = discord.Message | discord.PartialMessage
+
+
+class ChannelGone(Exception):
+    """The channel was deleted, or the bot can no longer see it."""
+
+
+class Edit(enum.Enum):
+    GONE = "gone"  # the message was deleted
+    FAILED = "failed"  # Discord refused or failed after retries: the message is stale
+
+
+def _channel_gone(error: discord.HTTPException) -> bool:
+    return error.code in (UNKNOWN_CHANNEL, 50001)  # Unknown Channel, Missing Access
 
 
 class Publisher:
-    def __init__(self, store: Store, *, edit_interval: float = 1.0) -> None:
-        self.store = store
-        self.edit_interval = edit_interval
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(
+    def __init__(
         self,
-        run: Run,
-        channel: discord.abc.Messageable,
-        message: discord.Message,
+        book: MessageBook,
+        service: StoryService,
         *,
-        show_prompt: bool,
-        part_number: int,
-        old_messages: list[discord.PartialMessage] | None = None,
+        edit_interval: float = 1.0,
+        final_retries: int = 3,
+        retry_base_s: float = 1.0,
     ) -> None:
-        task = asyncio.create_task(
-            self._logged(
-                self._run(run, channel, message, show_prompt, part_number, old_messages or []),
-                run.story.id,
-            ),
-            name=f"publish-{run.story.id}",
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.book = book
+        self.service = service
+        self.edit_interval = edit_interval
+        self.final_retries = final_retries
+        self.retry_base_s = retry_base_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._live: set[int] = set()  # message ids a live task is updating
+        self._sync_lock = asyncio.Lock()
+        self._closing = False
 
-    async def wait_idle(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    # ----------------------------------------------------------------- posting
+    def waiting_text(self, run: Run, position: int) -> str:
+        head = render.story_body(run.previous_text, "") if run.kind == "start" else ""
+        reroll_of = run.number if run.kind == "reroll" else None
+        return render.progress(head, render.waiting_status(run.genre.title, position, reroll_of))
 
-    # ------------------------------------------------------------------ begin
-    def queued_text(self, run: Run, show_prompt: bool, position: int) -> str:
-        head = render.story_body(run.previous_text, "") if show_prompt else ""
-        if position > 0:
-            status = f"⏳ {run.genre.title} · queued, position {position}"
-        else:
-            status = f"✍️ {run.genre.title} · writing…"
-        return render.progress(head, status)
-
-    async def begin(
+    async def post(
         self,
         run: Run,
         channel: discord.abc.Messageable,
         *,
-        show_prompt: bool,
-        reply_to: discord.PartialMessage | discord.Message | None = None,
-        existing: discord.Message | discord.PartialMessage | None = None,
+        reply_to: Target | None = None,
+        existing: Target | None = None,
     ) -> discord.Message:
-        """Post (or take over) the message that will show this run."""
-        content = self.queued_text(run, show_prompt, run.position)
-        view = cancel_view(run.story.id)
+        """Post (or take over) the message that will show this run, before it is
+        generated. Raises what Discord raises (a missing permission, say)."""
+        content = self.waiting_text(run, run.position)
+        view = cancel_button(run.id)
         message: discord.Message | None = None
         if existing is not None:
-            message = await self._edit(existing, content=content, view=view)
+            try:
+                message = await existing.edit(content=content, view=view)
+            except discord.NotFound as error:
+                if _channel_gone(error):
+                    raise
         if message is None:
             reference = reply_to.to_reference(fail_if_not_exists=False) if reply_to else None
             message = await channel.send(content, view=view, reference=reference)  # type: ignore[arg-type]
-        await self.store.link_pending(run.story.id, message.id, message.channel.id)
+        await self.book.showing_run(
+            message.id, message.channel.id, story_id=run.story.id, run_id=run.id, state="queued"
+        )
         return message
 
-    # ----------------------------------------------------------------- follow
-    @staticmethod
-    async def _logged(work: Awaitable[None], story_id: int) -> None:
-        try:
-            await work
-        except Exception:
-            log.exception("story %d: could not show the story in Discord", story_id)
+    def follow(self, run: Run, channel: discord.abc.Messageable, message: discord.Message) -> None:
+        """Keep the message up to date until the run ends, in a task of its own."""
+        self._spawn(self._follow(run, channel, message), f"publish-run-{run.id}", message.id)
 
-    async def _run(
-        self,
-        run: Run,
-        channel: discord.abc.Messageable,
-        message: discord.Message,
-        show_prompt: bool,
-        part_number: int,
-        old_messages: list[discord.PartialMessage],
+    def _spawn(self, work: Awaitable[object], name: str, message_id: int | None = None) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s: could not update Discord", name)
+            finally:
+                if message_id is not None:
+                    self._live.discard(message_id)
+
+        if message_id is not None:
+            self._live.add(message_id)
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self, within: float) -> None:
+        """Shutting down: let running updates finish for up to `within` seconds
+        (retries give up at once), then stop the rest; what they leave stale is
+        fixed at the next start."""
+        self._closing = True
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=within)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d message updates left for the next start", len(pending))
+                await asyncio.wait(pending, timeout=1.0)
+
+    # --------------------------------------------------------------- following
+    async def _follow(
+        self, run: Run, channel: discord.abc.Messageable, message: discord.Message
     ) -> None:
+        try:
+            message = await self._follow_progress(run, channel, message)
+        except ChannelGone:
+            log.info("story %d: its channel is gone; stopping run %d", run.story.id, run.id)
+            run.cancel()
+            await self.book.forget(message.id)
+            return
+        try:
+            outcome = await run.outcome()
+        except StoryDeleted:
+            await self._clear(message, whole_story=True)
+            return
+        except Cancelled:
+            if run.kind == "reroll":  # the old version never left its place
+                await self._delete(message)
+            else:
+                await self._settle_run(run, message, render.ended("cancelled", None), None)
+            return
+        except Exception as error:  # interrupted, failed, timed out, disk full
+            status = render.ended(run.state, str(error))
+            await self._settle_run(run, message, status, retry_button(run.id))
+            return
+        view = PartView(
+            outcome.story,
+            outcome.part,
+            run.number,
+            run.genre.title,
+            run.previous_text if run.number == 1 else None,
+        )
+        targets: list[tuple[Target, str | None]] = [(message, run_key(run.id, "queued"))]
+        if run.kind == "reroll" and run.replaces is not None:
+            old = await self.book.of_part(run.replaces.id)
+            if old:
+                targets = [(self._partial(channel, r.message_id), r.shows) for r in old]
+        await self.show_part(view, channel, targets)
+        if targets[0][0].id != message.id:
+            await self._delete(message)  # the reroll's own message has done its job
+
+    async def _follow_progress(
+        self, run: Run, channel: discord.abc.Messageable, message: discord.Message
+    ) -> discord.Message:
+        shown = message.content
         last_edit = time.monotonic()
-        shown = run.position
         async for position in run.positions():
-            if (
-                position > 0
-                and position != shown
-                and time.monotonic() - last_edit >= self.edit_interval
-            ):
-                message = await self._edit_or_repost(
-                    message, channel, run, content=self.queued_text(run, show_prompt, position)
-                )
-                shown, last_edit = position, time.monotonic()
-        head = run.previous_text if show_prompt else None
+            content = self.waiting_text(run, position)
+            if position > 0 and content != shown and self._due(last_edit):
+                message = await self._progress(run, channel, message, content)
+                shown, last_edit = content, time.monotonic()
+        head = run.previous_text if run.kind == "start" else None
+        reroll_of = run.number if run.kind == "reroll" else None
         text = ""
         last_edit = 0.0
         async for delta in run.stream():
             text += delta
-            if time.monotonic() - last_edit >= self.edit_interval:
+            if self._due(last_edit):
                 content = render.progress(
-                    render.story_body(head, text), f"✍️ {run.genre.title} · writing…"
+                    render.story_body(head, text),
+                    render.waiting_status(run.genre.title, 0, reroll_of),
                 )
-                message = await self._edit_or_repost(message, channel, run, content=content)
-                last_edit = time.monotonic()
+                if content != shown:
+                    message = await self._progress(run, channel, message, content)
+                    shown, last_edit = content, time.monotonic()
+        return message
+
+    def _due(self, last_edit: float) -> bool:
+        return time.monotonic() - last_edit >= self.edit_interval
+
+    async def _progress(
+        self, run: Run, channel: discord.abc.Messageable, message: discord.Message, content: str
+    ) -> discord.Message:
+        """One progress edit; a deleted message is posted again; a failure skips it."""
         try:
-            outcome = await run.outcome()
-        except Cancelled:
-            await self._settle(message, run, head, "🚫 Cancelled.", None)
-            return
-        except PoolClosed:
-            await self._settle(
-                message, run, head, "⚠️ Interrupted by a restart.", retry_view(run.story.id)
-            )
-            return
-        except GenerationError as error:
-            await self._settle(message, run, head, f"⚠️ {error}", retry_view(run.story.id))
-            return
-        result = outcome.result
-        extra = " · cut short (time limit)" if result.finish_reason == "timeout" else ""
-        body = render.story_body(head, outcome.part.text)
+            return await message.edit(content=content)
+        except discord.NotFound as error:
+            if _channel_gone(error):
+                raise ChannelGone() from None
+        except discord.HTTPException as error:
+            if _channel_gone(error):
+                raise ChannelGone() from None
+            log.info("story %d: skipped a progress edit: %s", run.story.id, error)
+            return message
+        # Deleted by someone while the run is going on: post it again.
+        await self.book.forget(message.id)
+        self._live.discard(message.id)
+        try:
+            fresh = await channel.send(content, view=cancel_button(run.id))
+        except discord.HTTPException as error:
+            if _channel_gone(error):
+                raise ChannelGone() from None
+            raise
+        self._live.add(fresh.id)
+        await self.book.showing_run(
+            fresh.id, fresh.channel.id, story_id=run.story.id, run_id=run.id, state=run.state
+        )
+        return fresh
+
+    async def _settle_run(
+        self, run: Run, message: Target, status: str, view: discord.ui.View | None
+    ) -> None:
+        head = render.story_body(run.previous_text, "") if run.kind == "start" else ""
+        content = render.progress(head, status, cursor=False)
+        edited = await self._final_edit(message, content=content, view=view)
+        if edited is Edit.GONE:
+            await self.book.forget(message.id)
+        elif edited is not Edit.FAILED:
+            await self.book.confirmed(message.id, run_key(run.id, run.state))
+
+    # ----------------------------------------------------------------- showing
+    async def show_part(
+        self,
+        view: PartView,
+        channel: discord.abc.Messageable,
+        targets: list[tuple[Target, str | None]],
+    ) -> list[Target]:
+        """Show a complete part in `targets` (message, what it showed before), one
+        chunk each; post more for a long part, delete what is left over, and add the
+        ➕ reaction once, to the last chunk, unless it had it already."""
+        part = view.part
+        body = render.story_body(view.prompt, part.text)
         chunks = render.final_chunks(
             body,
-            render.footer(run.genre.title, run.story.author_id, part_number, result.seed, extra),
+            render.footer(view.genre_title, view.story.author_id, view.number, part.seed or 0),
         )
-        await self.store.clear_pending(message.id)
-        posted = await self._show_final(message, channel, chunks, outcome.part.id, old_messages)
-        for sent in posted:
-            await self.store.link_message(outcome.part.id, sent.id, sent.channel.id)
-        await self._react(posted[-1])
-
-    async def _settle(
-        self,
-        message: discord.Message,
-        run: Run,
-        head: str | None,
-        status: str,
-        view: discord.ui.View | None,
-    ) -> None:
-        content = render.progress(render.story_body(head, "") if head else "", status).replace(
-            " ▌", ""
-        )
-        settled = await self._edit(message, content=content, view=view)
-        await self.store.clear_pending(message.id)
-        if settled is not None and view is not None:
-            await self.store.link_pending(run.story.id, settled.id, settled.channel.id)
-
-    async def _show_final(
-        self,
-        message: discord.Message,
-        channel: discord.abc.Messageable,
-        chunks: list[str],
-        part_id: int,
-        old_messages: list[discord.PartialMessage],
-    ) -> list[discord.Message]:
-        posted: list[discord.Message] = []
-        view = story_view(part_id)
-        targets: list[Any] = [message, *old_messages]
+        await self.book.should_show_part(part.id, [t.id for t, _ in targets[: len(chunks)]])
+        shown: list[Target] = []
+        fresh_last = False
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            target = targets[index] if index < len(targets) else None
-            sent: discord.Message | None = None
-            if target is not None:
-                sent = await self._edit(target, content=chunk, view=view if last else None)
-            if sent is None:
-                reference = posted[-1].to_reference(fail_if_not_exists=False) if posted else None
-                sent = await channel.send(
-                    chunk,
-                    view=view if last else discord.utils.MISSING,  # type: ignore[arg-type]
-                    reference=reference,
-                )  # type: ignore[arg-type]
-            posted.append(sent)
-        for surplus in targets[len(chunks) :]:  # a reroll that came out shorter
-            with contextlib.suppress(discord.HTTPException):
-                await surplus.delete()
-            await self.store.forget_message(surplus.id)
-        return posted
+            buttons = part_buttons(part.id) if last else None
+            edited: discord.Message | Target | Edit = Edit.GONE
+            before: str | None = None
+            if index < len(targets):
+                target, before = targets[index]
+                edited = await self._final_edit(target, content=chunk, view=buttons)
+                if edited is Edit.GONE:
+                    await self.book.forget(target.id)
+                elif edited is Edit.FAILED:
+                    edited = target  # stale: `sync` will try again
+                else:
+                    await self.book.confirmed(target.id, part_key(part.id, index))
+            if edited is Edit.GONE:
+                sent = await self._send(channel, chunk, buttons, shown[-1] if shown else None)
+                await self.book.showing_part(
+                    sent.id, sent.channel.id, story_id=view.story.id, part_id=part.id, chunk=index
+                )
+                edited, before = sent, None
+            assert not isinstance(edited, Edit)
+            shown.append(edited)
+            if last:
+                # The message that showed the last chunk of a part has the ➕ already.
+                had_it = before is not None and before.startswith("part:")
+                fresh_last = not (had_it and index == len(targets) - 1)
+        for surplus, _ in targets[len(chunks) :]:  # a new version that came out shorter
+            await self._delete(surplus)
+        if fresh_last:
+            await self._react(shown[-1])
+        return shown
 
-    async def _react(self, message: discord.Message) -> None:
+    async def _send(
+        self,
+        channel: discord.abc.Messageable,
+        content: str,
+        view: discord.ui.View | None,
+        after: Target | None,
+    ) -> discord.Message:
+        reference = after.to_reference(fail_if_not_exists=False) if after is not None else None
+        try:
+            return await channel.send(
+                content,
+                view=view if view is not None else discord.utils.MISSING,
+                reference=reference,  # type: ignore[arg-type]
+            )
+        except discord.HTTPException as error:
+            if _channel_gone(error):
+                raise ChannelGone() from None
+            raise
+
+    async def _react(self, message: Target) -> None:
         try:
             await message.add_reaction(CONTINUE_EMOJI)
         except discord.Forbidden:
@@ -214,28 +335,137 @@ class Publisher:
         except discord.HTTPException as error:
             log.warning("could not add the continue reaction: %s", error)
 
-    # ---------------------------------------------------------------- editing
-    async def _edit(
-        self,
-        message: discord.Message | discord.PartialMessage,
-        **fields: Any,
-    ) -> discord.Message | None:
-        """Edit; None when the message is gone (deleted) or cannot be edited."""
-        try:
-            return await message.edit(**fields)
-        except discord.NotFound:  # 10008: deleted by someone
-            await self.store.forget_message(message.id)
-            return None
-        except discord.HTTPException as error:
-            log.warning("could not edit message %s: %s", message.id, error)
-            return message if isinstance(message, discord.Message) else None
+    async def _final_edit(self, message: Target, **fields: Any) -> discord.Message | Edit:
+        """An edit that matters (the final text, a settled state): retried with
+        backoff on errors other than "gone"; Edit.FAILED leaves it for `sync`."""
+        for attempt in range(self.final_retries + 1):
+            try:
+                return await message.edit(**fields)
+            except discord.NotFound as error:
+                if _channel_gone(error):
+                    raise ChannelGone() from None
+                return Edit.GONE
+            except discord.Forbidden as error:
+                if _channel_gone(error):
+                    raise ChannelGone() from None
+                log.warning("no permission to edit message %s: %s", message.id, error)
+                return Edit.FAILED
+            except discord.HTTPException as error:
+                if self._closing or attempt == self.final_retries:
+                    log.warning("message %s left stale: %s", message.id, error)
+                    return Edit.FAILED
+                delay = self.retry_base_s * 2**attempt
+                log.info("message %s: %s; trying again in %.0f s", message.id, error, delay)
+                await asyncio.sleep(delay)
+        return Edit.FAILED
 
-    async def _edit_or_repost(
-        self, message: discord.Message, channel: discord.abc.Messageable, run: Run, content: str
-    ) -> discord.Message:
-        edited = await self._edit(message, content=content)
-        if edited is not None:
-            return edited
-        fresh = await channel.send(content, view=cancel_view(run.story.id))
-        await self.store.link_pending(run.story.id, fresh.id, fresh.channel.id)
-        return fresh
+    async def _delete(self, message: Target) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await message.delete()
+        await self.book.forget(message.id)
+
+    async def _clear(self, message: Target, *, whole_story: bool) -> None:
+        """What the message showed was deleted: say so, without buttons, and forget it."""
+        edited = await self._final_edit(message, content=render.tombstone(whole_story), view=None)
+        if edited is not Edit.FAILED:
+            await self.book.forget(message.id)
+
+    @staticmethod
+    def _partial(channel: Any, message_id: int) -> discord.PartialMessage:
+        return channel.get_partial_message(message_id)
+
+    # ----------------------------------------------------------------- syncing
+    def sync_soon(self, client: discord.Client) -> None:
+        """`sync` in a task of its own (bounded, like every update, at shutdown)."""
+        if not self._closing:
+            self._spawn(self.sync(client), "sync-messages")
+
+    async def sync(self, client: discord.Client) -> int:
+        """Bring every stale message up to date (at start-up, and after a
+        deletion); returns how many were looked at."""
+        async with self._sync_lock:
+            return await self._sync(client)
+
+    async def _sync(self, client: discord.Client) -> int:
+        records = [r for r in await self.book.stale() if r.message_id not in self._live]
+        parts: dict[int, list[MessageRecord]] = {}
+        for record in records:
+            kind, _, rest = record.wants.partition(":")
+            try:
+                if kind == "part":
+                    parts.setdefault(int(rest.split(":")[0]), []).append(record)
+                elif kind == "run":
+                    await self._sync_run(client, record, int(rest.split(":")[0]))
+                elif record.wants == GONE:
+                    channel = await self._channel(client, record)
+                    if channel is not None:
+                        target = self._partial(channel, record.message_id)
+                        await self._clear(target, whole_story=record.story_id is None)
+            except ChannelGone:
+                await self.book.forget(record.message_id)
+            except NotFound:
+                continue  # deleted meanwhile: the next sync clears it
+        for part_id, linked in parts.items():
+            try:
+                await self._sync_part(client, part_id, linked)
+            except ChannelGone:
+                for record in linked:
+                    await self.book.forget(record.message_id)
+            except NotFound:
+                continue  # deleted meanwhile: the next sync clears it
+        if records:
+            log.info("brought %d messages up to date", len(records))
+        return len(records)
+
+    async def _channel(
+        self, client: discord.Client, record: MessageRecord
+    ) -> discord.abc.Messageable | None:
+        channel = client.get_channel(record.channel_id)
+        if channel is None:
+            try:
+                channel = await client.fetch_channel(record.channel_id)
+            except discord.NotFound:
+                raise ChannelGone() from None
+            except discord.HTTPException as error:
+                log.info("channel %s not reachable now: %s", record.channel_id, error)
+                return None
+        if not isinstance(channel, discord.abc.Messageable):
+            raise ChannelGone()
+        return channel
+
+    async def _sync_run(self, client: discord.Client, record: MessageRecord, run_id: int) -> None:
+        if self.service.running(run_id) is not None:
+            return  # in flight here: its own task keeps the message up to date
+        channel = await self._channel(client, record)
+        if channel is None:
+            return
+        view: RunView = await self.service.describe_run(run_id)
+        head = render.story_body(view.prompt, "") if view.prompt is not None else ""
+        state = view.record.state
+        status = render.ended(state, view.record.error)
+        buttons = None if state == "cancelled" else retry_button(run_id)
+        target = self._partial(channel, record.message_id)
+        content = render.progress(head, status, cursor=False)
+        edited = await self._final_edit(target, content=content, view=buttons)
+        if edited is Edit.GONE:
+            await self.book.forget(record.message_id)
+        elif edited is not Edit.FAILED:
+            await self.book.confirmed(record.message_id, run_key(run_id, state))
+
+    async def _sync_part(
+        self, client: discord.Client, part_id: int, linked: list[MessageRecord]
+    ) -> None:
+        unlinked = [r.message_id for r in linked if r.part_id is None]
+        if unlinked:  # a run's message whose part was stored, but never shown
+            await self.book.should_show_part(part_id, unlinked[:1])
+        records = await self.book.of_part(part_id)
+        if not records:
+            return
+        channel = await self._channel(client, records[0])
+        if channel is None:
+            return
+        view = await self.service.describe_part(part_id)
+        targets: list[tuple[Target, str | None]] = [
+            (self._partial(channel, r.message_id), r.shows) for r in records
+        ]
+        await self.show_part(view, channel, targets)

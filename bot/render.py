@@ -59,9 +59,37 @@ def final_chunks(body: str, foot: str) -> list[str]:
     return chunks
 
 
-def progress(body: str, status: str) -> str:
+def progress(body: str, status: str, *, cursor: bool = True) -> str:
     """A message while queued or streaming: the tail of the text and a status."""
     status_line = f"\n-# {status}"
     room = MESSAGE_LIMIT - len(status_line) - 2
     shown = body if len(body) <= room else "…" + body[-(room - 1) :]
-    return f"{shown} ▌{status_line}" if shown else status_line.lstrip("\n")
+    if not shown:
+        return status_line.lstrip("\n")
+    return f"{shown}{' ▌' if cursor else ''}{status_line}"
+
+
+def waiting_status(genre: str, position: int, reroll_of: int | None = None) -> str:
+    """The status line of a run that is queued (position >= 1) or being written."""
+    what = f"{genre} · new version of part {reroll_of}" if reroll_of else genre
+    if position > 0:
+        return f"{'🎲' if reroll_of else '⏳'} {what} · queued, position {position}"
+    return f"✍️ {what} · writing…"
+
+
+def ended(state: str, error: str | None) -> str:
+    """The status line of a run that ended without a part."""
+    if state == "cancelled":
+        return "🚫 Cancelled."
+    if state == "interrupted":
+        return "⚠️ This part was interrupted by a restart. Press Retry to write it again."
+    return f"⚠️ {error or 'This part could not be written: press Retry to try again.'}"
+
+
+def tombstone(whole_story: bool) -> str:
+    """What a message shows once what it showed was deleted."""
+    return "-# 🗑️ This story was deleted." if whole_story else "-# 🗑️ This part was deleted."
+
+
+def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"

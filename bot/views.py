@@ -1,9 +1,11 @@
 """Buttons and menus.
 
-Story buttons are `DynamicItem`s: their custom_id carries the part or story id
-(`story:continue:42`), they have no timeout and are registered at start-up, so
-they keep working on messages posted before a restart. The /mystories views
-are ephemeral and short-lived.
+Story buttons are one `DynamicItem`: its custom_id names the action and the
+part or run it acts on (`story:continue:42`, `story:cancel:7`), it has no
+timeout and is registered at start-up, so buttons keep working on messages
+posted before a restart. The item class is made by `story_button_type` for the
+handlers it calls, so nothing is looked up on the client. The /mystories views
+are private and short-lived; they get their handlers when they are built.
 """
 
 from __future__ import annotations
@@ -11,156 +13,149 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import discord
 
 from storage.models import StoryPage
 
-if TYPE_CHECKING:
-    from bot.frontend import Frontend
+ErrorHandler = Callable[[discord.Interaction, BaseException], Awaitable[None]]
 
 
-def frontend_of(interaction: discord.Interaction) -> Frontend:
-    return interaction.client.frontend  # type: ignore[attr-defined, no-any-return]
+class StoryActions(Protocol):
+    """What the story buttons call (bot.handlers.Handlers)."""
+
+    async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None: ...
+
+    async def story_button(
+        self, interaction: discord.Interaction, action: str, id: int
+    ) -> None: ...
 
 
-async def guarded(
-    interaction: discord.Interaction, action: Callable[[Frontend], Awaitable[None]]
-) -> None:
-    """Button callbacks bypass the command tree's error handler: use the same one."""
-    frontend = frontend_of(interaction)
-    try:
-        await action(frontend)
-    except Exception as error:
-        await frontend.on_error(interaction, error)
+@dataclass(frozen=True)
+class ButtonLook:
+    label: str
+    emoji: str | None
+    style: discord.ButtonStyle
 
 
-class GuardedView(discord.ui.View):
-    async def on_error(
-        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]
-    ) -> None:
-        await frontend_of(interaction).on_error(interaction, error)
+# What each action's button looks like; the id is a part id for continue and
+# reroll, a run id for cancel and retry.
+BUTTONS = {
+    "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
+    "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
+    "cancel": ButtonLook("Cancel", None, discord.ButtonStyle.danger),
+    "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
+}
+_TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
 
-class ContinueButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"story:continue:(?P<id>[0-9]+)"
-):
-    def __init__(self, part_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Continue",
-                emoji="➕",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"story:continue:{part_id}",
+def story_button_type(actions: StoryActions) -> type[discord.ui.DynamicItem[Any]]:
+    """The story button class, bound to the handlers its callbacks call."""
+
+    class StoryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=_TEMPLATE):
+        def __init__(self, action: str, id: int) -> None:
+            look = BUTTONS[action]
+            super().__init__(
+                discord.ui.Button(
+                    label=look.label,
+                    emoji=look.emoji,
+                    style=look.style,
+                    custom_id=f"story:{action}:{id}",
+                )
             )
-        )
-        self.part_id = part_id
+            self.action, self.target = action, id
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> ContinueButton:
-        return cls(int(match["id"]))
+        @classmethod
+        async def from_custom_id(
+            cls,
+            interaction: discord.Interaction,
+            item: discord.ui.Item[Any],
+            match: re.Match[str],
+        ) -> StoryButton:
+            return cls(match["action"], int(match["id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda f: f.continue_button(interaction, self.part_id))
+        async def callback(self, interaction: discord.Interaction) -> None:
+            # Button callbacks bypass the command tree's error handler: use the same one.
+            try:
+                await actions.story_button(interaction, self.action, self.target)
+            except Exception as error:
+                await actions.on_error(interaction, error)
 
-
-class RerollButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"story:reroll:(?P<id>[0-9]+)"
-):
-    def __init__(self, part_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Reroll",
-                emoji="🎲",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"story:reroll:{part_id}",
-            )
-        )
-        self.part_id = part_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RerollButton:
-        return cls(int(match["id"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda f: f.reroll_button(interaction, self.part_id))
+    return StoryButton
 
 
-class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"story:cancel:(?P<id>[0-9]+)"
-):
-    def __init__(self, story_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Cancel",
-                style=discord.ButtonStyle.danger,
-                custom_id=f"story:cancel:{story_id}",
-            )
-        )
-        self.story_id = story_id
+def buttons(*items: tuple[str, int]) -> discord.ui.View:
+    """Story buttons for a message, e.g. buttons(("continue", 4), ("reroll", 4)).
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> CancelButton:
-        return cls(int(match["id"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda f: f.cancel_button(interaction, self.story_id))
-
-
-class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"story:retry:(?P<id>[0-9]+)"
-):
-    def __init__(self, story_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Retry",
-                emoji="🔁",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"story:retry:{story_id}",
-            )
-        )
-        self.story_id = story_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RetryButton:
-        return cls(int(match["id"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, lambda f: f.retry_button(interaction, self.story_id))
-
-
-DYNAMIC_ITEMS = (ContinueButton, RerollButton, CancelButton, RetryButton)
-
-
-def _view(*items: discord.ui.Item[Any]) -> discord.ui.View:
+    Only their custom_ids matter: clicks reach the registered StoryButton class,
+    on any message, also after a restart. The view is stopped before it is sent,
+    so discord.py does not keep a copy of it per message for the whole evening.
+    """
     view = discord.ui.View(timeout=None)
-    for item in items:
-        view.add_item(item)
+    for action, id in items:
+        look = BUTTONS[action]
+        view.add_item(
+            discord.ui.Button(
+                label=look.label,
+                emoji=look.emoji,
+                style=look.style,
+                custom_id=f"story:{action}:{id}",
+            )
+        )
+    view.stop()
     return view
 
 
-def story_view(part_id: int) -> discord.ui.View:
-    return _view(ContinueButton(part_id), RerollButton(part_id))
+def part_buttons(part_id: int) -> discord.ui.View:
+    return buttons(("continue", part_id), ("reroll", part_id))
 
 
-def cancel_view(story_id: int) -> discord.ui.View:
-    return _view(CancelButton(story_id))
+def cancel_button(run_id: int) -> discord.ui.View:
+    return buttons(("cancel", run_id))
 
 
-def retry_view(story_id: int) -> discord.ui.View:
-    return _view(RetryButton(story_id))
+def retry_button(run_id: int) -> discord.ui.View:
+    return buttons(("retry", run_id))
 
 
 # ------------------------------------------------------------------ /mystories
+class Library(Protocol):
+    """What the /mystories views call (bot.handlers.Handlers)."""
+
+    async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None: ...
+
+    async def story_page(
+        self, user_id: int, page: int, per_page: int, genre: str | None
+    ) -> StoryPage: ...
+
+    async def show_story(
+        self, interaction: discord.Interaction, story_id: int, back: MyStoriesView | None
+    ) -> None: ...
+
+    async def export_story(self, interaction: discord.Interaction, story_id: int) -> None: ...
+
+    async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None: ...
+
+
+class GuardedView(discord.ui.View):
+    """A private view: only its owner may use it; errors go to the one handler."""
+
+    def __init__(self, owner: int, on_error: ErrorHandler, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.owner = owner
+        self._on_error = on_error
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]
+    ) -> None:
+        await self._on_error(interaction, error)
+
+
 def _ago(timestamp: float) -> str:
     seconds = dt.datetime.now(dt.UTC).timestamp() - timestamp
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -189,23 +184,17 @@ def page_text(page: StoryPage, genre: str | None) -> str:
 class MyStoriesView(GuardedView):
     PER_PAGE = 10
 
-    def __init__(self, frontend: Frontend, user_id: int, genres: list[tuple[str, str]]) -> None:
-        super().__init__(timeout=900)
-        self.frontend = frontend
-        self.user_id = user_id
+    def __init__(self, library: Library, user_id: int, genres: list[tuple[str, str]]) -> None:
+        super().__init__(user_id, library.on_error, timeout=900)
+        self.library = library
         self.page = 0
         self.genre: str | None = None
         self.genre_select.options = [
             discord.SelectOption(label="All genres", value="*", default=True)
         ] + [discord.SelectOption(label=title, value=key) for key, title in genres[:24]]
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
-
     async def render(self) -> tuple[str, StoryPage]:
-        page = await self.frontend.service.list_stories(
-            self.user_id, page=self.page, per_page=self.PER_PAGE, genre=self.genre
-        )
+        page = await self.library.story_page(self.owner, self.page, self.PER_PAGE, self.genre)
         self.previous.disabled = self.page == 0
         self.next.disabled = page.offset + len(page.items) >= page.total
         self.open_story.options = [
@@ -248,33 +237,33 @@ class MyStoriesView(GuardedView):
     async def open_story(
         self, interaction: discord.Interaction, select: discord.ui.Select[Any]
     ) -> None:
-        await self.frontend.show_story(interaction, int(select.values[0]), back=self)
+        await self.library.show_story(interaction, int(select.values[0]), back=self)
 
 
 class StoryDetailView(GuardedView):
     def __init__(
-        self, frontend: Frontend, user_id: int, story_id: int, back: MyStoriesView | None
+        self, library: Library, user_id: int, story_id: int, back: MyStoriesView | None
     ) -> None:
-        super().__init__(timeout=900)
-        self.frontend, self.user_id, self.story_id, self.back_to = frontend, user_id, story_id, back
+        super().__init__(user_id, library.on_error, timeout=900)
+        self.library, self.story_id, self.back_to = library, story_id, back
         if back is None:
             self.remove_item(self.back)
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
 
     @discord.ui.button(label="Export", emoji="📄", style=discord.ButtonStyle.primary)
     async def export(
         self, interaction: discord.Interaction, button: discord.ui.Button[Any]
     ) -> None:
-        await self.frontend.export_story(interaction, self.story_id)
+        await self.library.export_story(interaction, self.story_id)
 
     @discord.ui.button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
     async def delete(
         self, interaction: discord.Interaction, button: discord.ui.Button[Any]
     ) -> None:
         confirm = ConfirmView(
-            self.user_id, "Delete it", lambda i: self.frontend.delete_story(i, self.story_id)
+            self.owner,
+            self.library.on_error,
+            "Delete it",
+            lambda i: self.library.delete_story(i, self.story_id),
         )
         await interaction.response.edit_message(
             content=f"Delete story #{self.story_id} and all its parts? This cannot be undone.",
@@ -288,14 +277,16 @@ class StoryDetailView(GuardedView):
 
 
 class ConfirmView(GuardedView):
-    def __init__(self, user_id: int, label: str, on_confirm: Any) -> None:
-        super().__init__(timeout=300)
-        self.user_id = user_id
+    def __init__(
+        self,
+        user_id: int,
+        on_error: ErrorHandler,
+        label: str,
+        on_confirm: Callable[[discord.Interaction], Awaitable[None]],
+    ) -> None:
+        super().__init__(user_id, on_error, timeout=300)
         self.on_confirm = on_confirm
         self.confirm.label = label
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
 
     @discord.ui.button(label="Yes", style=discord.ButtonStyle.danger)
     async def confirm(

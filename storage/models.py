@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# The state of a run (one generation); a story's status is derived from its runs.
 Status = Literal["queued", "generating", "done", "failed", "cancelled", "interrupted"]
 STATUSES: tuple[Status, ...] = (
     "queued",
@@ -15,8 +16,10 @@ STATUSES: tuple[Status, ...] = (
     "cancelled",
     "interrupted",
 )
-Source = Literal["discord", "api", "cli"]
+UNFINISHED: tuple[Status, ...] = ("queued", "generating")
+Source = Literal["discord", "api"]
 PartKind = Literal["prompt", "generated"]
+RunKind = Literal["start", "continue", "reroll"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,42 @@ class Part:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """One generation as the database knows it: what it writes, for whom, how far."""
+
+    id: int
+    story_id: int
+    parent_id: int  # the part it writes after
+    kind: RunKind
+    replaces_id: int | None  # reroll: the part it writes a new version of
+    requested_by: int | None
+    state: Status
+    seed: int | None
+    part_id: int | None  # the part it wrote, once done
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in UNFINISHED
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A Discord message of the bot's, what it should show, and what it shows."""
+
+    message_id: int
+    channel_id: int
+    story_id: int | None
+    run_id: int | None
+    part_id: int | None  # the part it shows (None: a run, or nothing any more)
+    chunk: int  # which piece of a long part
+    shows: str  # what Discord displays now, as last confirmed
+    wants: str  # what the database says it should display
+
+
+@dataclass(frozen=True)
 class GeneratedPart:
     """What a caller hands `add_part`: a generated text and how it was made."""
 
@@ -139,6 +178,36 @@ def part_from_row(row: Any) -> Part:
         generation_s=row["generation_s"],
         finish_reason=row["finish_reason"],
         created_at=row["created_at"],
+    )
+
+
+def run_from_row(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        story_id=row["story_id"],
+        parent_id=row["parent_id"],
+        kind=row["kind"],
+        replaces_id=row["replaces_id"],
+        requested_by=row["requested_by"],
+        state=row["state"],
+        seed=row["seed"],
+        part_id=row["part_id"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def message_from_row(row: Any) -> MessageRecord:
+    return MessageRecord(
+        message_id=row["message_id"],
+        channel_id=row["channel_id"],
+        story_id=row["story_id"],
+        run_id=row["run_id"],
+        part_id=row["part_id"],
+        chunk=row["chunk"],
+        shows=row["shows"],
+        wants=row["wants"],
     )
 
 

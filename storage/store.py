@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,18 @@ from storage.models import (
     STATUSES,
     Deleted,
     GeneratedPart,
+    MessageRecord,
     Part,
+    RunKind,
+    RunRecord,
     Source,
     Status,
     Story,
     StoryPage,
     StorySummary,
+    message_from_row,
     part_from_row,
+    run_from_row,
     story_from_row,
 )
 
@@ -86,6 +91,7 @@ class Store:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._closed = False
         self.path = path
 
     # ------------------------------------------------------------------- opening
@@ -121,7 +127,9 @@ class Store:
 
     async def close(self) -> None:
         async with self._lock:
-            await self._conn.close()
+            if not self._closed:
+                self._closed = True
+                await self._conn.close()
 
     async def _configure(self, read_only: bool) -> None:
         try:
@@ -174,6 +182,8 @@ class Store:
     @asynccontextmanager
     async def _transaction(self, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
+            if self._closed:
+                raise StorageUnavailable("the database is closed")
             try:
                 await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield self._conn
@@ -209,27 +219,17 @@ class Store:
         source: Source = "discord",
         guild_id: int | None = None,
         channel_id: int | None = None,
-        status: Status = "queued",
-    ) -> tuple[Story, Part]:
-        """Create a story and its prompt part, in one transaction."""
+        seed: int | None = None,
+    ) -> tuple[Story, Part, RunRecord]:
+        """Create a story, its prompt part and the run that writes its first part,
+        in one transaction."""
         _check_text(prompt)
-        _check_status(status)
         now = time.time()
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 "INSERT INTO stories (author_id, source, guild_id, channel_id, genre, title,"
-                " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    author_id,
-                    source,
-                    guild_id,
-                    channel_id,
-                    genre,
-                    title_of(prompt),
-                    status,
-                    now,
-                    now,
-                ),
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (author_id, source, guild_id, channel_id, genre, title_of(prompt), now, now),
             )
             story_id = cursor.lastrowid
             cursor = await conn.execute(
@@ -237,95 +237,28 @@ class Store:
                 " VALUES (?, NULL, 'prompt', ?, ?, ?)",
                 (story_id, prompt, author_id, now),
             )
-            part_id = cursor.lastrowid
-            story_row = await (
-                await conn.execute("SELECT * FROM stories WHERE id = ?", (story_id,))
-            ).fetchone()
-            part_row = await (
-                await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))
-            ).fetchone()
-        return story_from_row(story_row), part_from_row(part_row)
-
-    async def add_part(
-        self, story_id: int, parent_id: int, part: GeneratedPart, *, status: Status | None = None
-    ) -> Part:
-        """Add a generated part under `parent_id`; optionally set the story's status."""
-        _check_text(part.text)
-        if status is not None:
-            _check_status(status)
-        now = time.time()
-        values = asdict(part)
-        params = json.dumps(values.pop("params")) if part.params is not None else None
-        async with self._transaction() as conn:
-            parent = await (
-                await conn.execute("SELECT story_id FROM parts WHERE id = ?", (parent_id,))
-            ).fetchone()
-            if parent is None:
-                raise NotFound(f"part {parent_id} does not exist")
-            if parent["story_id"] != story_id:
-                raise InvalidData(f"part {parent_id} belongs to another story")
-            cursor = await conn.execute(
-                "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
-                " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
-                " created_at) VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    story_id,
-                    parent_id,
-                    part.text,
-                    part.requested_by,
-                    params,
-                    part.seed,
-                    part.model_id,
-                    part.prompt_tokens,
-                    part.new_tokens,
-                    part.queued_s,
-                    part.generation_s,
-                    part.finish_reason,
-                    now,
-                ),
-            )
-            part_id = cursor.lastrowid
-            if status is not None:
-                await conn.execute(
-                    "UPDATE stories SET status = ?, updated_at = ? WHERE id = ?",
-                    (status, now, story_id),
-                )
-            else:
-                await conn.execute(
-                    "UPDATE stories SET updated_at = ? WHERE id = ?", (now, story_id)
-                )
-            row = await (
-                await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))
-            ).fetchone()
-        return part_from_row(row)
-
-    async def set_status(self, story_id: int, status: Status) -> None:
-        _check_status(status)
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE stories SET status = ?, updated_at = ? WHERE id = ?",
-                (status, time.time(), story_id),
-            )
-            if cursor.rowcount == 0:
-                raise NotFound(f"story {story_id} does not exist")
+            assert story_id is not None and cursor.lastrowid is not None
+            run = await _insert_run(conn, story_id, cursor.lastrowid, "start", author_id, seed)
+            story = await _story(conn, story_id)
+            part = await _part(conn, run.parent_id)
+        return story, part, run
 
     async def get_story(self, story_id: int) -> Story:
-        row = await self._one("SELECT * FROM stories WHERE id = ?", (story_id,))
-        if row is None:
-            raise NotFound(f"story {story_id} does not exist")
-        return story_from_row(row)
+        async with self._transaction(write=False) as conn:
+            return await _story(conn, story_id)
 
     async def get_part(self, part_id: int) -> Part:
-        row = await self._one("SELECT * FROM parts WHERE id = ?", (part_id,))
-        if row is None:
-            raise NotFound(f"part {part_id} does not exist")
-        return part_from_row(row)
+        async with self._transaction(write=False) as conn:
+            return await _part(conn, part_id)
 
     async def story_parts(self, story_id: int) -> list[Part]:
         """Every part of a story, oldest first (for export and the tree)."""
-        await self.get_story(story_id)
-        rows = await self._all("SELECT * FROM parts WHERE story_id = ? ORDER BY id", (story_id,))
-        return [part_from_row(row) for row in rows]
+        async with self._transaction(write=False) as conn:
+            await _story(conn, story_id)
+            cursor = await conn.execute(
+                "SELECT * FROM parts WHERE story_id = ? ORDER BY id", (story_id,)
+            )
+            return [part_from_row(row) for row in await cursor.fetchall()]
 
     async def path_to(self, part_id: int) -> list[Part]:
         """The parts from the root prompt down to `part_id`, in reading order."""
@@ -343,9 +276,6 @@ class Store:
             raise NotFound(f"part {part_id} does not exist")
         return [part_from_row(row) for row in rows]
 
-    async def text_to(self, part_id: int) -> str:
-        return "".join(part.text for part in await self.path_to(part_id))
-
     async def latest_part(self, story_id: int) -> Part:
         """The newest part of a story: the end of the branch last written."""
         row = await self._one(
@@ -355,9 +285,9 @@ class Store:
             raise NotFound(f"story {story_id} does not exist")
         return part_from_row(row)
 
-    async def children(self, part_id: int) -> list[Part]:
-        rows = await self._all("SELECT * FROM parts WHERE parent_id = ? ORDER BY id", (part_id,))
-        return [part_from_row(row) for row in rows]
+    async def has_children(self, part_id: int) -> bool:
+        row = await self._one("SELECT 1 FROM parts WHERE parent_id = ? LIMIT 1", (part_id,))
+        return row is not None
 
     async def list_stories(
         self, author_id: int, *, limit: int = 10, offset: int = 0, genre: str | None = None
@@ -373,8 +303,8 @@ class Store:
             ).fetchone()
             rows = await (
                 await conn.execute(
-                    "SELECT s.*, (SELECT COUNT(*) FROM parts p WHERE p.story_id = s.id)"
-                    f" AS part_count FROM stories s WHERE {where}"
+                    f"SELECT s.*, {_STATUS}, (SELECT COUNT(*) FROM parts p"
+                    f" WHERE p.story_id = s.id) AS part_count FROM stories s WHERE {where}"
                     " ORDER BY s.created_at DESC, s.id DESC LIMIT ? OFFSET ?",
                     (*args, limit, offset),
                 )
@@ -383,6 +313,8 @@ class Store:
         return StoryPage(items, int(total_row[0]) if total_row else 0, offset, limit)
 
     async def delete_story(self, story_id: int) -> Deleted:
+        """Delete a story with its parts and runs; its messages stay, showing
+        nothing, until the front-end clears them."""
         async with self._transaction() as conn:
             counts = await _count(conn, "s.id = ?", (story_id,))
             cursor = await conn.execute("DELETE FROM stories WHERE id = ?", (story_id,))
@@ -413,13 +345,16 @@ class Store:
                 row = await (
                     await conn.execute(
                         f"{subtree} SELECT (SELECT COUNT(*) FROM sub),"
-                        " (SELECT COUNT(*) FROM part_messages"
-                        "  WHERE part_id IN (SELECT id FROM sub))",
+                        " (SELECT COUNT(*) FROM messages WHERE part_id IN (SELECT id FROM sub))",
                         part_ids,
                     )
                 ).fetchone()
                 extra_parts, extra_messages = (row[0], row[1]) if row else (0, 0)
                 await conn.execute(f"DELETE FROM parts WHERE id IN ({marks})", part_ids)
+            # Their runs in other people's stories that wrote nothing yet go too.
+            await conn.execute(
+                "DELETE FROM runs WHERE requested_by = ? AND part_id IS NULL", (user_id,)
+            )
             await conn.execute("DELETE FROM stories WHERE author_id = ?", (user_id,))
         return Deleted(
             story_counts.stories,
@@ -427,83 +362,268 @@ class Store:
             story_counts.messages + extra_messages,
         )
 
-    async def mark_interrupted(self) -> list[Story]:
-        """Stories left queued or generating by a crash become `interrupted`."""
+    # ------------------------------------------------------------------- runs
+    async def create_run(
+        self,
+        story_id: int,
+        parent_id: int,
+        kind: RunKind,
+        *,
+        requested_by: int | None,
+        seed: int | None = None,
+        replaces_id: int | None = None,
+    ) -> RunRecord:
+        """A run that will write a part under `parent_id` (a reroll: a new version
+        of `replaces_id`, which must be a child of `parent_id`)."""
+        async with self._transaction() as conn:
+            parent = await _part(conn, parent_id)
+            if parent.story_id != story_id:
+                raise InvalidData(f"part {parent_id} belongs to another story")
+            if replaces_id is not None:
+                replaced = await _part(conn, replaces_id)
+                if replaced.parent_id != parent_id:
+                    raise InvalidData(f"part {replaces_id} is not a child of part {parent_id}")
+            return await _insert_run(
+                conn, story_id, parent_id, kind, requested_by, seed, replaces_id
+            )
+
+    async def get_run(self, run_id: int) -> RunRecord:
+        row = await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise NotFound(f"run {run_id} does not exist")
+        return run_from_row(row)
+
+    async def set_run_state(self, run_id: int, state: Status, error: str | None = None) -> None:
+        """Record a run's new state (not `done`: `finish_run` stores the part too)."""
+        _check_status(state)
+        if state == "done":
+            raise InvalidData("a run becomes done with finish_run, which stores its part")
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE runs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                (state, error, time.time(), run_id),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"run {run_id} does not exist")
+
+    async def finish_run(self, run_id: int, part: GeneratedPart) -> Part:
+        """Store the part a run wrote and mark the run done, in one transaction."""
+        _check_text(part.text)
+        now = time.time()
+        values = asdict(part)
+        params = json.dumps(values.pop("params")) if part.params is not None else None
+        async with self._transaction() as conn:
+            row = await (
+                await conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"run {run_id} does not exist")
+            run = run_from_row(row)
+            cursor = await conn.execute(
+                "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
+                " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
+                " created_at) VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.story_id,
+                    run.parent_id,
+                    part.text,
+                    part.requested_by,
+                    params,
+                    part.seed,
+                    part.model_id,
+                    part.prompt_tokens,
+                    part.new_tokens,
+                    part.queued_s,
+                    part.generation_s,
+                    part.finish_reason,
+                    now,
+                ),
+            )
+            part_id = cursor.lastrowid
+            await conn.execute(
+                "UPDATE runs SET state = 'done', part_id = ?, error = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (part_id, now, run_id),
+            )
+            await conn.execute(
+                "UPDATE stories SET updated_at = ? WHERE id = ?", (now, run.story_id)
+            )
+            assert part_id is not None
+            return await _part(conn, part_id)
+
+    async def add_part(self, story_id: int, parent_id: int, part: GeneratedPart) -> Part:
+        """Add a part written elsewhere (an import, a test) under `parent_id`."""
+        async with self._transaction() as conn:
+            parent = await _part(conn, parent_id)
+            if parent.story_id != story_id:
+                raise InvalidData(f"part {parent_id} belongs to another story")
+            run = await _insert_run(conn, story_id, parent_id, "continue", part.requested_by, None)
+        return await self.finish_run(run.id, part)
+
+    async def delete_run(self, run_id: int) -> None:
+        """Forget a run that never started (its message could not be posted)."""
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    async def interrupt_unfinished(self, reason: str) -> list[RunRecord]:
+        """Runs left queued or generating by a crash or a stop become `interrupted`."""
         async with self._transaction() as conn:
             rows = await (
                 await conn.execute(
-                    "SELECT * FROM stories WHERE status IN ('queued', 'generating') ORDER BY id"
+                    "SELECT * FROM runs WHERE state IN ('queued', 'generating') ORDER BY id"
                 )
             ).fetchall()
             await conn.execute(
-                "UPDATE stories SET status = 'interrupted', updated_at = ?"
-                " WHERE status IN ('queued', 'generating')",
-                (time.time(),),
+                "UPDATE runs SET state = 'interrupted', error = ?, updated_at = ?"
+                " WHERE state IN ('queued', 'generating')",
+                (reason, time.time()),
             )
-        return [story_from_row(row) for row in rows]
+        return [replace(run_from_row(row), state="interrupted", error=reason) for row in rows]
 
     # --------------------------------------------------------------- messages
-    async def link_message(self, part_id: int, message_id: int, channel_id: int) -> None:
+    async def add_message(
+        self,
+        message_id: int,
+        channel_id: int,
+        *,
+        story_id: int | None,
+        run_id: int | None = None,
+        part_id: int | None = None,
+        chunk: int = 0,
+        shows: str,
+    ) -> None:
+        """Record a message the bot posted (or took over) and what it shows."""
+        now = time.time()
         async with self._transaction() as conn:
             await conn.execute(
-                "INSERT OR REPLACE INTO part_messages (message_id, part_id, channel_id, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (message_id, part_id, channel_id, time.time()),
+                "INSERT INTO messages (message_id, channel_id, story_id, run_id, part_id, chunk,"
+                " shows, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (message_id) DO UPDATE SET story_id = excluded.story_id,"
+                " run_id = excluded.run_id, part_id = excluded.part_id, chunk = excluded.chunk,"
+                " shows = excluded.shows, updated_at = excluded.updated_at",
+                (message_id, channel_id, story_id, run_id, part_id, chunk, shows, now, now),
             )
 
-    async def part_for_message(self, message_id: int) -> Part | None:
-        row = await self._one(
-            "SELECT parts.* FROM part_messages JOIN parts ON parts.id = part_messages.part_id"
-            " WHERE part_messages.message_id = ?",
-            (message_id,),
-        )
-        return part_from_row(row) if row else None
+    async def get_message(self, message_id: int) -> MessageRecord | None:
+        row = await self._one(f"{_MESSAGES} WHERE m.message_id = ?", (message_id,))
+        return message_from_row(row) if row else None
 
-    async def messages_of_part(self, part_id: int) -> list[tuple[int, int]]:
+    async def messages_of_part(self, part_id: int) -> list[MessageRecord]:
         rows = await self._all(
-            "SELECT message_id, channel_id FROM part_messages WHERE part_id = ?"
-            " ORDER BY message_id",
-            (part_id,),
+            f"{_MESSAGES} WHERE m.part_id = ? ORDER BY m.chunk, m.message_id", (part_id,)
         )
-        return [(row["message_id"], row["channel_id"]) for row in rows]
+        return [message_from_row(row) for row in rows]
+
+    async def messages_of_run(self, run_id: int) -> list[MessageRecord]:
+        rows = await self._all(
+            f"{_MESSAGES} WHERE m.run_id = ? AND m.part_id IS NULL ORDER BY m.message_id",
+            (run_id,),
+        )
+        return [message_from_row(row) for row in rows]
+
+    async def show_part_in(self, part_id: int, message_ids: list[int]) -> None:
+        """From now on these messages should show `part_id`, one chunk each, in order.
+        (What they display is confirmed separately, edit by edit.)"""
+        now = time.time()
+        async with self._transaction() as conn:
+            story = await (
+                await conn.execute("SELECT story_id FROM parts WHERE id = ?", (part_id,))
+            ).fetchone()
+            if story is None:
+                raise NotFound(f"part {part_id} does not exist")
+            for chunk, message_id in enumerate(message_ids):
+                await conn.execute(
+                    "UPDATE messages SET part_id = ?, story_id = ?, chunk = ?, updated_at = ?"
+                    " WHERE message_id = ?",
+                    (part_id, story["story_id"], chunk, now, message_id),
+                )
+
+    async def set_shown(self, message_id: int, shows: str) -> None:
+        """Discord confirmed the message displays `shows` now."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "UPDATE messages SET shows = ?, updated_at = ? WHERE message_id = ?",
+                (shows, time.time(), message_id),
+            )
 
     async def forget_message(self, message_id: int) -> bool:
-        """A deleted message: forget it as a part's or a pending story's message."""
+        """The message is gone (deleted in Discord) or shows nothing any more."""
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM part_messages WHERE message_id = ?", (message_id,)
-            )
-            pending = await conn.execute(
-                "DELETE FROM pending_messages WHERE message_id = ?", (message_id,)
-            )
-            return cursor.rowcount + pending.rowcount > 0
+            cursor = await conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+            return cursor.rowcount > 0
 
-    async def link_pending(self, story_id: int, message_id: int, channel_id: int) -> None:
-        """A message showing a story that is queued or being written."""
-        async with self._transaction() as conn:
-            await conn.execute(
-                "INSERT OR REPLACE INTO pending_messages (message_id, story_id, channel_id,"
-                " created_at) VALUES (?, ?, ?, ?)",
-                (message_id, story_id, channel_id, time.time()),
-            )
-
-    async def pending_messages(self, story_id: int) -> list[tuple[int, int]]:
+    async def stale_messages(self, limit: int = 1000) -> list[MessageRecord]:
+        """Messages that do not show what the database says they should."""
         rows = await self._all(
-            "SELECT message_id, channel_id FROM pending_messages WHERE story_id = ?"
-            " ORDER BY message_id",
-            (story_id,),
+            f"SELECT * FROM ({_MESSAGES}) WHERE wants != shows ORDER BY message_id LIMIT ?",
+            (limit,),
         )
-        return [(row["message_id"], row["channel_id"]) for row in rows]
+        return [message_from_row(row) for row in rows]
 
-    async def clear_pending(self, message_id: int) -> None:
-        async with self._transaction() as conn:
-            await conn.execute("DELETE FROM pending_messages WHERE message_id = ?", (message_id,))
 
-    async def story_for_pending(self, message_id: int) -> int | None:
-        row = await self._one(
-            "SELECT story_id FROM pending_messages WHERE message_id = ?", (message_id,)
-        )
-        return int(row["story_id"]) if row else None
+# A story's status, derived from its runs: what is being written, else whether it
+# has any text, else how its last run ended.
+_STATUS = (
+    "CASE"
+    " WHEN EXISTS (SELECT 1 FROM runs r WHERE r.story_id = s.id AND r.state = 'generating')"
+    "  THEN 'generating'"
+    " WHEN EXISTS (SELECT 1 FROM runs r WHERE r.story_id = s.id AND r.state = 'queued')"
+    "  THEN 'queued'"
+    " WHEN EXISTS (SELECT 1 FROM parts p WHERE p.story_id = s.id AND p.kind = 'generated')"
+    "  THEN 'done'"
+    " ELSE COALESCE((SELECT r.state FROM runs r WHERE r.story_id = s.id"
+    "  ORDER BY r.id DESC LIMIT 1), 'done')"
+    " END AS status"
+)
+
+# A message with what it should show: its part's chunk; else its run's part once
+# the run is done, or the run's state; else nothing ('gone').
+_MESSAGES = (
+    "SELECT m.*, CASE"
+    " WHEN m.part_id IS NOT NULL THEN 'part:' || m.part_id || ':' || m.chunk"
+    " WHEN r.id IS NULL THEN 'gone'"
+    " WHEN r.state = 'done' THEN COALESCE('part:' || r.part_id || ':' || m.chunk, 'gone')"
+    " ELSE 'run:' || r.id || ':' || r.state"
+    " END AS wants"
+    " FROM messages m LEFT JOIN runs r ON r.id = m.run_id"
+)
+
+
+async def _story(conn: aiosqlite.Connection, story_id: int) -> Story:
+    row = await (
+        await conn.execute(f"SELECT s.*, {_STATUS} FROM stories s WHERE s.id = ?", (story_id,))
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"story {story_id} does not exist")
+    return story_from_row(row)
+
+
+async def _part(conn: aiosqlite.Connection, part_id: int) -> Part:
+    row = await (await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))).fetchone()
+    if row is None:
+        raise NotFound(f"part {part_id} does not exist")
+    return part_from_row(row)
+
+
+async def _insert_run(
+    conn: aiosqlite.Connection,
+    story_id: int,
+    parent_id: int,
+    kind: RunKind,
+    requested_by: int | None,
+    seed: int | None,
+    replaces_id: int | None = None,
+) -> RunRecord:
+    now = time.time()
+    cursor = await conn.execute(
+        "INSERT INTO runs (story_id, parent_id, kind, replaces_id, requested_by, state, seed,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        (story_id, parent_id, kind, replaces_id, requested_by, seed, now, now),
+    )
+    row = await (
+        await conn.execute("SELECT * FROM runs WHERE id = ?", (cursor.lastrowid,))
+    ).fetchone()
+    return run_from_row(row)
 
 
 async def _count(conn: aiosqlite.Connection, where: str, args: tuple[Any, ...]) -> Deleted:
@@ -511,8 +631,8 @@ async def _count(conn: aiosqlite.Connection, where: str, args: tuple[Any, ...]) 
         await conn.execute(
             f"SELECT COUNT(*), (SELECT COUNT(*) FROM parts WHERE story_id IN"
             f" (SELECT s.id FROM stories s WHERE {where})),"
-            f" (SELECT COUNT(*) FROM part_messages pm JOIN parts p ON p.id = pm.part_id"
-            f"  WHERE p.story_id IN (SELECT s.id FROM stories s WHERE {where}))"
+            f" (SELECT COUNT(*) FROM messages m"
+            f"  WHERE m.story_id IN (SELECT s.id FROM stories s WHERE {where}))"
             f" FROM stories s WHERE {where}",
             args * 3,
         )

@@ -1,15 +1,15 @@
 """Errors of the story use-cases, each with a short message for the user.
 
 Front-ends map these (and the generation and storage errors) to replies: the
-HTTP interface to status codes, the bot to ephemeral messages.
+HTTP interface to status codes, the bot to private messages and notices.
 """
 
 from __future__ import annotations
 
-from generation.errors import GenerationError
 
+class StoryError(Exception):
+    """Base class: `str(error)` is a short sentence a person can read."""
 
-class StoryError(GenerationError):
     code = "story_error"
 
 
@@ -31,3 +31,24 @@ class UserLimit(StoryError):
 
 class NothingToContinue(StoryError):
     code = "nothing_to_continue"
+
+
+class Conflict(StoryError):
+    """Someone else's work on the same part is in the way; try again after it."""
+
+    code = "conflict"
+
+
+class StillWriting(Conflict):
+    """The part to continue after is still being written."""
+
+    code = "still_writing"
+
+
+class StoryDeleted(StoryError):
+    """The story was deleted while a part of it was being written."""
+
+    code = "story_deleted"
+
+    def __init__(self, message: str = "The story was deleted.") -> None:
+        super().__init__(message)

@@ -1,34 +1,65 @@
 """The story use-cases that the bot and the HTTP interface both call.
 
-Starting, continuing or rerolling records the request in storage, submits it
-to the generation pool and returns a `Run`. The run's completion (storing the
-part, setting the status) is owned by the service in a task of its own, so a
-front-end that goes away (a closed HTTP connection, a deleted message) loses
-nothing that was written.
+Every generation is a *run*: it writes one part (the first part of a story, the
+next part after a part, or a new version of a part), has an id, a requester and
+a state stored in the database, and is tracked here while it is in flight. What
+may happen to a part at once is decided here, in one place:
+
+- Two requests to continue the same part share one run; the second caller is
+  told it joined (`Started.new` is False) and shows nothing of its own.
+- A part being rerolled cannot be continued or rerolled again until the reroll
+  ends; a part being continued, or already continued, cannot be rerolled.
+- Continuing a story (HTTP) while one of its parts is being written is refused
+  (`StillWriting`), never turned into a silent branch.
+
+A front-end that shows the run somewhere passes `announce`: it is awaited after
+every check and before anything is generated, so a run whose message cannot be
+posted is never generated. The run's completion (storing the part, recording
+the state) is owned by the service in a task of its own, so a front-end that
+goes away (a closed HTTP connection, a deleted message) loses nothing written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
-from generation.pool import GenerationPool, Ticket
+from generation.pool import GenerationPool, Reservation, Ticket
 from generation.types import GenerationRequest, GenerationResult
-from storage.models import Deleted, GeneratedPart, Part, Source, Status, Story, StoryPage
+from storage.errors import NotFound, StorageError
+from storage.models import (
+    Deleted,
+    GeneratedPart,
+    Part,
+    RunKind,
+    RunRecord,
+    Source,
+    Status,
+    Story,
+    StoryPage,
+)
 from storage.store import Store
 from stories import export
-from stories.errors import AgeRestricted, NotAllowed, NothingToContinue, UserLimit
+from stories.errors import (
+    AgeRestricted,
+    Conflict,
+    NotAllowed,
+    NothingToContinue,
+    StillWriting,
+    StoryDeleted,
+    UserLimit,
+)
 from stories.genres import Genre, GenreRegistry
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cut
+INTERRUPTED = "Interrupted by a restart."
 # Zero-width and other invisible characters: a prompt of only these is empty.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
@@ -65,47 +96,109 @@ class PartOutcome:
     result: GenerationResult
 
 
-@dataclass(eq=False)  # identity: runs live in sets
+@dataclass(eq=False)  # identity: one object per run in flight
 class Run:
-    """One generation in flight, as seen by a front-end."""
+    """One generation in flight, as seen by a front-end. Any number of readers
+    may follow it at once: each gets every position, every piece of text and
+    the outcome."""
 
+    record: RunRecord
     story: Story
     parent: Part
     genre: Genre
-    ticket: Ticket
     previous_text: str
-    kind: str  # "start", "continue", "reroll"
-    requested_by: int | None
-    part_number: int  # 1 for the first generated part
+    number: int  # the part it writes: 1 for a story's first generated part
+    replaces: Part | None = None  # reroll: the part it writes a new version of
+    predicted_position: int = 1  # before it is queued: where it will stand
+    ticket: Ticket | None = None
+    state: Status = "queued"  # as recorded; final before `done` resolves
+    deleted: bool = False  # its story (or its parent part) was deleted meanwhile
     done: asyncio.Future[PartOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    release_slot: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def kind(self) -> RunKind:
+        return self.record.kind
+
+    @property
+    def requested_by(self) -> int | None:
+        return self.record.requested_by
 
     @property
     def seed(self) -> int:
-        return self.ticket.seed
+        return self.record.seed or 0
 
     @property
     def position(self) -> int:
+        """1.. while waiting; 0 while generating; -1 once finished."""
+        if self.ticket is None:
+            return -1 if self.done.done() else self.predicted_position
         return self.ticket.position
 
-    def positions(self) -> AsyncIterator[int]:
-        return self.ticket.positions()
+    async def positions(self) -> AsyncIterator[int]:
+        if self.ticket is not None:
+            async for position in self.ticket.positions():
+                yield position
 
-    def stream(self) -> AsyncIterator[str]:
-        return self.ticket.stream()
+    async def stream(self) -> AsyncIterator[str]:
+        if self.ticket is not None:
+            async for delta in self.ticket.stream():
+                yield delta
 
     async def outcome(self) -> PartOutcome:
         return await asyncio.shield(self.done)
 
     def cancel(self) -> bool:
-        return self.ticket.cancel()
+        return self.ticket.cancel() if self.ticket is not None else False
 
 
-def _fail(run: Run, error: BaseException) -> None:
-    if not run.done.done():
-        run.done.set_exception(error)
-        run.done.exception()  # retrieved: a front-end that never looks is not an error
+@dataclass(frozen=True)
+class Started:
+    """What a request to continue got: a run, and whether it is a new one (False:
+    someone asked for the same part a moment earlier, and this joined theirs)."""
+
+    run: Run
+    new: bool
+
+
+@dataclass(frozen=True)
+class PartView:
+    """A stored part with what a front-end needs to show it."""
+
+    story: Story
+    part: Part
+    number: int  # 1 for the first generated part
+    genre_title: str
+    prompt: str | None  # the story's prompt, shown above its first part
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run (in flight or ended) with what a front-end needs to show it."""
+
+    story: Story
+    record: RunRecord
+    number: int
+    genre_title: str
+    prompt: str | None
+
+
+Announce = Callable[[Run], Awaitable[None]]
+
+
+@dataclass
+class _Claim:
+    """The one run acting on a part: a continuation of it, or a reroll of it."""
+
+    kind: RunKind
+    ready: asyncio.Future[Run]
+    run: Run | None = None
 
 
 def join_text(previous: str, continuation: str) -> str:
@@ -132,19 +225,19 @@ class StoryService:
         self.genres = genres
         self.user_max_active = user_max_active
         self.user_cooldown_s = user_cooldown_s
-        self._active: dict[int, set[Run]] = {}
-        self._last_start: dict[int, float] = {}
-        self._continuing: dict[int, asyncio.Future[Run]] = {}  # parent part id -> run in flight
-        self._runs: dict[int, Run] = {}  # story id -> latest run in flight
+        self._runs: dict[int, Run] = {}  # run id -> run in flight
+        self._claims: dict[int, _Claim] = {}  # part id -> the run acting on it
+        self._active: dict[int, int] = {}  # user id -> runs in flight or being set up
+        self._last_start: dict[int, float] = {}  # user id -> when their last run began
         self._tasks: set[asyncio.Task[None]] = set()
-        self.recovered: list[Story] = []
-        # Slots taken by requests between their check and their launch: the check
-        # and the launch are separated by awaits, so two quick requests must not
-        # both pass the per-user limit.
-        self._reserved: dict[int, int] = {}
         self._missing_models: set[str] = set()
+        self._closing = False
 
     # ------------------------------------------------------------------ checks
+    def _check_open(self) -> None:
+        if self._closing:
+            raise PoolClosed("storybot is restarting; try again in a minute.")
+
     def _check_prompt(self, prompt: str) -> str:
         if not isinstance(prompt, str) or not prompt.translate(_INVISIBLE).strip():
             raise InvalidRequest("The prompt is empty: give the story a first line.")
@@ -152,22 +245,48 @@ class StoryService:
             raise InvalidRequest(f"The prompt is too long: at most {MAX_PROMPT_CHARS} characters.")
         return prompt.strip()
 
-    def _check_user(self, who: Requester) -> None:
-        if who.user_id is None:
-            return
-        active = len(self._active.get(who.user_id, set())) + self._reserved.get(who.user_id, 0)
+    def _take_slot(self, who: Requester) -> Callable[[], None]:
+        """Check the per-person limits and hold one of the person's slots; the
+        returned function gives it back (once, however often it is called)."""
+        user = who.user_id
+        if user is None:
+            return lambda: None
+        active = self._active.get(user, 0)
         if active >= self.user_max_active:
             raise UserLimit(
                 f"You already have {active} stories being written; "
                 "wait for one to finish (or cancel it)."
             )
-        last = self._last_start.get(who.user_id)
+        last = self._last_start.get(user)
         if last is not None and self.user_cooldown_s:
             wait = self.user_cooldown_s - (time.monotonic() - last)
             if wait > 0:
                 raise UserLimit(
                     f"Slow down a little: try again in {max(1, round(wait))} s.", retry_after=wait
                 )
+        self._active[user] = active + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self._active.get(user, 1) - 1
+                if left > 0:
+                    self._active[user] = left
+                else:
+                    self._active.pop(user, None)
+
+        return release
+
+    def _started_now(self, user: int | None) -> None:
+        if user is None:
+            return
+        now = time.monotonic()
+        self._last_start[user] = now
+        if len(self._last_start) > 256:  # forget people whose cooldown has passed
+            horizon = now - self.user_cooldown_s
+            self._last_start = {u: t for u, t in self._last_start.items() if t > horizon}
 
     def _genre(self, key: str | None, who: Requester) -> Genre:
         genre = self.genres.get(key)
@@ -177,22 +296,8 @@ class StoryService:
             )
         return genre
 
-    @contextlib.contextmanager
-    def _slot(self, who: Requester) -> Iterator[None]:
-        """Check the per-user limits and hold a slot until the run is launched."""
-        self._check_user(who)
-        if who.user_id is None:
-            yield
-            return
-        self._reserved[who.user_id] = self._reserved.get(who.user_id, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._reserved[who.user_id] - 1
-            if left:
-                self._reserved[who.user_id] = left
-            else:
-                del self._reserved[who.user_id]
+    def _story_genre(self, story: Story, who: Requester) -> Genre:
+        return self._genre(story.genre, who) if story.genre in self.genres else self.genres.default
 
     async def _pool_for(self, genre: Genre) -> GenerationPool:
         """The genre's own model when it has one and its folder exists, else the default."""
@@ -210,133 +315,345 @@ class StoryService:
         return await self.models.pool_for(genre.model)
 
     # --------------------------------------------------------------- use-cases
-    async def start(self, prompt: str, options: StoryOptions, who: Requester) -> Run:
-        """Start a story: validate, store it as queued, submit it."""
+    async def start(
+        self,
+        prompt: str,
+        options: StoryOptions,
+        who: Requester,
+        *,
+        announce: Announce | None = None,
+    ) -> Run:
+        """Start a story: validate, store it with its first run, show it, generate."""
+        self._check_open()
         prompt = self._check_prompt(prompt)
         genre = self._genre(options.genre, who)
-        params = genre.params(**asdict(options))
+        params = genre.params(**asdict(options)).with_seed()
         request = GenerationRequest(prompt, params, primer=genre.primer)
-        self.pool.validate(request)  # refuse bad input before storing anything
-        with self._slot(who):
-            story, root = await self.store.create_story(
+        pool = await self._pool_for(genre)
+        pool.validate(request)  # refuse bad input before storing anything
+        release = self._take_slot(who)
+        try:
+            reservation = pool.reserve()  # Busy before anything is stored or shown
+        except BaseException:
+            release()
+            raise
+        try:
+            story, root, record = await self.store.create_story(
                 prompt=prompt,
                 genre=genre.key,
                 author_id=who.user_id,
                 source=who.source,
                 guild_id=who.guild_id,
                 channel_id=who.channel_id,
+                seed=params.seed,
             )
-            try:
-                pool = await self._pool_for(genre)
-                ticket = pool.submit(request)  # no await between: the pool cannot go away
-            except GenerationError:
-                await self.store.delete_story(story.id)  # a refused request leaves no row
-                raise
-            return self._launch(story, root, genre, ticket, prompt, "start", who.user_id, 1)
+        except BaseException:
+            reservation.release()
+            release()
+            raise
+        run = Run(record, story, root, genre, prompt, 1, release_slot=release)
+        await self._launch(run, pool, request, reservation, announce, new_story=True)
+        return run
 
     async def continue_from(
-        self, part_id: int, who: Requester, options: StoryOptions | None = None
-    ) -> Run:
+        self,
+        part_id: int,
+        who: Requester,
+        options: StoryOptions | None = None,
+        *,
+        announce: Announce | None = None,
+        kind: RunKind = "continue",
+    ) -> Started:
         """Write the next part after `part_id`. Two requests at once share one run."""
-        in_flight = self._continuing.get(part_id)
-        if in_flight is not None:
-            return await asyncio.shield(in_flight)
-        # Claim the part before the first await, so a second reaction arriving
-        # meanwhile waits for this run instead of starting its own.
-        claim: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
-        self._continuing[part_id] = claim
+        self._check_open()
+        while (claim := self._claims.get(part_id)) is not None:
+            if claim.kind == "reroll":
+                raise Conflict(
+                    "That part is being rerolled: continue it once its new version is shown."
+                )
+            try:
+                return Started(await asyncio.shield(claim.ready), new=False)
+            except Exception:
+                continue  # that request was refused (its person's limit): try ours
+        claim = self._claim(part_id, "continue")
         try:
             parent = await self.store.get_part(part_id)
             story = await self.store.get_story(parent.story_id)
-            run = await self._generate_under(story, parent, who, options, "continue")
+            run = await self._begin(story, parent, kind, who, options, None, announce)
         except BaseException as error:
-            del self._continuing[part_id]
-            claim.set_exception(error if isinstance(error, Exception) else Cancelled())
-            claim.exception()
+            self._fail_claim(part_id, claim, error)
             raise
-        claim.set_result(run)
-        return run
+        self._settle_claim(claim, run)
+        return Started(run, new=True)
 
     async def continue_story(
         self, story_id: int, who: Requester, options: StoryOptions | None = None
     ) -> Run:
+        """Write the next part after the story's newest one. Refused while any part
+        of the story is being written: the newest part is not known yet."""
+        self._check_open()
+        busy = [run for run in self._runs.values() if run.story.id == story_id]
+        if busy:
+            raise StillWriting(
+                f"Story {story_id} is still being written (part {busy[0].number}); "
+                "continue it once that part is done."
+            )
         latest = await self.store.latest_part(story_id)
-        return await self.continue_from(latest.id, who, options)
+        started = await self.continue_from(latest.id, who, options)
+        return started.run
 
-    async def reroll(self, part_id: int, who: Requester) -> Run:
-        """A new version of a generated part (new seed), kept as its sibling."""
-        part = await self.store.get_part(part_id)
-        story = await self.store.get_story(part.story_id)
-        if who.user_id is not None and story.author_id != who.user_id:
-            raise NotAllowed("Only the story's author can reroll it.")
-        if part.parent_id is None:
+    async def continue_after_run(
+        self, run_id: int, who: Requester, *, announce: Announce | None = None
+    ) -> Started:
+        """Continue after the part a run wrote (a reaction on the message that
+        showed the run). Refused while the run is still writing it."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            raise StillWriting("That part is still being written: react again once it is finished.")
+        record = await self.store.get_run(run_id)
+        if record.part_id is None:
             raise NothingToContinue(
-                "The prompt itself cannot be rerolled; continue the story instead."
+                "That part was never written: press Retry on it to write it again."
             )
-        parent = await self.store.get_part(part.parent_id)
-        keep = StoryOptions(max_new_tokens=(part.params or {}).get("max_new_tokens"))
-        return await self._generate_under(story, parent, who, keep, "reroll")
+        return await self.continue_from(record.part_id, who, announce=announce)
 
-    async def _generate_under(
-        self, story: Story, parent: Part, who: Requester, options: StoryOptions | None, kind: str
+    async def reroll(
+        self, part_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Run:
-        genre = self._genre(story.genre, who) if story.genre in self.genres else self.genres.default
-        previous = (parent.params or {}).get("max_new_tokens")
-        options = options or StoryOptions(max_new_tokens=previous)
-        params = genre.params(**asdict(options) | {"genre": None})
-        with self._slot(who):
-            path = await self.store.path_to(parent.id)
-            previous_text = "".join(part.text for part in path)
-            request = GenerationRequest(previous_text, params, primer=genre.primer)
-            pool = await self._pool_for(genre)
-            ticket = pool.submit(request)
-            await self.store.set_status(story.id, "queued")
-            return self._launch(
-                story, parent, genre, ticket, previous_text, kind, who.user_id, len(path)
+        """A new version of a generated part (new seed), kept as its sibling. The old
+        version stays in place until the new one is complete."""
+        self._check_open()
+        claim = self._claims.get(part_id)
+        if claim is not None:
+            raise Conflict(
+                "This part is already being rerolled."
+                if claim.kind == "reroll"
+                else "Someone is continuing this part; reroll the newest part once it is written."
             )
+        claim = self._claim(part_id, "reroll")
+        try:
+            part = await self.store.get_part(part_id)
+            story = await self.store.get_story(part.story_id)
+            if who.user_id is not None and story.author_id != who.user_id:
+                raise NotAllowed("Only the story's author can reroll it.")
+            if part.parent_id is None:
+                raise NothingToContinue(
+                    "The prompt itself cannot be rerolled; continue the story instead."
+                )
+            if await self.store.has_children(part_id):
+                raise Conflict(
+                    "This part has been continued already, so a new version would leave the "
+                    "next parts hanging: reroll the newest part instead."
+                )
+            parent = await self.store.get_part(part.parent_id)
+            keep = StoryOptions(max_new_tokens=(part.params or {}).get("max_new_tokens"))
+            run = await self._begin(story, parent, "reroll", who, keep, part, announce)
+        except BaseException as error:
+            self._fail_claim(part_id, claim, error)
+            raise
+        self._settle_claim(claim, run)
+        return run
 
-    def _launch(
+    async def retry(
+        self, run_id: int, who: Requester, *, announce: Announce | None = None
+    ) -> Started:
+        """Run again what a run that ended without a part (interrupted, failed) was
+        writing, under the same rules as the first time."""
+        self._check_open()
+        if run_id in self._runs:
+            raise Conflict("This part is being written already.")
+        record = await self.store.get_run(run_id)
+        if record.state == "done":
+            raise Conflict("This part was written already.")
+        if record.kind == "reroll":
+            if record.replaces_id is None:
+                raise NothingToContinue("The part this would replace no longer exists.")
+            return Started(await self.reroll(record.replaces_id, who, announce=announce), True)
+        if record.kind == "start" and await self.store.has_children(record.parent_id):
+            raise Conflict("This story's first part was written already.")
+        return await self.continue_from(record.parent_id, who, announce=announce, kind=record.kind)
+
+    async def cancel(self, run_id: int, who: Requester) -> bool:
+        """Cancel a run in flight; False when there is nothing to cancel any more."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        if who.user_id is not None and run.requested_by not in (who.user_id, None):
+            raise NotAllowed("Only the person who asked for this part can cancel it.")
+        return run.cancel()
+
+    async def delete_story(self, story_id: int, who: Requester) -> Deleted:
+        """Delete a story and stop every run on it; its messages are left for the
+        front-end to clear (they show nothing any more)."""
+        story = await self.store.get_story(story_id)
+        if who.user_id is not None and story.author_id != who.user_id:
+            raise NotAllowed("Only the story's author can delete it.")
+        deleted = await self.store.delete_story(story_id)
+        await self._stop_orphans()
+        return deleted
+
+    async def forget(self, user_id: int) -> Deleted:
+        """Delete everything a person wrote, and stop the runs that wrote into it."""
+        deleted = await self.store.delete_user(user_id)
+        await self._stop_orphans()
+        return deleted
+
+    async def _stop_orphans(self) -> None:
+        """Runs whose rows went with a deletion are cancelled: nobody will see them."""
+        for run in list(self._runs.values()):
+            try:
+                await self.store.get_run(run.id)
+            except NotFound:
+                run.deleted = True
+                run.cancel()
+
+    # ------------------------------------------------------------- life cycle
+    def stop_accepting(self) -> None:
+        """Shutting down: refuse new work (runs in flight go on)."""
+        self._closing = True
+
+    async def recover_interrupted(self) -> list[RunRecord]:
+        """At start-up: runs left unfinished by the last process are interrupted."""
+        runs = await self.store.interrupt_unfinished(INTERRUPTED)
+        if runs:
+            log.warning("%d parts were interrupted by the last shutdown", len(runs))
+        return runs
+
+    async def wait_idle(self, within: float | None = None) -> None:
+        """Wait until every run's outcome is stored (at shutdown, with a bound)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=within)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._runs)
+
+    # ---------------------------------------------------------------- running
+    def _claim(self, part_id: int, kind: RunKind) -> _Claim:
+        claim = _Claim(kind, asyncio.get_running_loop().create_future())
+        self._claims[part_id] = claim
+        return claim
+
+    def _fail_claim(self, part_id: int, claim: _Claim, error: BaseException) -> None:
+        if self._claims.get(part_id) is claim:
+            del self._claims[part_id]
+        claim.ready.set_exception(error if isinstance(error, Exception) else Cancelled())
+        claim.ready.exception()  # retrieved: nobody may be waiting
+
+    @staticmethod
+    def _settle_claim(claim: _Claim, run: Run) -> None:
+        claim.run = run
+        claim.ready.set_result(run)
+
+    async def _begin(
         self,
         story: Story,
         parent: Part,
-        genre: Genre,
-        ticket: Ticket,
-        previous_text: str,
-        kind: str,
-        user_id: int | None,
-        part_number: int,
+        kind: RunKind,
+        who: Requester,
+        options: StoryOptions | None,
+        replaces: Part | None,
+        announce: Announce | None,
     ) -> Run:
-        run = Run(story, parent, genre, ticket, previous_text, kind, user_id, part_number)
-        if user_id is not None:
-            self._active.setdefault(user_id, set()).add(run)
-            self._last_start[user_id] = time.monotonic()
-        self._runs[story.id] = run
-        task = asyncio.create_task(self._complete(run), name=f"story-{story.id}")
+        genre = self._story_genre(story, who)
+        previous = (parent.params or {}).get("max_new_tokens")
+        options = options or StoryOptions(max_new_tokens=previous)
+        params = genre.params(**asdict(options) | {"genre": None}).with_seed()
+        path = await self.store.path_to(parent.id)
+        previous_text = "".join(part.text for part in path)
+        request = GenerationRequest(previous_text, params, primer=genre.primer)
+        pool = await self._pool_for(genre)
+        pool.validate(request)
+        release = self._take_slot(who)
+        try:
+            reservation = pool.reserve()
+        except BaseException:
+            release()
+            raise
+        try:
+            record = await self.store.create_run(
+                story.id,
+                parent.id,
+                kind,
+                requested_by=who.user_id,
+                seed=params.seed,
+                replaces_id=replaces.id if replaces else None,
+            )
+        except BaseException:
+            reservation.release()
+            release()
+            raise
+        run = Run(record, story, parent, genre, previous_text, len(path), replaces)
+        run.release_slot = release
+        await self._launch(run, pool, request, reservation, announce)
+        return run
+
+    async def _launch(
+        self,
+        run: Run,
+        pool: GenerationPool,
+        request: GenerationRequest,
+        reservation: Reservation,
+        announce: Announce | None,
+        *,
+        new_story: bool = False,
+    ) -> None:
+        """Show the run (if the front-end asks to), then queue it and follow it."""
+        run.predicted_position = pool.predicted_position()
+        self._runs[run.id] = run
+        if announce is not None:
+            try:
+                await announce(run)
+            except BaseException:
+                # Nothing was generated; leave no trace of the attempt.
+                reservation.release()
+                run.release_slot()
+                del self._runs[run.id]
+                if new_story:
+                    await asyncio.shield(self.store.delete_story(run.story.id))
+                else:
+                    await asyncio.shield(self.store.delete_run(run.id))
+                raise
+        error: GenerationError | None = None
+        try:
+            run.ticket = pool.submit(request, reservation)
+        except GenerationError as refused:  # the pool closed while the run was shown
+            reservation.release()
+            error = refused
+        self._started_now(run.requested_by)
+        task = asyncio.create_task(self._complete(run, error), name=f"run-{run.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info(
-            "story %d: %s queued at position %d (seed %d)",
-            story.id,
-            kind,
-            ticket.position,
-            ticket.seed,
+            "story %d: run %d (%s) queued at position %d (seed %d)",
+            run.story.id,
+            run.id,
+            run.kind,
+            run.position,
+            run.seed,
         )
-        return run
 
-    async def _complete(self, run: Run) -> None:
-        story_id = run.story.id
-        status: Status = "failed"
+    async def _complete(self, run: Run, refused: GenerationError | None) -> None:
+        """Follow the run to its end, record the end, then tell its readers: whoever
+        reacts to the outcome (a Retry click, a continue) sees the state stored."""
+        state: Status | None = "failed"
+        error: BaseException | None = refused
+        outcome: PartOutcome | None = None
         try:
+            if refused is not None:
+                raise refused
+            assert run.ticket is not None
             async for position in run.ticket.positions():
                 if position == 0:
-                    await self.store.set_status(story_id, "generating")
+                    run.state = "generating"
+                    await self._record(run, "generating", None)
+                    if run.deleted:
+                        raise NotFound(f"run {run.id} was deleted")
             result = await run.ticket.result()
-            text = join_text(run.previous_text, result.text)
-            part = await self.store.add_part(
-                story_id,
-                run.parent.id,
+            part = await self.store.finish_run(
+                run.id,
                 GeneratedPart(
-                    text=text,
+                    text=join_text(run.previous_text, result.text),
                     requested_by=run.requested_by,
                     params={k: v for k, v in asdict(run.ticket.params).items() if k != "seed"},
                     seed=result.seed,
@@ -347,68 +664,69 @@ class StoryService:
                     generation_s=result.generation_s,
                     finish_reason=result.finish_reason,
                 ),
-                status="done",
             )
-            story = await self.store.get_story(story_id)
-            status = "done"
-            run.done.set_result(PartOutcome(story, part, run.previous_text, result))
+            story = await self.store.get_story(run.story.id)
+            state, error = "done", None
+            outcome = PartOutcome(story, part, run.previous_text, result)
             log.info(
-                "story %d: part %d, %d tokens in %.2f s",
-                story_id,
+                "story %d: part %d (run %d), %d tokens in %.2f s",
+                run.story.id,
                 part.id,
+                run.id,
                 result.new_tokens,
                 result.generation_s,
             )
-        except Cancelled as error:
-            status = "cancelled"
-            _fail(run, error)
-        except PoolClosed as error:
-            status = "interrupted"
-            _fail(run, error)
-        except GenerationError as error:  # timed out, failed, or a storage problem
-            _fail(run, error)
+        except Cancelled as cancelled:
+            state, error = "cancelled", cancelled
+        except PoolClosed as closed:  # shutting down: what waited, or ran out of grace
+            state, error = "interrupted", closed
+        except NotFound:  # the story or the part it continues was deleted meanwhile
+            run.deleted = True
+        except (GenerationError, StorageError) as failed:  # timed out, failed, disk full
+            error = failed
         except Exception:
-            log.exception("story %d: could not complete", story_id)
-            _fail(run, GenerationError("Something went wrong while saving the story."))
+            log.exception("story %d: run %d could not complete", run.story.id, run.id)
+            error = GenerationError("Something went wrong while writing this part.")
         finally:
-            if not run.done.done():  # cancelled task (shutdown): never leave a waiter
-                status = "interrupted"
-                _fail(run, PoolClosed())
-            if status != "done":
-                try:
-                    await self.store.set_status(story_id, status)
-                except Exception:
-                    log.exception("story %d: could not record status %s", story_id, status)
-            if run.requested_by is not None:
-                self._active.get(run.requested_by, set()).discard(run)
-            claim = self._continuing.get(run.parent.id)
-            if (
-                claim is not None
-                and claim.done()
-                and not claim.exception()
-                and claim.result() is run
-            ):
-                del self._continuing[run.parent.id]
-            if self._runs.get(story_id) is run:
-                del self._runs[story_id]
+            if run.ticket is not None and not run.ticket.done():
+                run.ticket.cancel()  # nobody will store or see what it writes
+            if outcome is None and error is None and not run.deleted:
+                # The task itself was cancelled (never at shutdown, which waits).
+                state, error = "interrupted", PoolClosed(INTERRUPTED)
+            if state is not None and state != "done" and not run.deleted:
+                await self._record(run, state, str(error) if error else None)
+            if run.deleted:
+                state, error = None, StoryDeleted()
+            run.state = state or "cancelled"
+            self._forget(run)
+            if outcome is not None:
+                run.done.set_result(outcome)
+            else:
+                run.done.set_exception(error or StoryDeleted())
+                run.done.exception()  # retrieved: a front-end that never looks is fine
 
-    def run_for(self, story_id: int) -> Run | None:
-        return self._runs.get(story_id)
+    async def _record(self, run: Run, state: Status, error: str | None) -> None:
+        try:
+            await asyncio.shield(self.store.set_run_state(run.id, state, error))
+        except NotFound:
+            run.deleted = True
+        except StorageError as failed:
+            log.warning(
+                "story %d: could not record run %d as %s: %s", run.story.id, run.id, state, failed
+            )
 
-    async def cancel(self, story_id: int, who: Requester) -> bool:
-        run = self._runs.get(story_id)
-        if run is None:
-            return False
-        if who.user_id is not None and run.requested_by not in (who.user_id, None):
-            raise NotAllowed("Only the person who asked for this part can cancel it.")
-        return run.cancel()
-
-    async def wait_idle(self) -> None:
-        """Wait until every run's result is stored (used at shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    def _forget(self, run: Run) -> None:
+        self._runs.pop(run.id, None)
+        run.release_slot()
+        for part_id, claim in list(self._claims.items()):
+            if claim.run is run:
+                del self._claims[part_id]
 
     # ----------------------------------------------------------------- reading
+    def running(self, run_id: int) -> Run | None:
+        """The run with this id if it is in flight."""
+        return self._runs.get(run_id)
+
     async def list_stories(
         self, user_id: int, *, page: int = 0, per_page: int = 10, genre: str | None = None
     ) -> StoryPage:
@@ -428,6 +746,29 @@ class StoryService:
             path.append(by_id[path[-1].parent_id])
         return story, parts, path[::-1]
 
+    async def describe_part(self, part_id: int) -> PartView:
+        part = await self.store.get_part(part_id)
+        story = await self.store.get_story(part.story_id)
+        path = await self.store.path_to(part_id)
+        return PartView(
+            story,
+            part,
+            len(path) - 1,
+            self._title(story),
+            path[0].text if len(path) == 2 else None,
+        )
+
+    async def describe_run(self, run_id: int) -> RunView:
+        record = await self.store.get_run(run_id)
+        story = await self.store.get_story(record.story_id)
+        path = await self.store.path_to(record.parent_id)
+        return RunView(
+            story, record, len(path), self._title(story), path[0].text if len(path) == 1 else None
+        )
+
+    def _title(self, story: Story) -> str:
+        return self.genres.get(story.genre).title if story.genre in self.genres else story.genre
+
     async def export(self, story_id: int, fmt: str = "md") -> str:
         story, parts, path = await self.story(story_id)
         if fmt == "md":
@@ -438,26 +779,15 @@ class StoryService:
             return export.dumps(export.to_json(story, parts, path))
         raise InvalidRequest(f"Unknown export format {fmt!r}: use md, txt or json.")
 
-    async def delete_story(self, story_id: int, who: Requester) -> Deleted:
-        story = await self.store.get_story(story_id)
-        if who.user_id is not None and story.author_id != who.user_id:
-            raise NotAllowed("Only the story's author can delete it.")
-        run = self._runs.get(story_id)
-        if run is not None:
-            run.cancel()
-        return await self.store.delete_story(story_id)
 
-    async def forget(self, user_id: int) -> Deleted:
-        for run in list(self._active.get(user_id, set())):
-            run.cancel()
-        return await self.store.delete_user(user_id)
-
-    async def recover_interrupted(self) -> list[Story]:
-        stories = await self.store.mark_interrupted()
-        self.recovered = stories  # the bot tells their channels once it is connected
-        if stories:
-            log.warning("%d stories were interrupted by the last shutdown", len(stories))
-        return stories
-
-
-__all__ = ["PartOutcome", "Requester", "Run", "StoryOptions", "StoryService", "join_text"]
+__all__ = [
+    "PartOutcome",
+    "PartView",
+    "Requester",
+    "Run",
+    "RunView",
+    "Started",
+    "StoryOptions",
+    "StoryService",
+    "join_text",
+]

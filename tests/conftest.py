@@ -89,8 +89,11 @@ async def fake() -> AsyncIterator[FakeDiscord]:
     """The fake Discord on loopback, stopped after the test."""
     discord = FakeDiscord()
     await discord.start()
-    yield discord
-    await discord.stop()
+    try:
+        yield discord
+        discord.assert_clean()  # nothing could ping; every injected fault fired
+    finally:
+        await discord.stop()
 
 
 async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:

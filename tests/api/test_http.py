@@ -295,5 +295,5 @@ async def test_a_client_that_disconnects_loses_nothing(
     await response.content.readline()  # read a little, then hang up
     response.close()
     await service.wait_idle()
-    page = await service.store._all("SELECT status FROM stories")
-    assert [row["status"] for row in page] == ["done"]
+    runs = await service.store._all("SELECT state FROM runs")
+    assert [row["state"] for row in runs] == ["done"]

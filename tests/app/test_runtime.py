@@ -95,11 +95,15 @@ def test_shutdown_marks_unfinished_stories_interrupted(
     process = start(env, REPO)
     try:
         wait_http(port, process)
-        # Leave a story "generating" in the file, as a crash would.
+        # Leave a part "generating" in the file, as a crash would.
         with sqlite3.connect(db) as conn:
-            conn.execute(
-                "INSERT INTO stories (author_id, source, genre, title, status, created_at,"
-                " updated_at) VALUES (1, 'discord', 'crime', 't', 'generating', 0, 0)"
+            conn.executescript(
+                "INSERT INTO stories (id, author_id, source, genre, title, created_at,"
+                " updated_at) VALUES (1, 1, 'discord', 'crime', 't', 0, 0);"
+                "INSERT INTO parts (id, story_id, kind, text, created_at)"
+                " VALUES (1, 1, 'prompt', 't', 0);"
+                "INSERT INTO runs (story_id, parent_id, kind, state, created_at, updated_at)"
+                " VALUES (1, 1, 'start', 'generating', 0, 0);"
             )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -111,7 +115,7 @@ def test_shutdown_marks_unfinished_stories_interrupted(
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT status FROM stories").fetchall() == [("interrupted",)]
+        assert conn.execute("SELECT state FROM runs").fetchall() == [("interrupted",)]
     assert "interrupted" in output
 
 

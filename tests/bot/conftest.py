@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from bot.client import StoryBot
+from app.runtime import shut_down
+from bot.client import DiscordApp, StoryBot
 from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend
 from storage.store import Store
 from stories.genres import GenreRegistry
+from stories.message_book import MessageBook
 from stories.service import StoryService
 from tests.conftest import GatedBackend
 from tests.fakediscord.harness import FakeDiscord
@@ -32,8 +34,10 @@ class BotEnv:
     pool: GenerationPool | None = None
     service: StoryService | None = None
     bot: StoryBot | None = None
+    app: DiscordApp | None = None
     task: asyncio.Task[None] | None = None
     startup_s: float = 0.0
+    stopped: bool = False
 
     @property
     def backend(self) -> GatedBackend:
@@ -41,6 +45,7 @@ class BotEnv:
         return self.pool.backend
 
     async def start(self) -> None:
+        self.stopped = False
         self.store = await Store.open(self.db_path)
         max_batch = self.options.get("max_batch", 8)
 
@@ -65,33 +70,49 @@ class BotEnv:
         await self.service.recover_interrupted()
         self.bot = StoryBot(
             self.service,
+            MessageBook(self.store),
             dev_guild_id=int(self.fake.server.guild_id),
             edit_interval=self.options.get("edit_interval", 0.0),
             guild_ready_timeout=0.05,
+            notice_window_s=self.options.get("notice_window_s", 10.0),
+            retry_base_s=self.options.get("retry_base_s", 0.05),
         )
         started = time.monotonic()
-        self.task = asyncio.create_task(self.bot.start("fake-token"))
+        self.app = DiscordApp(self.bot, "fake-token")
+        self.task = self.app.start()
         self.fake.watch.append(self.task)
-        ready = asyncio.ensure_future(self.bot.wait_until_ready())
-        await asyncio.wait({ready, self.task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if self.task.done():
-            raise AssertionError(f"the bot died during start-up: {self.task.exception()!r}")
-        assert ready.done(), "the bot did not become ready"
+        await asyncio.wait_for(self.app.wait_until_ready(), 10)
         self.startup_s = time.monotonic() - started
 
-    async def stop(self, *, drain: float = 10.0) -> None:
-        if self.bot is not None:
-            await self.bot.close()
-        if self.task is not None:
+    async def stop(self, *, grace_s: float = 10.0) -> None:
+        """Stop as `python -m bot` does on SIGTERM (app.runtime.shut_down)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.task is not None and self.task in self.fake.watch:
             self.fake.watch.remove(self.task)
-            await asyncio.wait_for(self.task, 10)
         if self.pool is not None:
             self.backend.release()
-            await self.pool.aclose(drain_timeout=drain)
-        if self.service is not None:
-            await self.service.wait_idle()
+        assert self.service is not None and self.pool is not None
+        await shut_down(self.service, [self.pool], grace_s=grace_s, front=self.app)
         if self.store is not None:
             await self.store.close()
+
+    async def crash(self) -> None:
+        """Stop as a SIGKILL would: the database is left as it was (runs unfinished,
+        messages stale), and nothing more reaches Discord."""
+        assert self.bot is not None and self.pool is not None and self.store is not None
+        assert self.service is not None
+        if self.task is not None and self.task in self.fake.watch:
+            self.fake.watch.remove(self.task)
+        await self.store.close()  # from here on this "process" records nothing
+        for task in list(self.bot.publisher._tasks):
+            task.cancel()
+        await self.bot.close()
+        self.backend.release()
+        await self.pool.aclose(grace_s=0)
+        await self.service.wait_idle(within=10)
+        self.stopped = True
 
     async def restart(self) -> None:
         """Stop everything and start again on the same database file."""
@@ -116,6 +137,8 @@ async def env(
     await environment.start()
     try:
         yield environment
+        await environment.stop()
+        fake.assert_clean()  # nothing could ping; every injected fault fired
     finally:
         await environment.stop()
         await fake.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.models import GeneratedPart
+from stories.message_book import MessageBook
 from tests.bot.conftest import BotEnv
 from tests.bot.test_story import button, is_story, start_story, story_messages
 from tests.fakediscord.server import ADD_REACTIONS
@@ -56,15 +57,18 @@ async def test_continuing_a_story_longer_than_the_context(env: BotEnv) -> None:
     fake = env.fake
     story = await start_story(env)
     assert env.store is not None
-    part = await env.store.part_for_message(int(story["id"]))
-    assert part is not None
+    record = await MessageBook(env.store).get(int(story["id"]))
+    assert record is not None and record.part_id is not None
+    part = await env.store.get_part(record.part_id)
     long = await env.store.add_part(
-        part.story_id, part.id, GeneratedPart(" And then it went on. " * 600), status="done"
+        part.story_id, part.id, GeneratedPart(" And then it went on. " * 600)
     )
     shown = fake.server.make_message(
         story["channel_id"], {"content": "(a long part)"}, fake.server.bot_user
     )
-    await env.store.link_message(long.id, int(shown["id"]), int(story["channel_id"]))
+    await MessageBook(env.store).showing_part(
+        int(shown["id"]), int(story["channel_id"]), story_id=part.story_id, part_id=long.id, chunk=0
+    )
     await fake.react(shown, "➕", user=fake.bob)
     follow = await fake.wait_for_message(lambda m: is_story(m) and "part 3" in m["content"])
     assert follow["message_reference"]["message_id"] == shown["id"]
@@ -104,7 +108,9 @@ async def test_story_message_deleted_while_writing_is_posted_again(env: BotEnv) 
     env.backend.release()
     again = await fake.wait_for_message(lambda m: is_story(m) and "Fragile story" in m["content"])
     assert again["id"] != first["id"]
-    assert env.store is not None and await env.store.part_for_message(int(again["id"])) is not None
+    assert env.store is not None
+    record = await MessageBook(env.store).get(int(again["id"]))
+    assert record is not None and record.part_id is not None
 
 
 async def test_missed_deferral_10062_still_writes_the_story(env: BotEnv) -> None:

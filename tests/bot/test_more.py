@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from stories.message_book import MessageBook
 from stories.service import Requester, StoryOptions
 from tests.bot.conftest import BotEnv
 from tests.bot.test_story import button, is_story, story_messages
@@ -119,6 +120,7 @@ async def test_full_queue_says_busy(env: BotEnv) -> None:
         handle = await fake.invoke("story", user=user, genre="crime", prompt=prompt, length="short")
         await handle.deferred()
         await fake.wait_for_message(lambda m, p=prompt: p in m["content"])  # type: ignore[misc]
+        await fake.wait_until(env.backend.entered.is_set)  # the first one is running
     third = await fake.invoke(
         "story", user=fake.carol, genre="crime", prompt="Too many", length="short"
     )
@@ -135,16 +137,18 @@ async def test_interrupted_story_is_announced_and_retried(env: BotEnv) -> None:
         channel["id"], {"content": "**Crashed story** ▌"}, fake.server.bot_user
     )
     assert env.store is not None
-    story, _ = await env.store.create_story(
+    story, _, run = await env.store.create_story(
         prompt="Crashed story",
         genre="crime",
         author_id=int(fake.alice.id),
         channel_id=int(channel["id"]),
     )
-    await env.store.set_status(story.id, "generating")
-    await env.store.link_pending(story.id, int(shown["id"]), int(channel["id"]))
-    await env.bot.close()  # type: ignore[union-attr]
-    await env.restart()  # as after a crash: the story was left "generating"
+    await env.store.set_run_state(run.id, "generating")
+    await MessageBook(env.store).showing_run(
+        int(shown["id"]), int(channel["id"]), story_id=story.id, run_id=run.id, state="generating"
+    )
+    await env.crash()
+    await env.start()  # as after a crash: the story was left "generating"
     await fake.wait_until(lambda: "interrupted by a restart" in shown["content"])
     assert (await env.store.get_story(story.id)).status == "interrupted"  # type: ignore[union-attr]
     retry = await fake.click(shown, button(shown, "Retry"), user=fake.alice)

@@ -276,9 +276,16 @@ class FakeDiscord:
         return InteractionHandle(self, state)
 
     async def react(self, message: dict[str, Any], emoji: str, *, user: User) -> None:
+        message.setdefault("user_reactions", []).append((user.id, emoji))
         await self.server.dispatch(
             "MESSAGE_REACTION_ADD", self.server.reaction_payload(message, user, emoji)
         )
+
+    def assert_clean(self) -> None:
+        """Fail the test if the bot sent anything that could ping, or if a fault it
+        injected never fired (see FakeDiscordServer.problems)."""
+        problems = self.server.problems()
+        assert not problems, "\n".join(problems)
 
     async def delete(self, message: dict[str, Any]) -> None:
         message["deleted"] = True

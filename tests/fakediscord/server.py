@@ -96,6 +96,27 @@ class Fault:
     body: dict[str, Any]
     times: int
     headers: dict[str, str] = field(default_factory=dict)
+    fired: int = 0  # how many requests it answered
+
+    def describe(self) -> str:
+        return f"{self.method} {self.pattern.pattern} -> {self.status}"
+
+
+def speaks(request: Recorded) -> dict[str, Any] | None:
+    """The message body of a request by which the bot posts or edits a message
+    (in a channel, as a followup, or as an interaction's answer), else None."""
+    if request.method not in ("POST", "PATCH") or not isinstance(request.json, dict):
+        return None
+    if request.path.endswith("/callback"):
+        if request.json.get("type") not in (4, 7):  # a deferral says nothing
+            return None
+        data = request.json.get("data")
+        return data if isinstance(data, dict) else {}
+    if re.fullmatch(r"/channels/\d+/messages(/\d+)?", request.path):
+        return request.json
+    if re.fullmatch(r"/webhooks/\d+/[^/]+(/messages/[^/]+)?", request.path):
+        return request.json
+    return None
 
 
 class FakeDiscordServer:
@@ -259,8 +280,24 @@ class FakeDiscordServer:
         for fault in self.faults:
             if fault.times > 0 and fault.method == method and fault.pattern.search(path):
                 fault.times -= 1
+                fault.fired += 1
                 return fault
         return None
+
+    def problems(self) -> list[str]:
+        """What a test must not leave behind: a message the bot posted or edited
+        without `allowed_mentions` that parse nothing (it could have pinged), and
+        an injected fault that never fired (its test proved nothing)."""
+        found = []
+        for request in self.requests:
+            body = speaks(request)
+            if body is not None and body.get("allowed_mentions") != {"parse": []}:
+                found.append(
+                    f"{request.method} {request.path} could ping: allowed_mentions="
+                    f"{body.get('allowed_mentions')!r}"
+                )
+        found += [f"injected fault never fired: {f.describe()}" for f in self.faults if not f.fired]
+        return found
 
     # ---------------------------------------------------------------- gateway
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
@@ -362,7 +399,9 @@ class FakeDiscordServer:
         r.add_post(api + "/channels/{cid}/messages", self.create_message)
         r.add_route("*", api + "/channels/{cid}/messages/{mid}", self.message_route)
         r.add_put(api + "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", self.add_reaction)
-        r.add_delete(api + "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", self.no_content)
+        r.add_delete(
+            api + "/channels/{cid}/messages/{mid}/reactions/{emoji}/{user}", self.remove_reaction
+        )
         return app
 
     async def me(self, request: web.Request) -> web.Response:
@@ -480,7 +519,16 @@ class FakeDiscordServer:
         return {
             k: v
             for k, v in message.items()
-            if k not in ("allowed_mentions", "deleted", "edits", "interaction_token")
+            if k
+            not in (
+                "allowed_mentions",
+                "deleted",
+                "edits",
+                "interaction_token",
+                "reactions_by",
+                "user_reactions",
+                "reactions_removed",
+            )
         }
 
     async def create_message(self, request: web.Request) -> web.Response:
@@ -557,6 +605,19 @@ class FakeDiscordServer:
         await self.dispatch(
             "MESSAGE_REACTION_ADD", self.reaction_payload(message, self.bot_user, emoji)
         )
+        return respond(None, 204)
+
+    async def remove_reaction(self, request: web.Request) -> web.Response:
+        message = self._live(request.match_info["mid"])
+        if message is None:
+            return respond({"message": "Unknown Message", "code": 10008}, 404)
+        user = request.match_info["user"]
+        user_id = self.bot_user.id if user == "@me" else user
+        emoji = request.match_info["emoji"]
+        message.setdefault("reactions_removed", []).append((user_id, emoji))
+        for key in ("reactions_by", "user_reactions"):
+            if key in message:
+                message[key] = [pair for pair in message[key] if pair != (user_id, emoji)]
         return respond(None, 204)
 
     def reaction_payload(self, message: dict[str, Any], user: User, emoji: str) -> dict[str, Any]:

@@ -24,46 +24,51 @@ WEIRD = [
 ]
 
 
+async def text_to(store: Store, part_id: int) -> str:
+    return "".join(part.text for part in await store.path_to(part_id))
+
+
 async def test_create_story_and_read_its_path(store: Store) -> None:
-    story, root = await store.create_story(
+    story, root, run = await store.create_story(
         prompt="The detective reached the crime scene and looked around",
         genre="crime",
         author_id=11,
         guild_id=1,
         channel_id=2,
+        seed=7,
     )
     assert story.status == "queued" and story.title.startswith("The detective reached")
     assert root.kind == "prompt" and root.parent_id is None
-    first = await store.add_part(
-        story.id,
-        root.id,
+    assert (run.kind, run.state, run.parent_id, run.seed) == ("start", "queued", root.id, 7)
+    first = await store.finish_run(
+        run.id,
         GeneratedPart(" It was late.", requested_by=11, seed=7, params={"top_k": 50}, new_tokens=4),
-        status="done",
     )
+    assert (await store.get_run(run.id)).part_id == first.id
     second = await store.add_part(story.id, first.id, GeneratedPart(" Rain fell.", requested_by=12))
     sibling = await store.add_part(story.id, root.id, GeneratedPart(" It was early."))
     path = await store.path_to(second.id)
     assert [p.id for p in path] == [root.id, first.id, second.id]
-    assert await store.text_to(second.id) == root.text + " It was late. Rain fell."
-    assert await store.text_to(sibling.id) == root.text + " It was early."
+    assert await text_to(store, second.id) == root.text + " It was late. Rain fell."
+    assert await text_to(store, sibling.id) == root.text + " It was early."
     assert (await store.get_story(story.id)).status == "done"
     assert first.params == {"top_k": 50} and first.seed == 7
-    assert [p.id for p in await store.children(root.id)] == [first.id, sibling.id]
+    assert await store.has_children(root.id) and not await store.has_children(second.id)
     assert (await store.latest_part(story.id)).id == sibling.id
 
 
 @pytest.mark.parametrize("text", WEIRD)
 async def test_any_text_is_stored_verbatim(store: Store, text: str) -> None:
-    story, root = await store.create_story(prompt=text, genre="crime", author_id=1)
+    story, root, _ = await store.create_story(prompt=text, genre="crime", author_id=1)
     part = await store.add_part(story.id, root.id, GeneratedPart(text))
     assert (await store.get_part(part.id)).text == text
-    assert await store.text_to(part.id) == text + text
+    assert await text_to(store, part.id) == text + text
     assert await store.integrity_check() == "ok"
 
 
 async def test_refused_input_leaves_no_partial_write(store: Store) -> None:
-    story, root = await store.create_story(prompt="one", genre="crime", author_id=1)
-    other, _ = await store.create_story(prompt="two", genre="crime", author_id=1)
+    story, root, run = await store.create_story(prompt="one", genre="crime", author_id=1)
+    other, _, _ = await store.create_story(prompt="two", genre="crime", author_id=1)
     with pytest.raises(InvalidData, match="another story"):
         await store.add_part(other.id, root.id, GeneratedPart("x"))
     with pytest.raises(NotFound):
@@ -73,7 +78,11 @@ async def test_refused_input_leaves_no_partial_write(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.path_to(12345)
     with pytest.raises(InvalidData):
-        await store.set_status(story.id, "exploded")  # type: ignore[arg-type]
+        await store.set_run_state(run.id, "exploded")  # type: ignore[arg-type]
+    with pytest.raises(InvalidData, match="finish_run"):
+        await store.set_run_state(run.id, "done")
+    with pytest.raises(InvalidData, match="another story"):
+        await store.create_run(other.id, root.id, "continue", requested_by=1)
     with pytest.raises(InvalidData):
         await store.create_story(prompt="\ud800 lone surrogate", genre="crime", author_id=1)
     assert len(await store.story_parts(story.id)) == 1
@@ -81,22 +90,37 @@ async def test_refused_input_leaves_no_partial_write(store: Store) -> None:
     assert (await store.list_stories(1)).total == 2
 
 
-async def test_messages_find_their_part_and_can_be_forgotten(store: Store) -> None:
-    story, root = await store.create_story(prompt="p", genre="crime", author_id=1)
-    part = await store.add_part(story.id, root.id, GeneratedPart(" g"))
-    await store.link_message(part.id, 555, channel_id=9)
-    await store.link_message(part.id, 556, channel_id=9)
-    assert (await store.part_for_message(556)) == part
-    assert await store.messages_of_part(part.id) == [(555, 9), (556, 9)]
+async def test_messages_know_what_they_should_show(store: Store) -> None:
+    story, root, run = await store.create_story(prompt="p", genre="crime", author_id=1)
+    # A run's message, posted while it is queued: up to date.
+    await store.add_message(555, 9, story_id=story.id, run_id=run.id, shows=f"run:{run.id}:queued")
+    assert await store.stale_messages() == []
+    await store.set_run_state(run.id, "generating")  # it should now say "writing"
+    assert [m.wants for m in await store.stale_messages()] == [f"run:{run.id}:generating"]
+    part = await store.finish_run(run.id, GeneratedPart(" g"))
+    message = await store.get_message(555)
+    assert message is not None and message.wants == f"part:{part.id}:0"  # via its run
+    await store.show_part_in(part.id, [555])  # the link moves to the part...
+    await store.add_message(556, 9, story_id=story.id, part_id=part.id, chunk=1, shows="x")
+    assert [m.message_id for m in await store.messages_of_part(part.id)] == [555, 556]
+    assert {m.message_id for m in await store.stale_messages()} == {555, 556}
+    await store.set_shown(555, f"part:{part.id}:0")  # ...and Discord confirmed the edit
+    await store.set_shown(556, f"part:{part.id}:1")
+    assert await store.stale_messages() == []
     assert await store.forget_message(555)
-    assert await store.part_for_message(555) is None
+    assert await store.get_message(555) is None
     assert not await store.forget_message(555)
+    await store.delete_story(story.id)  # what is left shows nothing any more
+    gone = await store.get_message(556)
+    assert gone is not None and (gone.story_id, gone.part_id, gone.wants) == (None, None, "gone")
 
 
 async def test_list_stories_pages_and_filters(store: Store) -> None:
     for index in range(23):
         genre = "crime" if index % 2 else "romance"
-        story, root = await store.create_story(prompt=f"story {index}", genre=genre, author_id=5)
+        story, root, _ = await store.create_story(
+            prompt=f"story {index}", genre=genre, author_id=5
+        )
         await store.add_part(story.id, root.id, GeneratedPart(" more"))
     await store.create_story(prompt="someone else's", genre="crime", author_id=6)
     page = await store.list_stories(5, limit=10)
@@ -110,30 +134,46 @@ async def test_list_stories_pages_and_filters(store: Store) -> None:
 
 
 async def test_delete_user_removes_their_stories_and_parts(store: Store) -> None:
-    mine, my_root = await store.create_story(prompt="mine", genre="crime", author_id=1)
+    mine, my_root, _ = await store.create_story(prompt="mine", genre="crime", author_id=1)
     await store.add_part(mine.id, my_root.id, GeneratedPart(" a", requested_by=2))
-    theirs, their_root = await store.create_story(prompt="theirs", genre="crime", author_id=2)
+    theirs, their_root, _ = await store.create_story(prompt="theirs", genre="crime", author_id=2)
     my_part = await store.add_part(theirs.id, their_root.id, GeneratedPart(" b", requested_by=1))
     kept = await store.add_part(theirs.id, their_root.id, GeneratedPart(" c", requested_by=2))
-    await store.link_message(my_part.id, 77, channel_id=1)
+    await store.add_message(77, 1, story_id=theirs.id, part_id=my_part.id, shows="part")
+    my_run = await store.create_run(theirs.id, kept.id, "continue", requested_by=1)
     deleted = await store.delete_user(1)
     assert (deleted.stories, deleted.parts, deleted.messages) == (1, 3, 1)
+    with pytest.raises(NotFound):
+        await store.get_run(my_run.id)  # their run in someone else's story went too
+    message = await store.get_message(77)
+    assert message is not None and message.wants == "gone"  # its message is to be cleared
     with pytest.raises(NotFound):
         await store.get_story(mine.id)
     assert [p.id for p in await store.story_parts(theirs.id)] == [their_root.id, kept.id]
     assert (await store.delete_user(1)).stories == 0
 
 
-async def test_mark_interrupted_returns_unfinished_stories(store: Store) -> None:
-    queued, _ = await store.create_story(prompt="q", genre="crime", author_id=1)
-    running, _ = await store.create_story(prompt="r", genre="crime", author_id=1)
-    await store.set_status(running.id, "generating")
-    done, _ = await store.create_story(prompt="d", genre="crime", author_id=1, status="done")
-    interrupted = await store.mark_interrupted()
-    assert [s.id for s in interrupted] == [queued.id, running.id]
+async def test_unfinished_runs_are_interrupted_whichever_story_they_are_on(
+    store: Store,
+) -> None:
+    queued, _, queued_run = await store.create_story(prompt="q", genre="crime", author_id=1)
+    running, _, running_run = await store.create_story(prompt="r", genre="crime", author_id=1)
+    await store.set_run_state(running_run.id, "generating")
+    done, _, done_run = await store.create_story(prompt="d", genre="crime", author_id=1)
+    first = await store.finish_run(done_run.id, GeneratedPart(" one"))
+    # A story whose newest run was cancelled while another one still ran.
+    still = await store.create_run(done.id, first.id, "continue", requested_by=2)
+    await store.set_run_state(still.id, "generating")
+    newer = await store.create_run(done.id, first.id, "continue", requested_by=3)
+    await store.set_run_state(newer.id, "cancelled")
+    interrupted = await store.interrupt_unfinished("restart")
+    assert [r.id for r in interrupted] == [queued_run.id, running_run.id, still.id]
+    assert {r.state for r in interrupted} == {"interrupted"}
     assert (await store.get_story(running.id)).status == "interrupted"
-    assert (await store.get_story(done.id)).status == "done"
-    assert await store.mark_interrupted() == []
+    assert (await store.get_story(queued.id)).status == "interrupted"
+    assert (await store.get_story(done.id)).status == "done"  # it has its text
+    assert (await store.get_run(still.id)).error == "restart"
+    assert await store.interrupt_unfinished("restart") == []
 
 
 async def test_connection_settings(store: Store) -> None:
@@ -181,7 +221,7 @@ async def test_many_concurrent_writers_lose_nothing(store: Store) -> None:
     async def writer(worker: int) -> list[int]:
         ids = []
         for n in range(25):
-            story, root = stories[(worker + n) % len(stories)]
+            story, root, _ = stories[(worker + n) % len(stories)]
             part = await store.add_part(story.id, root.id, GeneratedPart(f" w{worker}n{n}"))
             ids.append(part.id)
         return ids
@@ -190,7 +230,7 @@ async def test_many_concurrent_writers_lose_nothing(store: Store) -> None:
     written = [part_id for ids in results for part_id in ids]
     assert len(written) == len(set(written)) == 200
     stored = []
-    for story, _ in stories:
+    for story, _, _ in stories:
         stored += [p.text for p in await store.story_parts(story.id) if p.kind == "generated"]
     assert sorted(stored) == sorted(f" w{w}n{n}" for w in range(8) for n in range(25))
 
@@ -217,9 +257,9 @@ CRASH_WRITER = textwrap.dedent(
         store = await Store.open(sys.argv[1])
         n = 0
         while True:
-            story, root = await store.create_story(prompt=f"crash {n} " + "y" * 2000,
-                                                   genre="crime", author_id=1)
-            await store.add_part(story.id, root.id, GeneratedPart(f" part {n}"), status="done")
+            story, root, run = await store.create_story(prompt=f"crash {n} " + "y" * 2000,
+                                                        genre="crime", author_id=1)
+            await store.finish_run(run.id, GeneratedPart(f" part {n}"))
             print(story.id, flush=True)
             n += 1
 
@@ -252,7 +292,7 @@ async def test_sigkill_mid_write_loses_no_returned_story(tmp_path: Path) -> None
 
 
 async def test_full_disk_is_a_clear_error_and_the_database_stays_valid(store: Store) -> None:
-    story, root = await store.create_story(
+    story, root, _ = await store.create_story(
         prompt="before the disk filled", genre="crime", author_id=1
     )
     row = await store._one("PRAGMA page_count")
@@ -279,16 +319,12 @@ async def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
         assert await store.integrity_check() == "ok"
 
 
-async def test_pending_messages_follow_their_story(store: Store) -> None:
-    story, _ = await store.create_story(prompt="p", genre="crime", author_id=1)
-    await store.link_pending(story.id, 900, channel_id=5)
-    assert await store.pending_messages(story.id) == [(900, 5)]
-    assert await store.story_for_pending(900) == story.id
-    assert await store.forget_message(900)
-    assert await store.pending_messages(story.id) == []
-    await store.link_pending(story.id, 901, channel_id=5)
-    await store.delete_story(story.id)
-    assert await store.story_for_pending(901) is None
+async def test_a_closed_store_refuses_clearly(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "closed.sqlite3")
+    await store.close()
+    await store.close()  # twice is fine
+    with pytest.raises(StorageUnavailable, match="closed"):
+        await store.create_story(prompt="late", genre="crime", author_id=1)
 
 
 async def test_version_one_database_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -303,4 +339,41 @@ async def test_version_one_database_is_upgraded_in_place(tmp_path: Path) -> None
     async with await Store.open(path) as store:
         assert await store.schema_version() == len(migrations()) >= 2
         assert (await store.list_stories(1)).items[0].story.title == "old story"
-        await store.link_pending(1, 5, channel_id=1)
+        await store.add_message(5, 1, story_id=1, shows="gone")
+
+
+async def test_version_two_database_keeps_its_work_and_messages(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    with sqlite3.connect(path) as conn:  # a database written before runs existed
+        for _, schema in migrations()[:2]:
+            conn.executescript(schema.read_text())
+        conn.executescript(
+            """
+            PRAGMA user_version = 2;
+            INSERT INTO stories (id, author_id, source, genre, title, status, created_at,
+                                 updated_at)
+            VALUES (1, 7, 'discord', 'crime', 'finished', 'done', 0, 0),
+                   (2, 7, 'discord', 'crime', 'cut off', 'generating', 0, 0),
+                   (3, 8, 'api', 'crime', 'stopped', 'cancelled', 0, 0);
+            INSERT INTO parts (id, story_id, parent_id, kind, text, created_at)
+            VALUES (1, 1, NULL, 'prompt', 'P1', 0), (2, 1, 1, 'generated', ' g', 0),
+                   (3, 2, NULL, 'prompt', 'P2', 0), (4, 3, NULL, 'prompt', 'P3', 0);
+            INSERT INTO part_messages (message_id, part_id, channel_id, created_at)
+            VALUES (100, 2, 9, 0), (101, 2, 9, 0);
+            INSERT INTO pending_messages (message_id, story_id, channel_id, created_at)
+            VALUES (200, 2, 9, 0);
+            """
+        )
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == len(migrations())
+        statuses = [(await store.get_story(i)).status for i in (1, 2, 3)]
+        assert statuses == ["done", "generating", "cancelled"]
+        assert [m.chunk for m in await store.messages_of_part(2)] == [0, 1]
+        # The story cut off mid-part has a run now, which recovery finds...
+        interrupted = await store.interrupt_unfinished("restart")
+        assert [(r.story_id, r.kind, r.parent_id) for r in interrupted] == [(2, "start", 3)]
+        # ...and its message is stale, so the next start marks it with Retry.
+        stale = await store.stale_messages()
+        assert [(m.message_id, m.wants) for m in stale] == [
+            (200, f"run:{interrupted[0].id}:interrupted")
+        ]

@@ -38,9 +38,10 @@ async def test_start_stores_prompt_and_part(service: StoryService, store: Store)
 
 async def test_continue_and_reroll_grow_the_tree(service: StoryService, store: Store) -> None:
     first = await (await service.start("Mara walked into the station", opts(), ALICE)).outcome()
-    second = await (await service.continue_from(first.part.id, BOB)).outcome()
+    second = await (await service.continue_from(first.part.id, BOB)).run.outcome()
     assert second.part.parent_id == first.part.id and second.part.requested_by == 2
-    assert second.previous_text == await store.text_to(first.part.id)
+    path = await store.path_to(first.part.id)
+    assert second.previous_text == "".join(part.text for part in path)
     reroll = await (await service.reroll(second.part.id, ALICE)).outcome()
     assert reroll.part.parent_id == first.part.id and reroll.part.seed != second.part.seed
     with pytest.raises(NotAllowed):
@@ -51,12 +52,14 @@ async def test_continue_and_reroll_grow_the_tree(service: StoryService, store: S
 
 async def test_two_continues_at_once_give_one_part(service: StoryService, store: Store) -> None:
     first = await (await service.start("Tom waited by the harbour", opts(), ALICE)).outcome()
-    runs = await asyncio.gather(
+    started = await asyncio.gather(
         service.continue_from(first.part.id, ALICE), service.continue_from(first.part.id, BOB)
     )
-    assert runs[0] is runs[1]
-    await runs[0].outcome()
-    assert len(await store.children(first.part.id)) == 1
+    assert started[0].run is started[1].run
+    assert [s.new for s in started] == [True, False]  # the second joined the first
+    await started[0].run.outcome()
+    parts = await store.story_parts(first.story.id)
+    assert len([p for p in parts if p.parent_id == first.part.id]) == 1
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(
@@ -110,8 +113,8 @@ async def test_cancel_while_queued_marks_the_story(make_pool, store: Store, genr
         await asyncio.to_thread(backend.entered.wait, 10)
         queued = await service.start("second", opts(), ALICE)
         with pytest.raises(NotAllowed):
-            await service.cancel(queued.story.id, BOB)
-        assert await service.cancel(queued.story.id, ALICE)
+            await service.cancel(queued.id, BOB)
+        assert await service.cancel(queued.id, ALICE)
         with pytest.raises(Cancelled):
             await queued.outcome()
         backend.release()
@@ -139,7 +142,7 @@ async def test_list_delete_and_forget(service: StoryService, store: Store) -> No
     for n in range(3):
         await (await service.start(f"Story {n}", opts(), ALICE)).outcome()
     bob_story = await (await service.start("Bob's", opts(), BOB)).outcome()
-    await (await service.continue_from(bob_story.part.id, ALICE)).outcome()
+    await (await service.continue_from(bob_story.part.id, ALICE)).run.outcome()
     page = await service.list_stories(1, per_page=2)
     assert page.total == 3 and len(page.items) == 2
     with pytest.raises(UnknownGenre):
@@ -155,9 +158,9 @@ async def test_list_delete_and_forget(service: StoryService, store: Store) -> No
 
 
 async def test_interrupted_stories_are_recovered(service: StoryService, store: Store) -> None:
-    story, _ = await store.create_story(prompt="left behind", genre="crime", author_id=1)
+    story, _, run = await store.create_story(prompt="left behind", genre="crime", author_id=1)
     recovered = await service.recover_interrupted()
-    assert [s.id for s in recovered] == [story.id]
+    assert [r.id for r in recovered] == [run.id]
     assert (await store.get_story(story.id)).status == "interrupted"
 
 
@@ -172,8 +175,9 @@ async def test_pool_shutdown_marks_running_stories_interrupted(
     backend.hold()
     run = await service.start("never finished", opts(), ALICE)
     await wait_for(lambda: backend.entered.is_set())
-    closing = asyncio.create_task(pool.aclose(drain_timeout=0.05))
-    await wait_for(lambda: run.ticket._job.close_requested)  # the drain time ran out
+    closing = asyncio.create_task(pool.aclose(grace_s=0.05))
+    assert run.ticket is not None
+    await wait_for(lambda: run.ticket._job.close_requested)  # the grace period ran out
     backend.release()
     await closing
     await service.wait_idle()

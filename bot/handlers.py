@@ -1,0 +1,370 @@
+"""The Discord handlers: thin, over `stories.StoryService`.
+
+Each handler answers the interaction first (within Discord's 3 seconds), calls
+one service method, and hands the run to the publisher. Every action gets a
+visible answer: interactions a private reply, reactions (which have nothing to
+reply to) a notice when they are refused. One error handler maps domain errors
+to short replies; anything unexpected is logged with its traceback and answered
+with an apology and a reference id.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot import render
+from bot.notices import Notices
+from bot.publisher import CONTINUE_EMOJI, Publisher, Target
+from bot.views import ConfirmView, MyStoriesView, StoryDetailView
+from generation.errors import Busy, GenerationError, InvalidRequest
+from storage.errors import NotFound, StorageError
+from storage.models import StoryPage
+from stories.errors import StoryError, UserLimit
+from stories.message_book import MessageBook
+from stories.service import Announce, Requester, Run, Started, StoryOptions, StoryService
+
+log = logging.getLogger(__name__)
+
+PROMPT_LIMIT = 1000
+MISSING_ACCESS = 50001
+UNKNOWN_CHANNEL = 10003
+
+
+@dataclass(frozen=True)
+class Length:
+    label: str
+    max_new_tokens: int
+    min_new_tokens: int  # holds off end-of-text, so "long" is long
+
+
+LENGTHS = {
+    "short": Length("Short (a paragraph)", 60, 20),
+    "medium": Length("Medium", 120, 50),
+    "long": Length("Long (several paragraphs)", 250, 120),
+}
+
+
+def is_age_restricted(channel: Any) -> bool:
+    checker = getattr(channel, "is_nsfw", None)
+    return bool(checker()) if callable(checker) else False
+
+
+def requester(interaction: discord.Interaction) -> Requester:
+    return Requester(
+        user_id=interaction.user.id,
+        source="discord",
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        age_restricted_ok=is_age_restricted(interaction.channel),
+    )
+
+
+def describe(error: BaseException) -> str | None:
+    """A short message for a known error; None for anything unexpected."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, Busy):
+        return f"storybot is busy right now: try again in about {error.retry_after:.0f} s."
+    if isinstance(error, StoryError | GenerationError):
+        return str(error)
+    if isinstance(error, NotFound):
+        return "That story no longer exists."
+    if isinstance(error, StorageError):
+        return "Stories cannot be saved right now; please try again later."
+    if isinstance(error, discord.Forbidden):
+        return (
+            "I can't post in this channel: I need the View Channel, Send Messages and "
+            "Read Message History permissions here."
+        )
+    if isinstance(error, discord.NotFound) and error.code == UNKNOWN_CHANNEL:
+        return "That channel no longer exists."
+    if isinstance(error, app_commands.CheckFailure | app_commands.TransformerError):
+        return str(error)
+    return None
+
+
+def retry_after(error: BaseException) -> float | None:
+    if isinstance(error, Busy):
+        return error.retry_after
+    if isinstance(error, UserLimit):
+        return error.retry_after
+    return None
+
+
+async def tell(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
+    """Answer privately, whether or not the interaction was answered yet."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, **kwargs)
+        else:
+            await interaction.response.send_message(text, ephemeral=True, **kwargs)
+    except discord.HTTPException as error:  # 10062 / 50027: the person is gone
+        log.info("could not answer interaction %s: %s", interaction.id, error)
+
+
+async def defer(interaction: discord.Interaction) -> None:
+    try:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+    except discord.NotFound:  # 10062: missed the 3 s; the work still happens
+        log.warning("interaction %s expired before it was acknowledged", interaction.id)
+    except discord.HTTPException as error:
+        if error.code != 40060:  # already acknowledged is fine
+            raise
+
+
+class _Show:
+    """The `announce` a use-case awaits before generating: posts the run's message."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        channel: Any,
+        *,
+        reply_to: Target | None = None,
+        existing: Target | None = None,
+    ) -> None:
+        self.publisher, self.channel = publisher, channel
+        self.reply_to, self.existing = reply_to, existing
+        self.message: discord.Message | None = None
+
+    async def __call__(self, run: Run) -> None:
+        self.message = await self.publisher.post(
+            run, self.channel, reply_to=self.reply_to, existing=self.existing
+        )
+
+    def follow(self, run: Run) -> discord.Message:
+        assert self.message is not None, "the use-case announced the run"
+        self.publisher.follow(run, self.channel, self.message)
+        return self.message
+
+
+class Handlers:
+    def __init__(
+        self,
+        client: discord.Client,
+        service: StoryService,
+        book: MessageBook,
+        publisher: Publisher,
+        notices: Notices,
+        *,
+        max_new_tokens_limit: int = 400,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.book = book
+        self.publisher = publisher
+        self.notices = notices
+        self.max_new_tokens_limit = max_new_tokens_limit
+
+    # ---------------------------------------------------------------- errors
+    async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None:
+        message = describe(error)
+        if message is None:
+            reference = uuid.uuid4().hex[:8]
+            original = getattr(error, "original", error)
+            log.error(
+                "unexpected error (ref %s) in %s",
+                reference,
+                interaction.command,
+                exc_info=(type(original), original, original.__traceback__),
+            )
+            message = f"Sorry, something went wrong (reference `{reference}`)."
+        await tell(interaction, message)
+
+    # ---------------------------------------------------------------- /story
+    async def story(
+        self,
+        interaction: discord.Interaction,
+        genre: str,
+        prompt: str,
+        length: str,
+        seed: int | None,
+    ) -> None:
+        await defer(interaction)
+        if len(prompt) > PROMPT_LIMIT:
+            raise InvalidRequest(f"The prompt can be at most {PROMPT_LIMIT} characters.")
+        size = LENGTHS.get(length, LENGTHS["medium"])
+        options = StoryOptions(
+            genre=genre,
+            max_new_tokens=min(size.max_new_tokens, self.max_new_tokens_limit),
+            min_new_tokens=size.min_new_tokens,
+            seed=seed,
+        )
+        show = _Show(self.publisher, interaction.channel)
+        run = await self.service.start(prompt, options, requester(interaction), announce=show)
+        message = show.follow(run)
+        await tell(
+            interaction,
+            f"Your {run.genre.title.lower()} story is queued (seed {run.seed}): {message.jump_url}",
+        )
+
+    # ----------------------------------------------------------------- buttons
+    async def story_button(self, interaction: discord.Interaction, action: str, id: int) -> None:
+        if action == "cancel":
+            await self.cancel(interaction, id)
+            return
+        await defer(interaction)
+        channel = interaction.channel
+        who = requester(interaction)
+        if action == "continue":
+            show = _Show(self.publisher, channel, reply_to=interaction.message)
+            started = await self.service.continue_from(id, who, announce=show)
+            await self._answer_started(interaction, show, started, "Writing the next part")
+        elif action == "reroll":
+            old = await self.book.of_part(id)
+            reply_to = channel.get_partial_message(old[-1].message_id) if old else None  # type: ignore[union-attr]
+            show = _Show(self.publisher, channel, reply_to=reply_to or interaction.message)
+            run = await self.service.reroll(id, who, announce=show)
+            message = show.follow(run)
+            await tell(
+                interaction,
+                f"Writing a new version of part {run.number} (seed {run.seed}): {message.jump_url}",
+            )
+        elif action == "retry":
+            show = _Show(self.publisher, channel, existing=interaction.message)
+            started = await self.service.retry(id, who, announce=show)
+            await self._answer_started(interaction, show, started, "Writing it again")
+
+    async def _answer_started(
+        self, interaction: discord.Interaction, show: _Show, started: Started, doing: str
+    ) -> None:
+        run = started.run
+        if started.new:
+            message = show.follow(run)
+            await tell(interaction, f"{doing} (seed {run.seed}): {message.jump_url}")
+            return
+        shown = await self.book.of_run(run.id)
+        where = (
+            f": {render.jump_url(interaction.guild_id, shown[0].channel_id, shown[0].message_id)}"
+            if shown
+            else "."
+        )
+        await tell(interaction, f"Someone is already writing the next part{where}")
+
+    async def cancel(self, interaction: discord.Interaction, run_id: int) -> None:
+        cancelled = await self.service.cancel(run_id, requester(interaction))
+        await tell(
+            interaction, "Cancelled." if cancelled else "There is nothing to cancel any more."
+        )
+
+    # --------------------------------------------------------------- reactions
+    async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        me = self.client.user
+        if me is None or payload.user_id == me.id:
+            return  # our own seeded reaction, echoed back by Discord
+        if payload.member is not None and payload.member.bot:
+            return
+        if str(payload.emoji) != CONTINUE_EMOJI:
+            return
+        record = await self.book.get(payload.message_id)
+        if record is None:
+            return  # not a story message: people react to chat as they like
+        channel = self.client.get_channel(payload.channel_id)
+        if channel is None or not isinstance(channel, discord.abc.Messageable):
+            return
+        who = Requester(
+            user_id=payload.user_id,
+            guild_id=payload.guild_id,
+            channel_id=payload.channel_id,
+            age_restricted_ok=is_age_restricted(channel),
+        )
+        message = channel.get_partial_message(payload.message_id)
+        show = _Show(self.publisher, channel, reply_to=message)
+        try:
+            started = await self._continue_message(record.part_id, record.run_id, who, show)
+        except (StoryError, GenerationError, StorageError, discord.HTTPException) as error:
+            reason = describe(error) or "That could not be continued."
+            log.info("continue by reaction from %s refused: %s", payload.user_id, reason)
+            await self.notices.refuse(
+                message, payload.user_id, payload.emoji, reason, retry_after(error)
+            )
+            return
+        if started is not None and started.new:
+            show.follow(started.run)
+
+    async def _continue_message(
+        self, part_id: int | None, run_id: int | None, who: Requester, announce: Announce
+    ) -> Started | None:
+        if part_id is not None:
+            return await self.service.continue_from(part_id, who, announce=announce)
+        if run_id is not None:
+            return await self.service.continue_after_run(run_id, who, announce=announce)
+        return None  # a message that shows nothing any more
+
+    async def on_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self.book.forget(payload.message_id)
+
+    # --------------------------------------------------------------- recovery
+    async def bring_messages_up_to_date(self) -> None:
+        """At start-up: messages left stale by the last process (interrupted
+        runs, failed edits, deletions) show what the database says."""
+        self.publisher.sync_soon(self.client)
+
+    # ------------------------------------------------------------ /mystories
+    async def story_page(
+        self, user_id: int, page: int, per_page: int, genre: str | None
+    ) -> StoryPage:
+        return await self.service.list_stories(user_id, page=page, per_page=per_page, genre=genre)
+
+    async def my_stories(self, interaction: discord.Interaction) -> None:
+        genres = [(genre.key, genre.title) for genre in self.service.genres]
+        view = MyStoriesView(self, interaction.user.id, genres)
+        text, _ = await view.render()
+        await interaction.response.send_message(text, view=view, ephemeral=True)
+
+    async def show_story(
+        self, interaction: discord.Interaction, story_id: int, back: MyStoriesView | None
+    ) -> None:
+        story, _, path = await self.service.story(story_id)
+        if story.author_id != interaction.user.id:
+            await tell(interaction, "That is not one of your stories.")
+            return
+        body = render.story_body(path[0].text, "".join(p.text for p in path[1:]))
+        chunks = render.final_chunks(
+            body, f"-# story #{story.id} · {story.genre} · {len(path) - 1} part(s)"
+        )
+        view = StoryDetailView(self, interaction.user.id, story_id, back)
+        await interaction.response.edit_message(content=chunks[0], view=view)
+        for chunk in chunks[1:]:
+            await interaction.followup.send(chunk, ephemeral=True)
+
+    async def export_story(self, interaction: discord.Interaction, story_id: int) -> None:
+        markdown = await self.service.export(story_id, "md")
+        file = discord.File(io.BytesIO(markdown.encode("utf-8")), filename=f"story-{story_id}.md")
+        await interaction.response.send_message(
+            f"Story #{story_id} as Markdown:", file=file, ephemeral=True
+        )
+
+    async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None:
+        deleted = await self.service.delete_story(story_id, requester(interaction))
+        await interaction.response.edit_message(
+            content=f"Deleted story #{story_id} ({deleted.parts} parts).", view=None
+        )
+        self.publisher.sync_soon(self.client)  # its messages in the channel say so
+
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        page = await self.service.list_stories(interaction.user.id, per_page=1)
+
+        async def confirmed(confirm: discord.Interaction) -> None:
+            deleted = await self.service.forget(interaction.user.id)
+            await confirm.response.edit_message(
+                content=f"Done: deleted {deleted.stories} stories and {deleted.parts} parts "
+                "you wrote.",
+                view=None,
+            )
+            self.publisher.sync_soon(self.client)
+
+        view = ConfirmView(interaction.user.id, self.on_error, "Delete everything", confirmed)
+        await interaction.response.send_message(
+            f"This deletes the {page.total} stories you started and every part you asked for, "
+            "in every server. It cannot be undone.",
+            view=view,
+            ephemeral=True,
+        )
