@@ -19,7 +19,15 @@ from generation.errors import (
     TimedOut,
 )
 from storage.errors import InvalidData, NotFound, StorageError, StorageUnavailable
-from stories.errors import AgeRestricted, NotAllowed, UserLimit
+from stories.errors import (
+    AgeRestricted,
+    Conflict,
+    NotAllowed,
+    NothingToContinue,
+    StoryDeleted,
+    StoryError,
+    UserLimit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +80,12 @@ def from_domain(error: BaseException) -> ApiError:
         return ApiError(503, error.code, message, {"Retry-After": "30"})
     if isinstance(error, TimedOut):
         return ApiError(504, error.code, message)
-    if isinstance(error, Cancelled):
+    if isinstance(error, Cancelled | Conflict | NothingToContinue):
         return ApiError(409, error.code, message)
+    if isinstance(error, StoryDeleted):
+        return ApiError(404, error.code, message)
+    if isinstance(error, StoryError):
+        return ApiError(400, error.code, message)
     if isinstance(error, GenerationError | StorageError):
         return ApiError(500, error.code, message)
     reference = uuid.uuid4().hex[:8]

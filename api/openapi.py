@@ -159,6 +159,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "missing or wrong API key (when one is configured)",
         403: "not allowed",
         404: "no such story",
+        409: "a part of this story is still being written: continue once it is done",
         413: "body too large",
         422: "invalid field: missing or empty input, wrong type, unknown genre, out of range",
         429: "per-user limit",
@@ -220,7 +221,7 @@ def spec() -> dict[str, Any]:
                         "required": False,
                         "content": {"application/json": {"schema": _ref("ContinueRequest")}},
                     },
-                    "responses": {**_generation_responses(), **_errors(404)},
+                    "responses": {**_generation_responses(), **_errors(404, 409)},
                 }
             },
             "/stories/{id}": {

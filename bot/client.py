@@ -86,6 +86,7 @@ class StoryBot(discord.Client):
         max_new_tokens_limit: int = 400,
         guild_ready_timeout: float = 2.0,
         notice_window_s: float = 10.0,
+        notice_lasts_s: float = 10.0,
         retry_base_s: float = 1.0,
     ) -> None:
         intents = discord.Intents.default()
@@ -108,7 +109,7 @@ class StoryBot(discord.Client):
             service,
             book,
             self.publisher,
-            Notices(window_s=notice_window_s),
+            Notices(window_s=notice_window_s, delete_after_s=notice_lasts_s),
             max_new_tokens_limit=max_new_tokens_limit,
         )
         self._synced_messages = False

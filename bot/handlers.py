@@ -240,6 +240,10 @@ class Handlers:
             message = show.follow(run)
             await tell(interaction, f"{doing} (seed {run.seed}): {message.jump_url}")
             return
+        adopted = await self.publisher.adopt(run, interaction.channel, reply_to=interaction.message)  # type: ignore[arg-type]
+        if adopted is not None:
+            await tell(interaction, f"Writing the next part (seed {run.seed}): {adopted.jump_url}")
+            return
         shown = await self.book.of_run(run.id)
         where = (
             f": {render.jump_url(interaction.guild_id, shown[0].channel_id, shown[0].message_id)}"
@@ -286,8 +290,12 @@ class Handlers:
                 message, payload.user_id, payload.emoji, reason, retry_after(error)
             )
             return
-        if started is not None and started.new:
+        if started is None:
+            return
+        if started.new:
             show.follow(started.run)
+        else:  # joined a run: shown already, unless it began over HTTP
+            await self.publisher.adopt(started.run, channel, reply_to=message)
 
     async def _continue_message(
         self, part_id: int | None, run_id: int | None, who: Requester, announce: Announce

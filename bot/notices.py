@@ -52,7 +52,7 @@ class Notices:
         self._last[user_id] = now
         if len(self._last) > 256:  # forget people whose window has passed
             self._last = {u: t for u, t in self._last.items() if now - t < window}
-        lasts = max(5.0, min(30.0, retry_after or self.delete_after_s))
+        lasts = min(30.0, max(self.delete_after_s, retry_after or 0.0))
         try:
             await message.channel.send(
                 f"-# <@{user_id}> {reason}",

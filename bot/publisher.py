@@ -74,6 +74,7 @@ class Publisher:
         self.retry_base_s = retry_base_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._live: set[int] = set()  # message ids a live task is updating
+        self._adopted: set[int] = set()  # ids of HTTP runs a channel asked to see
         self._sync_lock = asyncio.Lock()
         self._closing = False
 
@@ -108,6 +109,18 @@ class Publisher:
         await self.book.showing_run(
             message.id, message.channel.id, story_id=run.story.id, run_id=run.id, state="queued"
         )
+        return message
+
+    async def adopt(
+        self, run: Run, channel: discord.abc.Messageable, *, reply_to: Target | None = None
+    ) -> discord.Message | None:
+        """Show a run that began without a message (over HTTP) once someone in a
+        channel asked for the same part; None when it is shown already."""
+        if run.announced or run.id in self._adopted:
+            return None
+        self._adopted.add(run.id)  # before the first await: a second joiner sees it
+        message = await self.post(run, channel, reply_to=reply_to)
+        self.follow(run, channel, message)
         return message
 
     def follow(self, run: Run, channel: discord.abc.Messageable, message: discord.Message) -> None:
@@ -145,6 +158,14 @@ class Publisher:
 
     # --------------------------------------------------------------- following
     async def _follow(
+        self, run: Run, channel: discord.abc.Messageable, message: discord.Message
+    ) -> None:
+        try:
+            await self._follow_to_end(run, channel, message)
+        finally:
+            self._adopted.discard(run.id)
+
+    async def _follow_to_end(
         self, run: Run, channel: discord.abc.Messageable, message: discord.Message
     ) -> None:
         try:

@@ -112,6 +112,7 @@ class Run:
     predicted_position: int = 1  # before it is queued: where it will stand
     ticket: Ticket | None = None
     state: Status = "queued"  # as recorded; final before `done` resolves
+    announced: bool = False  # a front-end showed it when it began (HTTP runs are not)
     deleted: bool = False  # its story (or its parent part) was deleted meanwhile
     done: asyncio.Future[PartOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -600,6 +601,7 @@ class StoryService:
     ) -> None:
         """Show the run (if the front-end asks to), then queue it and follow it."""
         run.predicted_position = pool.predicted_position()
+        run.announced = announce is not None
         self._runs[run.id] = run
         if announce is not None:
             try:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import create_app
 from app.runtime import shut_down
 from bot.client import DiscordApp, StoryBot
 from generation.pool import GenerationPool
@@ -38,6 +40,7 @@ class BotEnv:
     task: asyncio.Task[None] | None = None
     startup_s: float = 0.0
     stopped: bool = False
+    client: TestClient[Any, Any] | None = None
 
     @property
     def backend(self) -> GatedBackend:
@@ -75,6 +78,7 @@ class BotEnv:
             edit_interval=self.options.get("edit_interval", 0.0),
             guild_ready_timeout=0.05,
             notice_window_s=self.options.get("notice_window_s", 10.0),
+            notice_lasts_s=self.options.get("notice_lasts_s", 0.3),
             retry_base_s=self.options.get("retry_base_s", 0.05),
         )
         started = time.monotonic()
@@ -83,6 +87,14 @@ class BotEnv:
         self.fake.watch.append(self.task)
         await asyncio.wait_for(self.app.wait_until_ready(), 10)
         self.startup_s = time.monotonic() - started
+
+    async def http(self) -> TestClient[Any, Any]:
+        """The HTTP interface on the same service (for tests of both front-ends)."""
+        if self.client is None:
+            assert self.service is not None
+            self.client = TestClient(TestServer(create_app(self.service)))
+            await self.client.start_server()
+        return self.client
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
         """Stop as `python -m bot` does on SIGTERM (app.runtime.shut_down)."""
@@ -95,6 +107,9 @@ class BotEnv:
             self.backend.release()
         assert self.service is not None and self.pool is not None
         await shut_down(self.service, [self.pool], grace_s=grace_s, front=self.app)
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
         if self.store is not None:
             await self.store.close()
 
@@ -105,6 +120,9 @@ class BotEnv:
         assert self.service is not None
         if self.task is not None and self.task in self.fake.watch:
             self.fake.watch.remove(self.task)
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
         await self.store.close()  # from here on this "process" records nothing
         for task in list(self.bot.publisher._tasks):
             task.cancel()

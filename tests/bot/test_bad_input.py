@@ -7,7 +7,7 @@ import pytest
 from storage.models import GeneratedPart
 from stories.message_book import MessageBook
 from tests.bot.conftest import BotEnv
-from tests.bot.test_story import button, is_story, start_story, story_messages
+from tests.bot.helpers import button, is_story, start_story, story_messages
 from tests.fakediscord.server import ADD_REACTIONS
 
 

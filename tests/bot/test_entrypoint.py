@@ -13,7 +13,7 @@ from app.runtime import run
 from app.settings import load_settings
 from bot.client import DiscordLoginError
 from tests.bot.app_runner import running_app
-from tests.bot.test_story import is_story
+from tests.bot.helpers import is_story
 from tests.conftest import REPO, free_port
 from tests.fakediscord.harness import FakeDiscord
 

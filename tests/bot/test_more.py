@@ -10,7 +10,7 @@ import pytest
 from stories.message_book import MessageBook
 from stories.service import Requester, StoryOptions
 from tests.bot.conftest import BotEnv
-from tests.bot.test_story import button, is_story, story_messages
+from tests.bot.helpers import button, is_story, story_messages
 
 
 def options_of(message: dict[str, Any], placeholder: str) -> list[str]:

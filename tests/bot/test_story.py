@@ -6,16 +6,7 @@ import re
 from typing import Any
 
 from tests.bot.conftest import BotEnv
-
-PROMPT = "The detective reached the crime scene"
-
-
-def is_story(message: dict[str, Any]) -> bool:
-    return "part " in message["content"] and "seed" in message["content"]
-
-
-def buttons(message: dict[str, Any]) -> list[str]:
-    return [c["custom_id"] for row in message.get("components", []) for c in row["components"]]
+from tests.bot.helpers import PROMPT, button, buttons, is_story, start_story, story_messages
 
 
 async def test_startup_is_fast_and_commands_synced(env: BotEnv) -> None:
@@ -69,28 +60,6 @@ async def test_story_from_deferral_to_final_message(env: BotEnv) -> None:
 def _part_id(env: BotEnv, message: dict[str, Any]) -> str:
     ids = re.findall(r"story:continue:(\d+)", str(message.get("components")))
     return ids[0] if ids else "?"
-
-
-def button(message: dict[str, Any], label: str) -> str:
-    for row in message.get("components", []):
-        for component in row["components"]:
-            if component.get("label") == label or component.get("placeholder") == label:
-                return str(component["custom_id"])
-    raise AssertionError(f"no component {label!r} in {message.get('components')}")
-
-
-async def start_story(env: BotEnv, user: Any = None, **options: Any) -> dict[str, Any]:
-    fake = env.fake
-    options = {"genre": "crime", "prompt": PROMPT, "length": "short", **options}
-    handle = await fake.invoke("story", user=user or fake.alice, **options)
-    await handle.deferred()
-    return await fake.wait_for_message(
-        lambda m: is_story(m) and m["content"].startswith(f"**{options['prompt'][:20]}")
-    )
-
-
-def story_messages(env: BotEnv) -> list[dict[str, Any]]:
-    return [m for m in env.fake.messages() if is_story(m)]
 
 
 @__import__("pytest").mark.bot_options(max_batch=1)

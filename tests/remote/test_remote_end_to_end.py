@@ -13,7 +13,7 @@ import aiohttp
 
 from app.settings import load_settings
 from tests.bot.app_runner import running_app
-from tests.bot.test_story import button, is_story
+from tests.bot.helpers import button, is_story
 from tests.conftest import REPO, free_port
 from tests.fakediscord.harness import FakeDiscord
 from tests.remote.conftest import Serve, StandIn

@@ -91,7 +91,7 @@ async def test_refused_input_leaves_no_partial_write(store: Store) -> None:
 
 
 async def test_messages_know_what_they_should_show(store: Store) -> None:
-    story, root, run = await store.create_story(prompt="p", genre="crime", author_id=1)
+    story, _, run = await store.create_story(prompt="p", genre="crime", author_id=1)
     # A run's message, posted while it is queued: up to date.
     await store.add_message(555, 9, story_id=story.id, run_id=run.id, shows=f"run:{run.id}:queued")
     assert await store.stale_messages() == []
@@ -118,9 +118,7 @@ async def test_messages_know_what_they_should_show(store: Store) -> None:
 async def test_list_stories_pages_and_filters(store: Store) -> None:
     for index in range(23):
         genre = "crime" if index % 2 else "romance"
-        story, root, _ = await store.create_story(
-            prompt=f"story {index}", genre=genre, author_id=5
-        )
+        story, root, _ = await store.create_story(prompt=f"story {index}", genre=genre, author_id=5)
         await store.add_part(story.id, root.id, GeneratedPart(" more"))
     await store.create_story(prompt="someone else's", genre="crime", author_id=6)
     page = await store.list_stories(5, limit=10)

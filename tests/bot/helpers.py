@@ -1,0 +1,131 @@
+"""What the bot tests share: reading the fake channel, and checking that the
+channel and the database tell the same story."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tests.fakediscord.harness import FakeDiscord
+
+if TYPE_CHECKING:
+    from tests.bot.conftest import BotEnv
+
+PROMPT = "The detective reached the crime scene"
+PROGRESS = ("queued, position", "writing…")
+
+
+def is_story(message: dict[str, Any]) -> bool:
+    return "part " in message["content"] and "seed" in message["content"]
+
+
+def buttons(message: dict[str, Any]) -> list[str]:
+    return [c["custom_id"] for row in message.get("components", []) for c in row["components"]]
+
+
+def button(message: dict[str, Any], label: str) -> str:
+    for row in message.get("components", []):
+        for component in row["components"]:
+            if component.get("label") == label or component.get("placeholder") == label:
+                return str(component["custom_id"])
+    raise AssertionError(f"no component {label!r} in {message.get('components')}")
+
+
+async def start_story(env: BotEnv, user: Any = None, **options: Any) -> dict[str, Any]:
+    fake = env.fake
+    options = {"genre": "crime", "prompt": PROMPT, "length": "short", **options}
+    handle = await fake.invoke("story", user=user or fake.alice, **options)
+    await handle.deferred()
+    return await fake.wait_for_message(
+        lambda m: is_story(m) and m["content"].startswith(f"**{options['prompt'][:20]}")
+    )
+
+
+def story_messages(env: BotEnv, channel: str = "general") -> list[dict[str, Any]]:
+    return [m for m in env.fake.messages(channel) if is_story(m)]
+
+
+def bot_messages(fake: FakeDiscord, *, deleted: bool = False) -> list[dict[str, Any]]:
+    """Every channel message the bot posted (not private answers)."""
+    return [
+        m
+        for m in fake.server.messages.values()
+        if m["author"]["id"] == fake.server.bot_user.id
+        and not (m.get("flags") or 0) & 64
+        and "interaction_token" not in m
+        and (deleted or not m.get("deleted"))
+    ]
+
+
+def part_of(message: dict[str, Any]) -> int | None:
+    ids = re.findall(r"story:continue:(\d+)", str(message.get("components")))
+    return int(ids[0]) if ids else None
+
+
+def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
+    """After everything has settled: every run ended; every message the database
+    links shows what the database says (its part with that part's buttons, or
+    its run's end with Retry where it can be retried); no bot message still says
+    "queued" or "writing…"; every part asked for in Discord, and not replaced by
+    a reroll, is shown by exactly one message (its first chunk)."""
+    with sqlite3.connect(db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        unfinished = conn.execute(
+            "SELECT id, state FROM runs WHERE state IN ('queued', 'generating')"
+        ).fetchall()
+        assert not unfinished, [dict(r) for r in unfinished]
+        rows = conn.execute(
+            "SELECT m.*, r.state AS run_state, r.part_id AS run_part FROM messages m"
+            " LEFT JOIN runs r ON r.id = m.run_id"
+        ).fetchall()
+        parts = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM parts").fetchall()}
+        replaced = {
+            r["replaces_id"]
+            for r in conn.execute(
+                "SELECT replaces_id FROM runs WHERE kind = 'reroll' AND state = 'done'"
+            )
+        }
+        asked = {
+            r["part_id"]
+            for r in conn.execute(
+                "SELECT r.part_id FROM runs r JOIN stories s ON s.id = r.story_id"
+                " WHERE r.part_id IS NOT NULL AND s.source = 'discord' AND r.requested_by"
+                " IS NOT NULL"
+            )
+        }
+    live = {m["id"]: m for m in bot_messages(fake)}
+    first_chunks: dict[int, list[str]] = {}
+    for row in rows:
+        message = live.get(str(row["message_id"]))
+        assert message is not None, f"message {row['message_id']} is linked but gone"
+        if row["part_id"] is not None:
+            part = parts[row["part_id"]]
+            assert row["shows"] == f"part:{part['id']}:{row['chunk']}", dict(row)
+            if row["chunk"] == 0:
+                first_chunks.setdefault(part["id"], []).append(message["id"])
+            body = message["content"]
+            assert not any(word in body for word in PROGRESS), body
+            if f"seed {part['seed']}" in body:  # the last chunk carries the buttons
+                assert buttons(message) == [
+                    f"story:continue:{part['id']}",
+                    f"story:reroll:{part['id']}",
+                ], message
+        else:
+            assert row["run_id"] is not None, f"a message shows nothing: {dict(row)}"
+            state = row["run_state"]
+            assert row["shows"] == f"run:{row['run_id']}:{state}", dict(row)
+            if state in ("interrupted", "failed"):
+                assert buttons(message) == [f"story:retry:{row['run_id']}"], message
+            else:
+                assert state == "cancelled" and not buttons(message), message
+    linked = {str(row["message_id"]) for row in rows}
+    for message in live.values():
+        if message["id"] not in linked:  # notices, and messages whose story was deleted
+            assert not any(word in message["content"] for word in PROGRESS), message
+            assert not buttons(message), message
+    for part_id, shown_in in first_chunks.items():
+        assert len(shown_in) == 1, f"part {part_id} is shown {len(shown_in)} times"
+    missing = asked - replaced - set(first_chunks)
+    assert not missing, f"parts never shown: {sorted(missing)}"
