@@ -230,7 +230,13 @@ class Handlers:
         elif action == "retry":
             show = _Show(self.publisher, channel, existing=interaction.message)
             started = await self.service.retry(id, who, announce=show)
-            await self._answer_started(interaction, show, started, "Writing it again")
+            run = started.run
+            doing = (
+                f"Writing a new version of part {run.number}"
+                if run.kind == "reroll"
+                else "Writing it again"
+            )
+            await self._answer_started(interaction, show, started, doing)
 
     async def _answer_started(
         self, interaction: discord.Interaction, show: _Show, started: Started, doing: str

@@ -32,6 +32,7 @@ class Notices:
         self.delete_after_s = delete_after_s
         self._clock = clock
         self._last: dict[int, float] = {}  # user id -> when they last got a notice
+        self.answered = 0  # refusals handled (tests wait on it)
 
     async def refuse(
         self,
@@ -42,6 +43,19 @@ class Notices:
         retry_after: float | None = None,
     ) -> bool:
         """Answer a refused reaction; returns whether a notice was posted."""
+        try:
+            return await self._refuse(message, user_id, emoji, reason, retry_after)
+        finally:
+            self.answered += 1
+
+    async def _refuse(
+        self,
+        message: discord.PartialMessage,
+        user_id: int,
+        emoji: discord.PartialEmoji | str,
+        reason: str,
+        retry_after: float | None,
+    ) -> bool:
         with contextlib.suppress(discord.HTTPException):  # needs Manage Messages
             await message.remove_reaction(emoji, discord.Object(id=user_id))
         now = self._clock()
@@ -52,12 +66,11 @@ class Notices:
         self._last[user_id] = now
         if len(self._last) > 256:  # forget people whose window has passed
             self._last = {u: t for u, t in self._last.items() if now - t < window}
-        lasts = min(30.0, max(self.delete_after_s, retry_after or 0.0))
         try:
             await message.channel.send(
                 f"-# <@{user_id}> {reason}",
                 reference=message.to_reference(fail_if_not_exists=False),
-                delete_after=lasts,
+                delete_after=self.delete_after_s,
             )
         except discord.HTTPException as error:
             log.info("could not post a notice in channel %s: %s", message.channel.id, error)

@@ -114,6 +114,7 @@ class Run:
     state: Status = "queued"  # as recorded; final before `done` resolves
     announced: bool = False  # a front-end showed it when it began (HTTP runs are not)
     deleted: bool = False  # its story (or its parent part) was deleted meanwhile
+    cancel_requested: bool = False  # cancelled before it was queued
     done: asyncio.Future[PartOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -156,7 +157,12 @@ class Run:
         return await asyncio.shield(self.done)
 
     def cancel(self) -> bool:
-        return self.ticket.cancel() if self.ticket is not None else False
+        if self.ticket is not None:
+            return self.ticket.cancel()
+        if self.done.done():
+            return False
+        self.cancel_requested = True  # still being shown: it will not be queued
+        return True
 
 
 @dataclass(frozen=True)
@@ -617,11 +623,15 @@ class StoryService:
                     await asyncio.shield(self.store.delete_run(run.id))
                 raise
         error: GenerationError | None = None
-        try:
-            run.ticket = pool.submit(request, reservation)
-        except GenerationError as refused:  # the pool closed while the run was shown
+        if run.cancel_requested:  # its Cancel button was pressed while it was shown
             reservation.release()
-            error = refused
+            error = Cancelled()
+        else:
+            try:
+                run.ticket = pool.submit(request, reservation)
+            except GenerationError as refused:  # the pool closed while the run was shown
+                reservation.release()
+                error = refused
         self._started_now(run.requested_by)
         task = asyncio.create_task(self._complete(run, error), name=f"run-{run.id}")
         self._tasks.add(task)

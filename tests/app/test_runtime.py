@@ -174,3 +174,62 @@ def test_port_already_in_use(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_invalid_setting_is_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
     line = one_line_error(run_once(env_for(tiny_model_dir, tmp_path, QUEUE_SIZE="lots")))
     assert "QUEUE_SIZE" in line
+
+
+async def test_sigterm_answers_every_waiting_caller_and_exits_in_time(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """300 requests queued behind one running story: at SIGTERM each waiting
+    caller gets a JSON 503 with Retry-After, and the process is gone within the
+    grace period plus 2 s, whatever is queued. (The torch backend, the slowest
+    to stop: the tiny model on ONNX Runtime answers faster than 300 arrive.)"""
+    import asyncio
+
+    import aiohttp
+
+    grace = 1.0
+    env = env_for(
+        tiny_model_dir,
+        tmp_path,
+        BACKEND="transformers",
+        MAX_BATCH_SIZE="1",
+        QUEUE_SIZE="400",
+        SHUTDOWN_GRACE_S=str(grace),
+        MAX_NEW_TOKENS_LIMIT="400",
+    )
+    port = int(env["HTTP_PORT"])
+    process = start(env, REPO)
+    await asyncio.to_thread(wait_http, port, process, 120)
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def ask(n: int) -> tuple[int, dict[str, str], object]:
+            body = {"input": f"Story {n}", "max_new_tokens": 400, "seed": n}
+            async with session.post(f"{url}/", json=body) as response:
+                return response.status, dict(response.headers), await response.json()
+
+        calls = [asyncio.create_task(ask(n)) for n in range(300)]
+
+        async def queued() -> int:
+            async with session.get(f"{url}/readyz") as response:
+                return int((await response.json())["queue_depth"])
+
+        deadline = time.monotonic() + 60
+        while await queued() < 290:  # polling the server: it is another process
+            assert time.monotonic() < deadline, "the requests never queued up"
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        await asyncio.to_thread(process.wait, 30)
+        exited = time.monotonic() - signalled
+    output = process.stdout.read() if process.stdout else ""
+    assert process.returncode == 0, output
+    assert exited < grace + 2.0, f"exit took {exited:.1f} s"
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert len(refused) >= 290
+    assert {status for status, _, _ in answers} <= {200, 503}
+    for headers, body in refused:
+        assert int(headers["Retry-After"]) >= 1
+        assert body["error"]["code"] == "shutting_down"  # type: ignore[index]
+    assert "Traceback" not in output

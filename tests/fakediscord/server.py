@@ -96,6 +96,7 @@ class Fault:
     body: dict[str, Any]
     times: int
     headers: dict[str, str] = field(default_factory=dict)
+    when: Callable[[Any], bool] | None = None  # only requests whose JSON body matches
     fired: int = 0  # how many requests it answered
 
     def describe(self) -> str:
@@ -263,8 +264,10 @@ class FakeDiscordServer:
         body: dict[str, Any] | None = None,
         times: int = 1,
         headers: dict[str, str] | None = None,
+        when: Callable[[Any], bool] | None = None,
     ) -> None:
-        """Answer the next `times` matching requests with this error instead."""
+        """Answer the next `times` matching requests (whose JSON body satisfies
+        `when`, if given) with this error instead."""
         self.faults.append(
             Fault(
                 method.upper(),
@@ -273,12 +276,18 @@ class FakeDiscordServer:
                 body or {"message": "injected", "code": 0},
                 times,
                 headers or {},
+                when,
             )
         )
 
-    def _fault_for(self, method: str, path: str) -> Fault | None:
+    def _fault_for(self, method: str, path: str, body: Any) -> Fault | None:
         for fault in self.faults:
-            if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+            if (
+                fault.times > 0
+                and fault.method == method
+                and fault.pattern.search(path)
+                and (fault.when is None or fault.when(body))
+            ):
                 fault.times -= 1
                 fault.fired += 1
                 return fault
@@ -372,7 +381,7 @@ class FakeDiscordServer:
         request[BODY] = body
         request[FILES] = files
         self.requests.append(Recorded(request.method, path, body, files))
-        fault = self._fault_for(request.method, path)
+        fault = self._fault_for(request.method, path, body)
         if fault is not None:
             await self._notify()
             return respond(fault.body, fault.status, fault.headers)
@@ -503,6 +512,7 @@ class FakeDiscordServer:
             "flags": body.get("flags", 0) or 0,
             "components": body.get("components") or [],
             "allowed_mentions": body.get("allowed_mentions"),
+            "first_content": body.get("content") or "",
             **extra,
         }
         if reference:
@@ -522,6 +532,7 @@ class FakeDiscordServer:
             if k
             not in (
                 "allowed_mentions",
+                "first_content",
                 "deleted",
                 "edits",
                 "interaction_token",
@@ -551,7 +562,14 @@ class FakeDiscordServer:
         message = self.messages.get(str(message_id or ""))
         return message if message and not message.get("deleted") else None
 
+    def delete_channel(self, name: str) -> None:
+        """The channel is deleted: requests to it answer 10003 Unknown Channel."""
+        channel = self.channel(name)
+        del self.channels[channel["id"]]
+
     async def message_route(self, request: web.Request) -> web.Response:
+        if request.match_info["cid"] not in self.channels:
+            return respond({"message": "Unknown Channel", "code": 10003}, 404)
         message = self._live(request.match_info["mid"])
         if message is None:
             return respond({"message": "Unknown Message", "code": 10008}, 404)

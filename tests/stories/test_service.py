@@ -10,7 +10,7 @@ import pytest
 from generation.errors import Cancelled, InvalidRequest
 from storage.errors import NotFound
 from storage.store import Store
-from stories.errors import AgeRestricted, NotAllowed, UserLimit
+from stories.errors import AgeRestricted, NotAllowed, StoryDeleted, UserLimit
 from stories.genres import UnknownGenre
 from stories.service import Requester, StoryOptions, StoryService, join_text
 from tests.conftest import GatedBackend, wait_for
@@ -197,3 +197,29 @@ async def test_two_quick_starts_cannot_both_pass_the_limit(service: StoryService
         return_exceptions=True,
     )
     assert sum(isinstance(r, UserLimit) for r in results) == 1
+
+
+async def test_deleting_a_story_stops_a_part_being_written(make_pool, store, genres) -> None:  # type: ignore[no-untyped-def]
+    async with make_pool() as pool:
+        service = StoryService(store, pool, genres, user_max_active=5)
+        first = await (await service.start("Soon deleted", opts(), ALICE)).outcome()
+        long = StoryOptions(max_new_tokens=400, min_new_tokens=400)
+        started = await service.continue_from(first.part.id, BOB, long)
+        run = started.run
+        assert run.ticket is not None
+        await wait_for(lambda: len(run.ticket.text) > 0)  # it is being written
+        await service.delete_story(first.story.id, ALICE)
+        with pytest.raises(StoryDeleted):
+            await run.outcome()
+        assert isinstance(run.ticket._future.exception(), Cancelled)
+        assert len(run.ticket._job.generated) < 400  # stopped, not written for nobody
+        await service.wait_idle()
+
+
+async def test_per_person_bookkeeping_shrinks(service: StoryService) -> None:
+    service.user_cooldown_s = 0.01
+    for user in range(300):
+        await (await service.start("hi", opts(), Requester(user_id=user))).outcome()
+    await service.wait_idle()
+    assert service._active == {} and service._claims == {} and service._runs == {}
+    assert len(service._last_start) < 100  # people whose cooldown passed are forgotten
