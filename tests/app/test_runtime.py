@@ -233,3 +233,40 @@ async def test_sigterm_answers_every_waiting_caller_and_exits_in_time(
         assert int(headers["Retry-After"]) >= 1
         assert body["error"]["code"] == "shutting_down"  # type: ignore[index]
     assert "Traceback" not in output
+
+
+async def test_sigterm_with_a_stream_in_flight_does_not_wait_a_minute(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """aiohttp waits 60 s for open requests by default; a stop must not (compose
+    allows 15 s): the stream ends, its part is stored or marked, and the process
+    exits within the grace period plus 2 s."""
+    import asyncio
+    import sqlite3
+
+    import aiohttp
+
+    grace = 1.0
+    env = env_for(tiny_model_dir, tmp_path, BACKEND="transformers", SHUTDOWN_GRACE_S=str(grace))
+    port = int(env["HTTP_PORT"])
+    process = start(env, REPO)
+    await asyncio.to_thread(wait_http, port, process, 120)
+    events: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        body = {"input": "A long one", "max_new_tokens": 400, "stream": True}
+        async with session.post(f"http://127.0.0.1:{port}/", json=body) as response:
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                    if line == "event: text" and events.count("text") == 1:
+                        process.send_signal(signal.SIGTERM)
+                        signalled = time.monotonic()
+    await asyncio.to_thread(process.wait, 30)
+    exited = time.monotonic() - signalled
+    assert process.returncode == 0
+    assert exited < grace + 2.0, f"exit took {exited:.1f} s"
+    assert events[-1] in ("done", "error")  # the stream was ended, not cut
+    with sqlite3.connect(env["DATABASE_PATH"]) as conn:
+        (state,) = conn.execute("SELECT state FROM runs").fetchone()
+    assert state in ("done", "interrupted")

@@ -105,16 +105,7 @@ async def test_every_route_of_a_command(fake: FakeDiscord, mini: MiniBot) -> Non
     await fake.wait_until(lambda: mini.raw_reactions)
     assert mini.raw_reactions[0].user_id == mini.user.id  # type: ignore[union-attr]
     # Everything the bot said carried allowed_mentions that parse nothing.
-    bodies = [r.json for r in fake.message_bodies()]
-    assert bodies and all(
-        (
-            body.get("allowed_mentions")
-            or body.get("data", {}).get("allowed_mentions")
-            or {"parse": []}
-        )["parse"]
-        == []
-        for body in bodies
-    )
+    assert fake.message_bodies() and fake.server.problems() == []
 
 
 async def test_reactions_and_deletes_from_users_arrive(fake: FakeDiscord, mini: MiniBot) -> None:
@@ -209,3 +200,40 @@ async def test_a_dying_bot_fails_the_wait(fake: FakeDiscord) -> None:
     fake.watch.append(task)
     with pytest.raises(AssertionError, match="attachment_size_limit"):
         await fake.wait_until(lambda: False, timeout=5)
+
+
+async def test_a_message_without_allowed_mentions_fails_the_test(
+    fake: FakeDiscord, mini: MiniBot
+) -> None:
+    channel = mini.get_channel(int(fake.channel_id()))
+    assert isinstance(channel, discord.TextChannel)
+    # Raw HTTP, as a careless bot would send it: no allowed_mentions at all.
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=channel.id)
+    await mini.http.request(route, json={"content": "@everyone hello"})
+    problems = fake.server.problems()
+    assert len(problems) == 1 and "could ping" in problems[0]
+    with pytest.raises(AssertionError, match="could ping"):
+        fake.assert_clean()
+    fake.server.requests.clear()  # the fixture's own check must pass now
+
+
+async def test_an_injected_fault_that_never_fired_fails_the_test(fake: FakeDiscord) -> None:
+    fake.server.inject("PATCH", r"/channels/\d+/messages/0$", 503)  # nothing ever matches
+    with pytest.raises(AssertionError, match="never fired"):
+        fake.assert_clean()
+    fake.server.faults.clear()
+
+
+async def test_a_fault_can_match_on_the_body(fake: FakeDiscord, mini: MiniBot) -> None:
+    channel = mini.get_channel(int(fake.channel_id()))
+    assert isinstance(channel, discord.TextChannel)
+    fake.server.inject(
+        "POST",
+        r"/channels/\d+/messages$",
+        403,
+        {"message": "Missing Permissions", "code": 50013},
+        when=lambda body: body.get("content") == "refused",
+    )
+    assert (await channel.send("allowed")).content == "allowed"
+    with pytest.raises(discord.Forbidden):
+        await channel.send("refused")
