@@ -171,8 +171,12 @@ class DiscordApp:
             raise RuntimeError("the Discord client stopped before it was ready")
 
     async def settle(self, within: float) -> None:
-        """Post what finished and mark what did not, while the session is open."""
-        await self.bot.publisher.settle(within)
+        """Let answers in flight go out, post what finished and mark what did
+        not, all while the session is still open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        await self.bot.handlers.drain(within / 2)
+        await self.bot.publisher.settle(max(0.1, deadline - loop.time()))
 
     async def close(self) -> None:
         await self.bot.close()

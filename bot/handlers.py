@@ -10,11 +10,14 @@ with an apology and a reference id.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import discord
 from discord import app_commands
@@ -145,6 +148,30 @@ class _Show:
         return self.message
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _tracked(
+    method: Callable[Concatenate[Handlers, P], Awaitable[R]],
+) -> Callable[Concatenate[Handlers, P], Awaitable[R]]:
+    """Count the handler while it runs, so shutting down can wait for answers
+    in flight before it closes the Discord session under them."""
+
+    @functools.wraps(method)
+    async def tracked(self: Handlers, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._busy += 1
+        self._idle.clear()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    return tracked
+
+
 class Handlers:
     def __init__(
         self,
@@ -162,6 +189,19 @@ class Handlers:
         self.publisher = publisher
         self.notices = notices
         self.max_new_tokens_limit = max_new_tokens_limit
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, within: float) -> bool:
+        """Shutting down: wait up to `within` seconds for the handlers still
+        answering someone. True when none is left."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            log.warning("%d Discord handlers still running at shutdown", self._busy)
+            return False
+        return True
 
     # ---------------------------------------------------------------- errors
     async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None:
@@ -179,6 +219,7 @@ class Handlers:
         await tell(interaction, message)
 
     # ---------------------------------------------------------------- /story
+    @_tracked
     async def story(
         self,
         interaction: discord.Interaction,
@@ -206,6 +247,7 @@ class Handlers:
         )
 
     # ----------------------------------------------------------------- buttons
+    @_tracked
     async def story_button(self, interaction: discord.Interaction, action: str, id: int) -> None:
         if action == "cancel":
             await self.cancel(interaction, id)
@@ -265,6 +307,7 @@ class Handlers:
         )
 
     # --------------------------------------------------------------- reactions
+    @_tracked
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         me = self.client.user
         if me is None or payload.user_id == me.id:
@@ -312,6 +355,7 @@ class Handlers:
             return await self.service.continue_after_run(run_id, who, announce=announce)
         return None  # a message that shows nothing any more
 
+    @_tracked
     async def on_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         await self.book.forget(payload.message_id)
 
@@ -327,12 +371,14 @@ class Handlers:
     ) -> StoryPage:
         return await self.service.list_stories(user_id, page=page, per_page=per_page, genre=genre)
 
+    @_tracked
     async def my_stories(self, interaction: discord.Interaction) -> None:
         genres = [(genre.key, genre.title) for genre in self.service.genres]
         view = MyStoriesView(self, interaction.user.id, genres)
         text, _ = await view.render()
         await interaction.response.send_message(text, view=view, ephemeral=True)
 
+    @_tracked
     async def show_story(
         self, interaction: discord.Interaction, story_id: int, back: MyStoriesView | None
     ) -> None:
@@ -349,6 +395,7 @@ class Handlers:
         for chunk in chunks[1:]:
             await interaction.followup.send(chunk, ephemeral=True)
 
+    @_tracked
     async def export_story(self, interaction: discord.Interaction, story_id: int) -> None:
         markdown = await self.service.export(story_id, "md")
         file = discord.File(io.BytesIO(markdown.encode("utf-8")), filename=f"story-{story_id}.md")
@@ -356,6 +403,7 @@ class Handlers:
             f"Story #{story_id} as Markdown:", file=file, ephemeral=True
         )
 
+    @_tracked
     async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None:
         deleted = await self.service.delete_story(story_id, requester(interaction))
         await interaction.response.edit_message(
@@ -363,6 +411,7 @@ class Handlers:
         )
         self.publisher.sync_soon(self.client)  # its messages in the channel say so
 
+    @_tracked
     async def forget_me(self, interaction: discord.Interaction) -> None:
         page = await self.service.list_stories(interaction.user.id, per_page=1)
 
