@@ -106,9 +106,22 @@ class Publisher:
         if message is None:
             reference = reply_to.to_reference(fail_if_not_exists=False) if reply_to else None
             message = await channel.send(content, view=view, reference=reference)  # type: ignore[arg-type]
-        await self.book.showing_run(
-            message.id, message.channel.id, story_id=run.story.id, run_id=run.id, state="queued"
-        )
+        try:
+            await self.book.showing_run(
+                message.id, message.channel.id, story_id=run.story.id, run_id=run.id, state="queued"
+            )
+        except Exception as error:
+            # Deleted meanwhile (or the database failed): the message is linked
+            # to nothing, so it must not stay "queued" with a Cancel button.
+            gone = isinstance(error, StoryDeleted)
+            text = (
+                render.tombstone(whole_story=True)
+                if gone
+                else render.ended("failed", "This part could not be started; try again.")
+            )
+            with contextlib.suppress(discord.HTTPException):
+                await message.edit(content=text, view=None)
+            raise
         return message
 
     async def adopt(

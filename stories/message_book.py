@@ -11,8 +11,10 @@ date later. Keys name what a message displays: `part:12:0` (chunk 0 of part
 
 from __future__ import annotations
 
+from storage.errors import InvalidData
 from storage.models import MessageRecord, Status
 from storage.store import Store
+from stories.errors import StoryDeleted
 
 GONE = "gone"
 
@@ -32,14 +34,18 @@ class MessageBook:
     async def showing_run(
         self, message_id: int, channel_id: int, *, story_id: int, run_id: int, state: Status
     ) -> None:
-        """The message (new or taken over) shows this run, in this state."""
-        await self._store.add_message(
-            message_id,
-            channel_id,
-            story_id=story_id,
-            run_id=run_id,
-            shows=run_key(run_id, state),
-        )
+        """The message (new or taken over) shows this run, in this state.
+        Raises StoryDeleted when the story or the run went meanwhile."""
+        try:
+            await self._store.add_message(
+                message_id,
+                channel_id,
+                story_id=story_id,
+                run_id=run_id,
+                shows=run_key(run_id, state),
+            )
+        except InvalidData:  # a reference to a row deleted since the run began
+            raise StoryDeleted() from None
 
     async def showing_part(
         self, message_id: int, channel_id: int, *, story_id: int, part_id: int, chunk: int

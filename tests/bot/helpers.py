@@ -59,6 +59,39 @@ def bot_messages(fake: FakeDiscord, *, deleted: bool = False) -> list[dict[str, 
     ]
 
 
+def story_parts(fake: FakeDiscord) -> list[dict[str, Any]]:
+    return [m for m in bot_messages(fake) if is_story(m)]
+
+
+def with_button(fake: FakeDiscord, prefix: str) -> list[tuple[dict[str, Any], str]]:
+    """(message, custom_id) for every live bot message with a button `prefix…`."""
+    return [
+        (m, custom_id)
+        for m in bot_messages(fake)
+        for custom_id in buttons(m)
+        if custom_id.startswith(prefix)
+    ]
+
+
+def in_progress(fake: FakeDiscord) -> bool:
+    return any(word in m["content"] for m in bot_messages(fake) for word in PROGRESS)
+
+
+def reaction_answered(fake: FakeDiscord, message: dict[str, Any], user_id: str) -> bool:
+    """A ➕ was answered when it was refused visibly (the reaction removed), the
+    message has a continuation replying to it (its own, or the one it joined),
+    or the story it was on is gone (deleted, or its channel)."""
+    if (user_id, "➕") in message.get("reactions_removed", []):
+        return True
+    if message.get("deleted") or "This story was deleted" in message["content"]:
+        return True
+    return any(
+        (m.get("message_reference") or {}).get("message_id") == message["id"]
+        and not m["content"].startswith("-# <@")
+        for m in bot_messages(fake, deleted=True)
+    )
+
+
 def part_of(message: dict[str, Any]) -> int | None:
     ids = re.findall(r"story:continue:(\d+)", str(message.get("components")))
     return int(ids[0]) if ids else None

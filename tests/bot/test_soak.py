@@ -18,14 +18,21 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bot.helpers import PROGRESS, bot_messages, buttons, check_channel_agrees, is_story
+from tests.bot.helpers import (
+    PROGRESS,
+    bot_messages,
+    check_channel_agrees,
+    in_progress,
+    reaction_answered,
+    story_parts,
+    with_button,
+)
 from tests.conftest import REPO, free_port
 from tests.fakediscord.harness import FakeDiscord, InteractionHandle
 from tests.fakediscord.server import User
@@ -40,7 +47,7 @@ class Evening:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     handles: list[tuple[str, InteractionHandle]] = field(default_factory=list)
-    reactions: list[tuple[dict[str, Any], User, float]] = field(default_factory=list)
+    reactions: list[tuple[dict[str, Any], User]] = field(default_factory=list)
     starts: int = 0
     answers: list[str] = field(default_factory=list)
 
@@ -83,9 +90,9 @@ class Evening:
             reply = await handle.reply(lambda m: bool(m["content"]), timeout=20)
             assert handle.state["responded"], what
             self.answers.append(f"{what}: {reply['content'][:60]}")
-        for message, user, reacted in self.reactions:
+        for message, user in self.reactions:
             await self.fake.wait_until(
-                lambda m=message, u=user, t=reacted: _reaction_answered(self.fake, m, u, t),
+                lambda m=message, u=user: reaction_answered(self.fake, m, u.id),
                 timeout=20,
             )
         self.handles.clear()
@@ -104,41 +111,12 @@ def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _reaction_answered(fake: FakeDiscord, message: dict[str, Any], user: User, at: float) -> bool:
-    """A ➕ was answered when it was refused visibly (the reaction removed) or the
-    message has a continuation replying to it (its own, or the one it joined)."""
-    if (user.id, "➕") in message.get("reactions_removed", []):
-        return True
-    return any(
-        (m.get("message_reference") or {}).get("message_id") == message["id"]
-        and not m["content"].startswith("-# <@")
-        for m in bot_messages(fake, deleted=True)
-    )
-
-
-def _in_progress(fake: FakeDiscord) -> bool:
-    return any(word in m["content"] for m in bot_messages(fake) for word in PROGRESS)
-
-
 def _agrees(fake: FakeDiscord, database: Path) -> bool:
     try:
         check_channel_agrees(fake, database)
     except AssertionError:
         return False
     return True
-
-
-def story_parts(fake: FakeDiscord) -> list[dict[str, Any]]:
-    return [m for m in bot_messages(fake) if is_story(m)]
-
-
-def with_button(fake: FakeDiscord, prefix: str) -> list[tuple[dict[str, Any], str]]:
-    return [
-        (m, custom_id)
-        for m in bot_messages(fake)
-        for custom_id in buttons(m)
-        if custom_id.startswith(prefix)
-    ]
 
 
 async def act(evening: Evening, rng: random.Random, people: list[User], n: int) -> None:
@@ -166,7 +144,7 @@ async def act(evening: Evening, rng: random.Random, people: list[User], n: int) 
             together.setdefault(other.id, other)
         for person in together.values():
             await fake.react(target, "➕", user=person)
-            evening.reactions.append((target, person, time.monotonic()))
+            evening.reactions.append((target, person))
     elif roll < 0.65:
         message, custom_id = rng.choice(with_button(fake, "story:continue:") or [(None, "")])
         if message is not None:
@@ -190,7 +168,7 @@ async def act(evening: Evening, rng: random.Random, people: list[User], n: int) 
     if n % 6 == 5:
         # Let the evening breathe now and then: people read what was written.
         await evening.answered()
-        await fake.wait_until(lambda: not _in_progress(fake), timeout=60)
+        await fake.wait_until(lambda: not in_progress(fake), timeout=60)
 
 
 @pytest.mark.slow
