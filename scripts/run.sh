@@ -10,8 +10,13 @@ scripts/setup.sh
 
 # BACKEND=openai generates on a remote engine: no local model to fetch.
 backend="${BACKEND:-$( (sed -n 's/^BACKEND=//p' .env 2>/dev/null || true) | tail -n 1)}"
-if [[ "$backend" != "openai" && -z "${MODEL_DIR:-}" ]] && ! grep -qs '^MODEL_DIR=' .env; then
-  if [[ ! -f models/gpt2/storybot.json ]] && ! .venv/bin/python download_model.py; then
+# Decide by whether the model folder holds a model, not by what .env mentions:
+# .env.example names the default folder, and copying it must not skip the
+# download.
+model_dir="${MODEL_DIR:-$( (sed -n 's/^MODEL_DIR=//p' .env 2>/dev/null || true) | tail -n 1)}"
+model_dir="${model_dir:-models/gpt2}"
+if [[ "$backend" != "openai" && ! -f "$model_dir/storybot.json" ]]; then
+  if [[ "$model_dir" == "models/gpt2" ]] && ! .venv/bin/python download_model.py; then
     [[ -f models/tiny-gpt2/storybot.json ]] || .venv/bin/python download_model.py --tiny
     echo "WARNING: GPT-2 could not be downloaded; running the TINY test model." >&2
     echo "WARNING: stories will be nonsense until you run: .venv/bin/python download_model.py" >&2

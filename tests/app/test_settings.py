@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -89,12 +90,12 @@ def test_env_example_lists_every_setting() -> None:
     from tests.conftest import REPO
 
     example = (REPO / ".env.example").read_text()
-    keys = {
-        line.split("=")[0]
-        for line in example.splitlines()
-        if "=" in line and not line.startswith("#")
-    }
+    # Set (KEY=value) or listed with its default commented out (# KEY=value):
+    # a copied .env must not override what the image or the script decides.
+    keys = {match[1] for match in re.finditer(r"^(?:# )?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE)}
     assert keys == {name.upper() for name in Settings.model_fields}
+    for key in ("MODEL_DIR", "HTTP_HOST", "OPENAI_TOKENIZER"):
+        assert re.search(rf"^# {key}=", example, re.MULTILINE), key
 
 
 def test_remote_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
