@@ -172,7 +172,7 @@ async def http_continue(seq: Sequence) -> None:
         return response.status
 
     seq.http.append(asyncio.create_task(post()))
-    await seq.fake.wait_until(lambda: True)  # let the request reach the server
+    await asyncio.sleep(0)  # let the request start before the next action
 
 
 async def hold(seq: Sequence) -> None:
