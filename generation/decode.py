@@ -9,6 +9,7 @@ arrived while the batch ran, at the next step: continuous batching.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -16,6 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from generation.backend import Job
+from generation.errors import GenerationError
+
+log = logging.getLogger(__name__)
 
 Logits = npt.NDArray[np.float32]
 
@@ -36,9 +40,30 @@ class StepModel(Protocol):
         ...
 
 
+def _advance(job: Job, logits: Logits, top: Any) -> None:
+    """Sample, record and stream one row's next token. A failure here is that
+    row's alone: it ends with an error and the rest of the batch goes on."""
+    try:
+        job.accept(job.choose(logits, top))
+    except Exception as error:
+        log.exception("one story failed while sampling or decoding; its batch goes on")
+        job.fail(
+            GenerationError(
+                f"This story could not be written ({type(error).__name__}); please try again."
+            )
+        )
+
+
+def _need(job: Job) -> int:
+    try:
+        return job.sampler.candidates_needed() if job.sampler else 0
+    except Exception:
+        return 0  # the whole vocabulary; the row's own sampling reports the fault
+
+
 def _tops(model: StepModel, jobs: list[Job]) -> list[Any]:
     """Ask the engine once per step for each row's best candidates."""
-    needs = [job.sampler.candidates_needed() if job.sampler else 0 for job in jobs]
+    needs = [_need(job) for job in jobs]
     if not needs or min(needs) == 0:
         return [None] * len(jobs)
     top = model.top_ids(max(needs))
@@ -59,7 +84,7 @@ def run_decode_loop(
             tops = _tops(model, pending)
             for row, job in enumerate(pending):
                 if not job.check_stop():
-                    job.accept(job.choose(logits[row], tops[row]))
+                    _advance(job, logits[row], tops[row])
             state = new_state if state is None else model.merge(state, new_state)
             active += pending
             pending = []
@@ -68,7 +93,7 @@ def run_decode_loop(
             state, logits = model.step(state, [job.generated[-1] for job in active])
             tops = _tops(model, active)
             for row, job in enumerate(active):
-                job.accept(job.choose(logits[row], tops[row]))
+                _advance(job, logits[row], tops[row])
             active, state = _drop_finished(model, active, state)
         room = max_batch - len(active)
         pending = admit(room) if room > 0 else []

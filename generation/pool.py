@@ -451,8 +451,14 @@ class GenerationPool:
             try:
                 job.prepare(backend)
             except Exception as error:
-                log.exception("could not prepare a request")
-                self._fail(job, GenerationError(f"The request could not be prepared: {error}"))
+                log.exception("could not prepare a request; the rest of its batch goes on")
+                self._fail(
+                    job,
+                    GenerationError(
+                        f"This story could not be prepared ({type(error).__name__}); "
+                        "please try again."
+                    ),
+                )
                 continue
             ready.append(job)
         return ready

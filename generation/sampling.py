@@ -123,7 +123,11 @@ class RowSampler:
         if not p.do_sample:
             return int(ids[int(np.argmax(x))])
 
-        x /= p.temperature
+        # Scale relative to the best score: every scaled score is <= 0, so no
+        # temperature, however small (1e-320), can overflow to +inf and leave
+        # nothing to sample; a tiny one just becomes greedy.
+        with np.errstate(over="ignore"):  # far below the best: -inf, never drawn
+            x = (x - x[np.isfinite(x)].max()) / p.temperature
         if 0 < p.top_k < len(ids):
             top = np.argpartition(-x, p.top_k - 1)[: p.top_k]
             ids, x = ids[top], x[top]
