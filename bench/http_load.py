@@ -75,33 +75,38 @@ class Answer:
     retry_after: str | None = None
     code: str | None = None  # the error body's code
     tokens: int | None = None
+    server_s: float | None = None  # the 200 body's "seconds": queued + generating
     problem: str | None = None  # why this answer is wrong
 
 
 @dataclass
 class Lag:
-    """How late a 10 ms sleep wakes up, while `recording` is on."""
+    """How late a 10 ms sleep in this event loop wakes up: (when, ms late) samples."""
 
-    recording: bool = False
-    samples: list[float] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list)
 
     async def tick(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             before = loop.time()
             await asyncio.sleep(0.01)
-            if self.recording:
-                self.samples.append(1000 * (loop.time() - before - 0.01))
+            late = 1000 * (loop.time() - before - 0.01)
+            self.samples.append((time.perf_counter(), late))
 
-    def take(self) -> dict[str, float]:
-        values = sorted(self.samples)
-        self.samples = []
+    def window(self, start: float, end: float) -> dict[str, float]:
+        """p50/p99/max over samples taken in [start, end] (perf_counter), and how many
+        seconds after `start` the worst one woke."""
+        taken = [(t, late) for t, late in list(self.samples) if start <= t <= end]
+        values = sorted(late for _, late in taken)
         if not values:
-            return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
+            nan = float("nan")
+            return {"p50": nan, "p99": nan, "max": nan, "max_at_s": nan, "n": 0}
+        worst_t, worst = max(taken, key=lambda sample: sample[1])
         return {
             "p50": statistics.median(values),
             "p99": values[int(0.99 * (len(values) - 1))],
-            "max": values[-1],
+            "max": worst,
+            "max_at_s": worst_t - worst / 1000 - start,  # when the late sleep was due
             "n": len(values),
         }
 
@@ -136,6 +141,7 @@ async def post(session: Any, url: str, seed: int, tokens: int) -> Answer:
                 if not isinstance(data.get("output"), str) or "story_id" not in data:
                     answer.problem = f"200 without output/story_id: {raw[:200]!r}"
                 answer.tokens = data.get("tokens")
+                answer.server_s = data.get("seconds")
             else:
                 error = data.get("error")
                 answer.code = error.get("code") if isinstance(error, dict) else None
@@ -149,9 +155,53 @@ async def post(session: Any, url: str, seed: int, tokens: int) -> Answer:
         return Answer(None, seconds, problem=f"{type(error).__name__}: {error}")
 
 
-async def measure(args: argparse.Namespace, model_dir: Path, workdir: Path) -> dict[str, Any]:
+async def client(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A warm-up, 3 lone requests one at a time, then `args.requests` at once."""
     import aiohttp
 
+    out: dict[str, Any] = {}
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    # One connection per request, so all of them are in flight at once.
+    connector = aiohttp.TCPConnector(limit=args.requests + 1, limit_per_host=0)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, trust_env=False
+    ) as session:
+        out["warmup"] = await post(session, url, 1000, args.max_new_tokens)
+        t0 = time.perf_counter()
+        out["lone"] = [await post(session, url, 1001 + i, args.max_new_tokens) for i in range(3)]
+        out["lone_window"] = (t0, time.perf_counter())
+        progress(
+            "lone requests: "
+            + ", ".join(f"{a.status} in {a.seconds:.2f} s" for a in [out["warmup"], *out["lone"]])
+        )
+
+        done = Counter[str]()
+        total = args.requests
+        tty = sys.stderr.isatty()
+
+        def show(final: bool = False) -> None:
+            if tty or final:
+                counts = ", ".join(f"{k}: {v}" for k, v in sorted(done.items()))
+                end = "\n" if final else ""
+                line = f"\ranswered {done.total()}/{total} ({counts})"
+                print(line, end=end, file=sys.stderr, flush=True)
+
+        async def one(index: int) -> Answer:
+            answer = await post(session, url, index, args.max_new_tokens)
+            done[str(answer.status or "no answer")] += 1
+            show()
+            return answer
+
+        show()
+        t0 = time.perf_counter()
+        out["burst"] = await asyncio.gather(*(one(i) for i in range(total)))
+        t1 = time.perf_counter()
+        out["wall_s"], out["burst_window"] = t1 - t0, (t0, t1)
+        show(final=True)
+    return out
+
+
+async def measure(args: argparse.Namespace, model_dir: Path, workdir: Path) -> dict[str, Any]:
     from app.runtime import bound_addresses, run
     from app.settings import load_settings
 
@@ -198,52 +248,11 @@ async def measure(args: argparse.Namespace, model_dir: Path, workdir: Path) -> d
 
     lag = Lag()
     ticker = asyncio.create_task(lag.tick())
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
-    # One connection per request, so all of them are in flight at once.
-    connector = aiohttp.TCPConnector(limit=args.requests + 1, limit_per_host=0)
     try:
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=connector, trust_env=False
-        ) as session:
-            url = base + "/"
-            warm = await post(session, url, 1000, args.max_new_tokens)
-            out["warmup"] = warm
-            lag.recording = True
-            lone = [await post(session, url, 1001 + i, args.max_new_tokens) for i in range(3)]
-            lag.recording = False
-            out["lone"] = lone
-            out["lone_lag"] = lag.take()
-            progress(
-                "lone requests: "
-                + ", ".join(f"{a.status} in {a.seconds:.2f} s" for a in [warm, *lone])
-            )
-
-            done = Counter[str]()
-            total = args.requests
-            tty = sys.stderr.isatty()
-
-            def show(final: bool = False) -> None:
-                if tty or final:
-                    counts = ", ".join(f"{k}: {v}" for k, v in sorted(done.items()))
-                    end = "\n" if final else ""
-                    line = f"\ranswered {done.total()}/{total} ({counts})"
-                    print(line, end=end, file=sys.stderr, flush=True)
-
-            async def one(index: int) -> Answer:
-                answer = await post(session, url, index, args.max_new_tokens)
-                done[str(answer.status or "error")] += 1
-                show()
-                return answer
-
-            show()
-            lag.recording = True
-            t0 = time.perf_counter()
-            answers = await asyncio.gather(*(one(i) for i in range(total)))
-            out["wall_s"] = time.perf_counter() - t0
-            lag.recording = False
-            show(final=True)
-            out["burst"] = answers
-            out["burst_lag"] = lag.take()
+        if args.client_thread:  # its own thread and loop: the server's loop serves only
+            out.update(await asyncio.to_thread(asyncio.run, client(base + "/", args)))
+        else:
+            out.update(await client(base + "/", args))
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -252,6 +261,8 @@ async def measure(args: argparse.Namespace, model_dir: Path, workdir: Path) -> d
         stopping = time.perf_counter()
         await server
         out["stop_s"] = time.perf_counter() - stopping
+    out["lone_lag"] = lag.window(*out.pop("lone_window"))
+    out["burst_lag"] = lag.window(*out.pop("burst_window"))
     progress(f"service stopped in {out['stop_s']:.1f} s")
     return out
 
@@ -280,6 +291,10 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "p50_s": percentile(latencies, 0.5),
         "p95_s": percentile(latencies, 0.95),
         "max_s": max(latencies, default=float("nan")),
+        "server_p50_s": percentile([a.server_s for a in ok if a.server_s is not None], 0.5),
+        "server_max_s": max(
+            [a.server_s for a in ok if a.server_s is not None], default=float("nan")
+        ),
         "min_s": min(latencies, default=float("nan")),
         "wall_s": raw["wall_s"],
         "tokens": tokens,
@@ -326,7 +341,12 @@ def markdown(s: dict[str, Any], meta: dict[str, Any]) -> str:
         "The real service (`app.runtime.run`: SQLite storage, the pool, aiohttp) on "
         "127.0.0.1 in this process; one aiohttp client fires every POST / at the same "
         "moment. Lone: the median of 3 requests sent one at a time after a warm-up. "
-        "Loop lag: how late a 10 ms sleep in the server's event loop wakes up.",
+        "Loop lag: how late a 10 ms sleep in the server's event loop wakes up; "
+        + (
+            "the client runs in a thread with its own loop, so the server's loop serves only."
+            if meta["client_thread"]
+            else "the client shares that loop, so its own work counts in the lag too."
+        ),
         "",
         "| measure | value |",
         "|---|---|",
@@ -336,6 +356,8 @@ def markdown(s: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| lone request latency | {s['lone_s']:.2f} s ({s['lone_tok_s']:.0f} tokens/s) |",
         f"| burst 200s latency p50 / p95 / max | {s['p50_s']:.2f} / {s['p95_s']:.2f} / "
         f"{s['max_s']:.2f} s |",
+        f"| the same, as the server timed them (queued + generating) | "
+        f"{s['server_p50_s']:.2f} / – / {s['server_max_s']:.2f} s |",
         f"| as a ratio to the lone request | {s['p50_ratio']:.1f}× / {s['p95_ratio']:.1f}× / "
         f"{s['max_ratio']:.1f}× |",
         f"| burst wall time | {s['wall_s']:.2f} s |",
@@ -344,7 +366,8 @@ def markdown(s: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| loop lag, lone requests p50 / p99 / max | {lone_lag['p50']:.1f} / "
         f"{lone_lag['p99']:.1f} / {lone_lag['max']:.1f} ms |",
         f"| loop lag, burst p50 / p99 / max | {burst_lag['p50']:.1f} / "
-        f"{burst_lag['p99']:.1f} / {burst_lag['max']:.1f} ms |",
+        f"{burst_lag['p99']:.1f} / {burst_lag['max']:.1f} ms "
+        f"(the worst {burst_lag['max_at_s']:.2f} s into the burst) |",
         f"| service start / stop | {s['load_s']:.1f} s / {s['stop_s']:.1f} s |",
         f"| server warnings and errors logged | {meta['log_count']} |",
     ]
@@ -384,6 +407,11 @@ def main() -> int:
     parser.add_argument("--queue-size", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="client timeout, seconds")
+    parser.add_argument(
+        "--client-thread",
+        action="store_true",
+        help="run the client in a thread with its own event loop, off the server's loop",
+    )
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
     args = parser.parse_args()
     if args.requests < 1 or args.max_new_tokens < 1:
@@ -427,7 +455,8 @@ def main() -> int:
         "queue_size": args.queue_size,
         "max_batch_size": args.max_batch_size,
         "max_new_tokens": args.max_new_tokens,
-        "command": "python -m bench.http_load " + shlex.join(sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "bench.http_load", *sys.argv[1:]]),
+        "client_thread": args.client_thread,
         "log_count": len(captured.records),
     }
     text = markdown(summary, meta)
