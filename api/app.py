@@ -13,12 +13,15 @@ have no Discord author and the source `api`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from api.errors import ApiError, error_body, from_domain, json_errors
 from api.openapi import spec
@@ -30,6 +33,12 @@ log = logging.getLogger(__name__)
 SERVICE_KEY = web.AppKey("service", StoryService)
 API_KEY = web.AppKey("api_key", str)
 CORS_KEY = web.AppKey("cors", list)
+HOSTS_KEY = web.AppKey("allowed_hosts", frozenset)
+READ_TIMEOUT_KEY = web.AppKey("read_timeout_s", float)
+
+# Host names a loopback server answers to by default: a page elsewhere that
+# rebinds its own name to 127.0.0.1 sends its own name, and is refused (421).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 _API = Requester(user_id=None, source="api", age_restricted_ok=True)
 _OPTIONAL = {
@@ -41,6 +50,9 @@ _OPTIONAL = {
     "seed": (int,),
 }
 _PUBLIC = {"/healthz", "/openapi.json"}
+# Probes (Docker, Kubernetes) send the address they dial as Host.
+_ANY_HOST = {"/healthz", "/readyz"}
+_JSON_TYPES = ("application/json",)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -52,8 +64,39 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, within the read time limit; 400 for a body that cannot be
+    decoded (a Content-Encoding that does not match), 408 when it is too slow."""
+    try:
+        async with asyncio.timeout(request.app[READ_TIMEOUT_KEY]):
+            return await request.read()  # raises 413 past client_max_size
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", "The request body arrived too slowly.", close=True
+        ) from None
+    except RequestPayloadError as error:
+        request.content.feed_eof()  # nothing more will be read from this connection
+        reason = str(error).partition("message:")[2].strip() or "the body is malformed"
+        raise ApiError(400, "bad_body", f"The body cannot be read: {reason}.", close=True) from None
+
+
+def _check_media_type(request: web.Request, raw: bytes) -> None:
+    """POST bodies are JSON only: a page on another site can send a form or
+    text/plain without asking first (CORS), but never application/json."""
+    if not raw.strip():
+        return  # no body (a bare continue); the Origin check guards browsers
+    if request.content_type not in _JSON_TYPES and not request.content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Send the body as JSON with Content-Type: application/json "
+            f"(got {request.content_type[:60]}).",
+        )
+
+
 async def _read_object(request: web.Request, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()  # raises 413 past client_max_size
+    raw = await _read_body(request)
+    _check_media_type(request, raw)
     if not raw.strip():
         if required:
             raise ApiError(
@@ -64,6 +107,8 @@ async def _read_object(request: web.Request, required: bool = True) -> dict[str,
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "The body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise ApiError(
             400, "not_an_object", 'The body must be a JSON object like {"input": "..."}.'
@@ -99,7 +144,9 @@ def _wants_stream(request: web.Request, body: dict[str, Any]) -> bool:
 
 def _story_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII digits only: "²", "１" or "١" are digits to str.isdigit (and int() reads
+    # some of them), but they are not story ids and must not alias one.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "not_found", f"There is no story {raw[:40]!r}.")
     return int(raw)
 
@@ -119,8 +166,10 @@ def _answer(outcome: PartOutcome, output: str) -> dict[str, Any]:
     }
 
 
-async def _respond(request: web.Request, run: Run, prefix: str, stream: bool) -> web.StreamResponse:
-    """Wait for the run (or stream it as server-sent events) and answer."""
+async def _respond(request: web.Request, run: Run, stream: bool) -> web.StreamResponse:
+    """Wait for the run (or stream it as server-sent events) and answer. The
+    output is the story's text as stored: what was there before, then the part."""
+    prefix = run.previous_text
     if not stream:
         outcome = await run.outcome()
         return _json(_answer(outcome, prefix + outcome.part.text))
@@ -135,19 +184,23 @@ async def _respond(request: web.Request, run: Run, prefix: str, stream: bool) ->
 
     # The run belongs to the service: if this client goes away, the story is still
     # finished and stored.
-    async for position in run.positions():
-        if position > 0:
-            await send("queued", {"position": position, "story_id": run.story.id})
-    async for delta in run.stream():
-        await send("text", {"text": delta})
     try:
-        outcome = await run.outcome()
-    except Exception as error:
-        api_error = from_domain(error)
-        await send("error", error_body(api_error.code, api_error.message))
-    else:
-        await send("done", _answer(outcome, prefix + outcome.part.text))
-    await response.write_eof()
+        await send("story", {"story_id": run.story.id, "part": run.number})
+        async for position in run.positions():
+            if position > 0:
+                await send("queued", {"position": position, "story_id": run.story.id})
+        async for delta in run.stream():
+            await send("text", {"text": delta})
+        try:
+            outcome = await run.outcome()
+        except Exception as error:
+            api_error = from_domain(error)
+            await send("error", error_body(api_error.code, api_error.message))
+        else:
+            await send("done", _answer(outcome, prefix + outcome.part.text))
+        await response.write_eof()
+    except ConnectionError:  # the client left; the story is finished and stored anyway
+        log.info("client left story %d's stream before the end", run.story.id)
     return response
 
 
@@ -163,8 +216,9 @@ async def post_root(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "empty_input", "input is empty: give the story a first line.")
     stream = _wants_stream(request, body)
     run = await request.app[SERVICE_KEY].start(text, _options(body), _API)
-    # The stored prompt is stripped; the old service answered input + continuation.
-    return await _respond(request, run, text, stream)
+    # The old service answered input + continuation; the stored prompt is the input
+    # without surrounding white space, and the answer is what is stored.
+    return await _respond(request, run, stream)
 
 
 async def continue_story(request: web.Request) -> web.StreamResponse:
@@ -178,7 +232,7 @@ async def continue_story(request: web.Request) -> web.StreamResponse:
     run = await service.continue_story(
         story_id, _API, options if options != StoryOptions() else None
     )
-    return await _respond(request, run, run.previous_text, stream)
+    return await _respond(request, run, stream)
 
 
 async def get_story(request: web.Request) -> web.Response:
@@ -236,8 +290,10 @@ async def api_key_auth(request: web.Request, handler: Any) -> web.StreamResponse
     if key and request.path not in _PUBLIC and request.method != "OPTIONS":
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        # Constant-time comparison: response timing must not leak the key.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), key.encode()):
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the
+        # bytes they were. Constant-time comparison: timing must not leak the key.
+        sent = given.encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, key.encode()):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -247,11 +303,50 @@ async def api_key_auth(request: web.Request, handler: Any) -> web.StreamResponse
     return await handler(request)
 
 
+def host_name(header: str) -> str:
+    """The name in a Host header, without port, brackets or a final dot."""
+    host = header.strip().lower()
+    if host.startswith("["):  # [::1]:5000
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    name, colon, port = host.rpartition(":")
+    if colon and name and ":" not in name and port.isdigit():
+        host = name
+    return host.rstrip(".")
+
+
+@web.middleware
+async def allowed_host(request: web.Request, handler: Any) -> web.StreamResponse:
+    hosts: frozenset[str] = request.app[HOSTS_KEY]
+    if "*" not in hosts and request.path not in _ANY_HOST:
+        name = host_name(request.headers.get("Host", ""))
+        if name not in hosts:
+            raise ApiError(
+                421,
+                "misdirected_request",
+                f"This server does not answer to the host name {name[:60]!r}; "
+                "add it to HTTP_ALLOWED_HOSTS.",
+            )
+    if request.method == "POST" and not _origin_allowed(request):
+        # A page on another site may send a POST without asking first; only the
+        # origins CORS allows may write.
+        raise ApiError(403, "cross_origin", "Requests from this web origin are not allowed.")
+    return await handler(request)
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser's cross-site request
+    origins: list[str] = request.app[CORS_KEY]
+    # "null" is the origin of sandboxed frames and local files: never trusted by "*".
+    return origin in origins or ("*" in origins and origin != "null")
+
+
 @web.middleware
 async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
-    origins: list[str] = request.app[CORS_KEY]
     origin = request.headers.get("Origin")
-    allowed = origin is not None and (origin in origins or "*" in origins)
+    allowed = origin is not None and _origin_allowed(request)
     if request.method == "OPTIONS" and allowed:
         response: web.StreamResponse = web.Response(status=204)
     else:
@@ -270,13 +365,20 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = 64 * 1024,
     cors_origins: list[str] | None = None,
+    allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
+    read_timeout_s: float = 20.0,
 ) -> web.Application:
+    """The HTTP application. `allowed_hosts` are the names it answers to ("*":
+    any); a request body must arrive within `read_timeout_s`."""
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[cors, json_errors, api_key_auth]
+        client_max_size=max_body_bytes,
+        middlewares=[cors, json_errors, allowed_host, api_key_auth],
     )
     app[SERVICE_KEY] = service
     app[API_KEY] = api_key or ""
     app[CORS_KEY] = cors_origins or []
+    app[HOSTS_KEY] = frozenset(host_name(host) if host != "*" else host for host in allowed_hosts)
+    app[READ_TIMEOUT_KEY] = read_timeout_s
     app.router.add_post("/", post_root)
     app.router.add_post("/stories/{id}/continue", continue_story)
     app.router.add_get(r"/stories/{id:[^/]+}.md", get_story_markdown)

@@ -36,11 +36,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,  # the connection cannot be reused (a broken body)
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.close = close
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -48,12 +55,15 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=error.status,
         text=json.dumps(error_body(error.code, error.message)),
         content_type="application/json",
         headers=error.headers,
     )
+    if error.close:
+        response.force_close()
+    return response
 
 
 def from_domain(error: BaseException) -> ApiError:
@@ -98,8 +108,10 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
+    421: "misdirected_request",
 }
 
 

@@ -56,7 +56,7 @@ async def client(service: StoryService, client_for: Callable[..., Any]) -> TestC
 
 async def test_old_contract_input_output(client: TestClient[Any, Any]) -> None:
     text = "The detective reached the crime scene"
-    response = await client.post("/", data=json.dumps({"input": text}))
+    response = await client.post("/", json={"input": text})
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("application/json")
     body = await response.json()
@@ -67,10 +67,22 @@ async def test_old_contract_input_output(client: TestClient[Any, Any]) -> None:
     assert isinstance(body["output"], str)
 
 
-async def test_input_is_echoed_exactly(client: TestClient[Any, Any]) -> None:
-    text = "  Spaces and ünïcödé 😀 and a trailing space "
-    body = await (await client.post("/", json={"input": text, "max_new_tokens": 8})).json()
-    assert body["output"][: len(text)] == text
+@pytest.mark.parametrize("stream", [False, True])
+async def test_output_is_the_stored_text(client: TestClient[Any, Any], stream: bool) -> None:
+    """The output is the story as stored: the input without its surrounding white
+    space (characters kept exactly), then the continuation; streamed or not."""
+    text = "  Spaces and ünïcödé 😀 and a trailing space \n"
+    response = await client.post("/", json={"input": text, "max_new_tokens": 8, "stream": stream})
+    if stream:
+        events = _parse_sse(await response.text())
+        assert events[0] == ("story", {"story_id": events[-1][1]["story_id"], "part": 1})
+        body = events[-1][1]
+    else:
+        body = await response.json()
+    assert body["output"].startswith(text.strip())
+    stored = await (await client.get(f"/stories/{body['story_id']}")).json()
+    assert body["output"] == stored["text"]
+    assert stored["parts"][0]["kind"] == "prompt" and stored["parts"][0]["text"] == text.strip()
 
 
 async def test_optional_fields_are_used(client: TestClient[Any, Any]) -> None:
@@ -208,7 +220,7 @@ async def test_bad_input_gets_json_errors(
 
 async def test_oversized_body_unknown_story_and_method(client: TestClient[Any, Any]) -> None:
     big = json.dumps({"input": "x" * 70_000})
-    response = await client.post("/", data=big)
+    response = await client.post("/", data=big, headers={"Content-Type": "application/json"})
     assert response.status == 413
     check(await response.json(), "/", "post", 413)
     for path in ("/stories/999999", "/stories/abc", "/stories/999999.md"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import aiohttp
@@ -42,9 +41,7 @@ async def test_token_starts_bot_and_http_together(
         await fake.wait_for_message(lambda m: is_story(m) and "Both at once" in m["content"])
         async with (
             aiohttp.ClientSession() as session,
-            session.post(
-                f"http://127.0.0.1:{port}/", data=json.dumps({"input": "Over HTTP"})
-            ) as reply,
+            session.post(f"http://127.0.0.1:{port}/", json={"input": "Over HTTP"}) as reply,
         ):
             body = await reply.json()
         assert body["output"].startswith("Over HTTP")

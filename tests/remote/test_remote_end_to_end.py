@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -47,7 +46,7 @@ async def test_bot_and_http_on_transformers_serve(
         assert len(story["content"]) > len("The remote detective") + 20
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{base}/", data=json.dumps({"input": "Over HTTP"})) as reply:
+            async with session.post(f"{base}/", json={"input": "Over HTTP"}) as reply:
                 body = await reply.json()
             assert reply.status == 200 and body["output"].startswith("Over HTTP")
             assert len(body["output"]) > len("Over HTTP")
