@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import web
 
 from api.app import create_app
+from api.site import LimitedSite, quiet_protocol_errors
 from app.errors import StartupError
+from app.logs import configure_logging
 from app.settings import Settings, SettingsError, load_settings
 from generation.backend import Backend
 from generation.engines import ModelPools, model_memory_mb
@@ -38,16 +40,6 @@ if TYPE_CHECKING:
     from bot.client import DiscordApp
 
 log = logging.getLogger("storybot")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
-    # discord.py logs the gateway URL and session at INFO: fine; tokens never.
-    logging.getLogger("discord.http").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPool:
@@ -143,17 +135,33 @@ def make_model_pools(
 
 
 async def start_http(service: StoryService, settings: Settings) -> web.AppRunner:
+    quiet_protocol_errors()
     app = create_app(
         service,
         api_key=settings.http_api_key.get_secret_value() if settings.http_api_key else None,
         max_body_bytes=settings.http_max_body_bytes,
         cors_origins=settings.cors_origins,
+        allowed_hosts=settings.allowed_hosts,
+        read_timeout_s=settings.http_read_timeout_s,
     )
     # Every request still open at shutdown has its answer by then (the pool fails
     # what waits): a second is plenty, not aiohttp's default of a minute.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    # keepalive_timeout also closes a connection whose request headers have not
+    # all arrived by then (a slowloris client); the app bounds the body itself.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        keepalive_timeout=settings.http_read_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    site = LimitedSite(
+        runner,
+        settings.http_host,
+        settings.http_port,
+        max_connections=settings.http_max_connections,
+    )
     try:
         await site.start()
     except OSError as error:

@@ -21,6 +21,12 @@ SamplingFields = Literal["auto", "extra", "generation_config", "none"]
 Precision = Literal["int8", "fp32"]
 
 
+# An API key this short can be guessed off loopback.
+MIN_API_KEY_CHARS = 16
+# The names a loopback server answers to by default.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
 class SettingsError(Exception):
     """A configuration problem, worded as one line for the operator."""
 
@@ -100,6 +106,15 @@ class Settings(BaseSettings):
     http_api_key: SecretStr | None = None
     http_cors_origins: str = ""  # comma-separated origins; empty = CORS off
     http_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Host names the server answers to (comma-separated; "*" = any). Empty: the
+    # loopback names and HTTP_HOST, so a web page that rebinds its own name to
+    # this address cannot read the answers.
+    http_allowed_hosts: str = ""
+    # A request's headers and body must arrive within this; idle keep-alive
+    # connections close after it too.
+    http_read_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    # Open connections at most; past it a new one gets 503 and is closed.
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
 
     # Fairness.
     user_max_active: int = Field(default=2, ge=1, le=100)
@@ -140,6 +155,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"HTTP_HOST={self.http_host} is not a loopback address, so HTTP_API_KEY is required"
             )
+        key = self.http_api_key.get_secret_value() if self.http_api_key else ""
+        if not is_loopback(self.http_host) and len(key) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"HTTP_API_KEY must be at least {MIN_API_KEY_CHARS} characters when HTTP_HOST "
+                "is not a loopback address (make one: python -c "
+                "'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         return self
 
     @field_validator("openai_base_url")
@@ -163,6 +185,18 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [o.strip() for o in self.http_cors_origins.split(",") if o.strip()]
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """HTTP_ALLOWED_HOSTS, or the loopback names plus HTTP_HOST when it
+        names one address (not a wildcard such as 0.0.0.0)."""
+        hosts = [h.strip() for h in self.http_allowed_hosts.split(",") if h.strip()]
+        if hosts:
+            return hosts
+        hosts = list(LOOPBACK_NAMES)
+        if self.http_host not in ("", "0.0.0.0", "::") and self.http_host not in hosts:
+            hosts.append(self.http_host)
+        return hosts
 
 
 def _describe(error: ValidationError) -> str:

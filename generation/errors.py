@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class GenerationError(Exception):
     """Base class: `str(error)` is a short sentence a person can read."""
@@ -27,7 +29,7 @@ class Busy(GenerationError):
     code = "busy"
 
     def __init__(self, retry_after: float, reason: str = "the queue is full") -> None:
-        self.retry_after = max(1.0, round(retry_after))
+        self.retry_after = float(max(1, math.ceil(retry_after)))  # never too early
         super().__init__(f"Busy: {reason}, try again in about {self.retry_after:.0f} s.")
 
 

@@ -42,6 +42,7 @@ from generation.errors import (
     PromptTooLong,
     TimedOut,
 )
+from generation.throughput import Throughput
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,9 @@ class Reservation:
     message is being posted). `submit(request, reservation)` uses it; `release()`
     gives it back. Releasing twice, or after use, does nothing."""
 
-    def __init__(self, pool: GenerationPool) -> None:
+    def __init__(self, pool: GenerationPool, tokens: int) -> None:
         self._pool = pool
+        self.tokens = tokens  # the request's max_new_tokens, for retry estimates
         self.held = True
 
     def release(self) -> None:
@@ -170,6 +172,7 @@ class Reservation:
             self.held = False
             with self._pool._cond:
                 self._pool._reserved -= 1
+                self._pool._reserved_tokens -= self.tokens
 
 
 class GenerationPool:
@@ -198,8 +201,10 @@ class GenerationPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._seconds_per_job = 10.0  # moving estimate, for Busy's retry hint
+        self._seconds_per_job = 10.0  # moving estimate, until throughput is measured
+        self.throughput = Throughput()
         self._reserved = 0  # places held by `reserve()` for requests not yet submitted
+        self._reserved_tokens = 0  # the tokens those requests will ask for
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -274,8 +279,8 @@ class GenerationPool:
         if request.timeout_s is not None and not request.timeout_s > 0:
             raise InvalidRequest("timeout_s must be positive.")
 
-    def reserve(self) -> Reservation:
-        """Hold a place in the queue for a request about to be submitted, so that
+    def reserve(self, request: GenerationRequest) -> Reservation:
+        """Hold a place in the queue for `request`, about to be submitted, so that
         `Busy` is known before anything is shown to anyone. Raises `Busy`,
         `PoolClosed`."""
         if self._closing or self._loop is None or self.backend is None:
@@ -285,7 +290,8 @@ class GenerationPool:
             if waiting >= self.max_queue:
                 raise Busy(self.retry_estimate(waiting))
             self._reserved += 1
-        return Reservation(self)
+            self._reserved_tokens += request.params.max_new_tokens
+        return Reservation(self, request.params.max_new_tokens)
 
     def predicted_position(self) -> int:
         """The position a request submitted now would get (1 = next in line)."""
@@ -339,8 +345,19 @@ class GenerationPool:
         return ticket
 
     def retry_estimate(self, waiting: int) -> float:
-        rounds = math.ceil((waiting + 1) / self.max_batch)
-        return max(1.0, rounds * self._seconds_per_job)
+        """Seconds until the work queued ahead of a request refused now is done:
+        the tokens still to write (the rest of every running job, all of every
+        waiting or reserved one) over the tokens per second measured recently.
+        Before any measurement: batches ahead times the time a batch has taken."""
+        with self._cond:
+            rate = self.throughput.rate(job.new_tokens for job in self._running)
+            if rate is None:
+                rounds = math.ceil((waiting + 1) / self.max_batch)
+                return max(1.0, rounds * self._seconds_per_job)
+            ahead = sum(max(0, job.params.max_new_tokens - job.new_tokens) for job in self._running)
+            ahead += sum(job.params.max_new_tokens for job in self._waiting)
+            ahead += self._reserved_tokens
+        return min(3600.0, max(1.0, ahead / rate))
 
     @property
     def queue_depth(self) -> int:
@@ -481,6 +498,8 @@ class GenerationPool:
             return self._prepare(backend, late)
 
         started = time.monotonic()
+        with self._cond:
+            self.throughput.batch_started()
         ready = self._prepare(backend, jobs)
         try:
             if ready:
@@ -493,6 +512,8 @@ class GenerationPool:
             for job in stranded:
                 self._fail(job, GenerationError("Generation failed; please try again."))
         elapsed = time.monotonic() - started
+        with self._cond:
+            self.throughput.batch_ended()
         if ready:
             # Each job costs about a batch's time when batched: a fair retry hint.
             self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * elapsed
@@ -507,6 +528,7 @@ class GenerationPool:
         """Job hook, on the worker: deliver the outcome as soon as a job ends."""
         with self._cond:
             self._running.discard(job)
+            self.throughput.job_ended(job.new_tokens)
         self.stats.jobs_done += 1
         result: GenerationResult | None = job.result()
         error: GenerationError | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cut
 INTERRUPTED = "Interrupted by a restart."
 # Zero-width and other invisible characters: a prompt of only these is empty.
+# Control characters other than tab and line breaks: never part of a story (and
+# a NUL cuts the text short in many a client).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
 
@@ -250,6 +254,11 @@ class StoryService:
             raise InvalidRequest("The prompt is empty: give the story a first line.")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"The prompt is too long: at most {MAX_PROMPT_CHARS} characters.")
+        if control := _CONTROL.search(prompt):
+            raise InvalidRequest(
+                f"The prompt contains an invisible control character "
+                f"(U+{ord(control.group()):04X}); remove it and try again."
+            )
         return prompt.strip()
 
     def _take_slot(self, who: Requester) -> Callable[[], None]:
@@ -340,7 +349,7 @@ class StoryService:
         pool.validate(request)  # refuse bad input before storing anything
         release = self._take_slot(who)
         try:
-            reservation = pool.reserve()  # Busy before anything is stored or shown
+            reservation = pool.reserve(request)  # Busy before anything is stored or shown
         except BaseException:
             release()
             raise
@@ -573,7 +582,7 @@ class StoryService:
         pool.validate(request)
         release = self._take_slot(who)
         try:
-            reservation = pool.reserve()
+            reservation = pool.reserve(request)
         except BaseException:
             release()
             raise

@@ -79,10 +79,39 @@ def test_token_never_shows(
     assert SECRET not in str(error.value)
 
 
-def test_public_host_with_key_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_public_host_needs_a_long_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_HOST", "0.0.0.0")
-    monkeypatch.setenv("HTTP_API_KEY", "k")
+    monkeypatch.setenv("HTTP_API_KEY", "k" * 15)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "HTTP_API_KEY" in message and "16" in message and "\n" not in message
+    assert "k" * 15 not in message  # the key itself is never echoed
+    monkeypatch.setenv("HTTP_API_KEY", "k" * 16)
     assert load_settings().http_host == "0.0.0.0"
+    # On loopback a short key is the operator's choice.
+    monkeypatch.setenv("HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("HTTP_API_KEY", "k")
+    assert load_settings().http_api_key is not None
+
+
+@pytest.mark.parametrize(
+    ("env", "hosts"),
+    [
+        ({}, ["localhost", "127.0.0.1", "::1"]),
+        ({"HTTP_HOST": "0.0.0.0"}, ["localhost", "127.0.0.1", "::1"]),
+        ({"HTTP_HOST": "10.1.2.3"}, ["localhost", "127.0.0.1", "::1", "10.1.2.3"]),
+        ({"HTTP_ALLOWED_HOSTS": " story.example.org , 10.1.2.3 "}, ["story.example.org", "10.1.2.3"]),
+        ({"HTTP_ALLOWED_HOSTS": "*"}, ["*"]),
+    ],
+)
+def test_allowed_hosts(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], hosts: list[str]
+) -> None:
+    monkeypatch.setenv("HTTP_API_KEY", "x" * 32)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().allowed_hosts == hosts
 
 
 def test_env_example_lists_every_setting() -> None:
