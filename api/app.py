@@ -71,6 +71,9 @@ async def _read_body(request: web.Request) -> bytes:
         async with asyncio.timeout(request.app[READ_TIMEOUT_KEY]):
             return await request.read()  # raises 413 past client_max_size
     except TimeoutError:
+        # Not done reading: without this aiohttp would linger, reading the rest
+        # of the body for up to 10 s before it closes the connection.
+        request.content.feed_eof()
         raise ApiError(
             408, "request_timeout", "The request body arrived too slowly.", close=True
         ) from None
