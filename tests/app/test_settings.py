@@ -101,7 +101,10 @@ def test_public_host_needs_a_long_key(monkeypatch: pytest.MonkeyPatch) -> None:
         ({}, ["localhost", "127.0.0.1", "::1"]),
         ({"HTTP_HOST": "0.0.0.0"}, ["localhost", "127.0.0.1", "::1"]),
         ({"HTTP_HOST": "10.1.2.3"}, ["localhost", "127.0.0.1", "::1", "10.1.2.3"]),
-        ({"HTTP_ALLOWED_HOSTS": " story.example.org , 10.1.2.3 "}, ["story.example.org", "10.1.2.3"]),
+        (
+            {"HTTP_ALLOWED_HOSTS": " story.example.org , 10.1.2.3 "},
+            ["story.example.org", "10.1.2.3"],
+        ),
         ({"HTTP_ALLOWED_HOSTS": "*"}, ["*"]),
     ],
 )
