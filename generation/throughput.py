@@ -30,17 +30,17 @@ class Throughput:
         # (wall time, tokens written, busy seconds) at moments while busy.
         self._samples: deque[tuple[float, int, float]] = deque()
 
-    def batch_started(self, running: Iterable[int] = ()) -> None:
+    def batch_started(self) -> None:
         now = self._clock()
         self._batch_started = now
-        self._sample(now, running)
+        self._sample(now)
 
     def batch_ended(self) -> None:
         now = self._clock()
         if self._batch_started is not None:
             self._busy_done += now - self._batch_started
             self._batch_started = None
-        self._sample(now, ())
+        self._sample(now)
 
     def job_ended(self, tokens: int) -> None:
         self._tokens_done += tokens
@@ -67,6 +67,7 @@ class Throughput:
             busy += now - self._batch_started
         return self._tokens_done + sum(running), busy
 
-    def _sample(self, now: float, running: Iterable[int]) -> None:
-        tokens, busy = self._progress(now, running)
+    def _sample(self, now: float) -> None:
+        # Between batches no job is running: every token is counted as done.
+        tokens, busy = self._progress(now, ())
         self._samples.append((now, tokens, busy))
