@@ -125,6 +125,10 @@ def _options(body: dict[str, Any]) -> StoryOptions:
         value = body.get(name)
         if value is None:
             continue
+        if types == (int,) and isinstance(value, float) and value.is_integer():
+            # JSON has one number type: 3.0 is the whole number 3 (as JSON Schema,
+            # and so the OpenAPI document, count it).
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, types):
             kind = (
                 "a string"

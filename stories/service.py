@@ -26,12 +26,12 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
 from generation.pool import GenerationPool, Reservation, Ticket
-from generation.types import GenerationRequest, GenerationResult
+from generation.types import GenerationParams, GenerationRequest, GenerationResult
 from storage.errors import NotFound, StorageError
 from storage.models import (
     Deleted,
@@ -79,6 +79,21 @@ class StoryOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+
+
+def _fit(params: GenerationParams, options: StoryOptions, pool: GenerationPool) -> GenerationParams:
+    """A length nobody asked for (the genre's default) fits the server's limit; a
+    length somebody asked for is theirs, and is refused if it does not."""
+    limit = pool.max_new_tokens_limit
+    if options.max_new_tokens is not None or params.max_new_tokens <= limit:
+        return params
+    return replace(
+        params,
+        max_new_tokens=limit,
+        min_new_tokens=min(params.min_new_tokens, limit)
+        if options.min_new_tokens is None
+        else params.min_new_tokens,
+    )
 
 
 @dataclass(frozen=True)
@@ -344,8 +359,9 @@ class StoryService:
         prompt = self._check_prompt(prompt)
         genre = self._genre(options.genre, who)
         params = genre.params(**asdict(options)).with_seed()
-        request = GenerationRequest(prompt, params, primer=genre.primer)
         pool = await self._pool_for(genre)
+        params = _fit(params, options, pool)
+        request = GenerationRequest(prompt, params, primer=genre.primer)
         pool.validate(request)  # refuse bad input before storing anything
         release = self._take_slot(who)
         try:
@@ -572,13 +588,17 @@ class StoryService:
         announce: Announce | None,
     ) -> Run:
         genre = self._story_genre(story, who)
+        asked = options or StoryOptions()
+        # Without options, a part is as long as the one before (which fits the
+        # limit it was written under; _fit makes it fit today's).
         previous = (parent.params or {}).get("max_new_tokens")
         options = options or StoryOptions(max_new_tokens=previous)
         params = genre.params(**asdict(options) | {"genre": None}).with_seed()
+        pool = await self._pool_for(genre)
+        params = _fit(params, asked, pool)
         path = await self.store.path_to(parent.id)
         previous_text = "".join(part.text for part in path)
         request = GenerationRequest(previous_text, params, primer=genre.primer)
-        pool = await self._pool_for(genre)
         pool.validate(request)
         release = self._take_slot(who)
         try:
