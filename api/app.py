@@ -288,7 +288,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(spec())
+    """The description of this server: its genres, its length limit, whether it
+    asks for a key (so a generated client offers what the server takes)."""
+    service = request.app[SERVICE_KEY]
+    return _json(
+        spec(
+            api_key=bool(request.app[API_KEY]),
+            genres=[genre.key for genre in service.genres],
+            max_new_tokens=service.pool.max_new_tokens_limit,
+        )
+    )
 
 
 @web.middleware

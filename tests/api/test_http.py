@@ -154,7 +154,9 @@ async def test_continue_get_and_markdown(client: TestClient[Any, Any]) -> None:
     assert "**The captain**" in await markdown.text()
 
 
-async def test_health_ready_and_openapi(client: TestClient[Any, Any], app_routes: None) -> None:
+async def test_health_ready_and_openapi(
+    client: TestClient[Any, Any], service: StoryService, app_routes: None
+) -> None:
     health = await client.get("/healthz")
     check(await health.json(), "/healthz", "get", 200)
     ready = await client.get("/readyz")
@@ -162,7 +164,14 @@ async def test_health_ready_and_openapi(client: TestClient[Any, Any], app_routes
     check(body, "/readyz", "get", 200)
     assert body["ready"] and body["model"] == "tiny-gpt2" and body["backend"] == "transformers"
     served = await (await client.get("/openapi.json")).json()
-    assert served == json.loads(json.dumps(SPEC))
+    # The document describes this server: its genres, its limit, no key asked.
+    here = spec(
+        api_key=False,
+        genres=[genre.key for genre in service.genres],
+        max_new_tokens=service.pool.max_new_tokens_limit,
+    )
+    assert served == json.loads(json.dumps(here))
+    assert "security" not in served["paths"]["/"]["post"]
 
 
 @pytest.fixture
@@ -249,6 +258,10 @@ async def test_api_key_is_required_when_configured(
         headers={"Authorization": "Bearer s3cret-key"},
     )
     assert ok.status == 200
+    # The document, public, tells a client that this server wants the key.
+    described = await (await client.get("/openapi.json")).json()
+    assert described["paths"]["/"]["post"]["security"] == [{"bearer": []}]
+    assert "401" in described["paths"]["/"]["post"]["responses"]
 
 
 async def test_cors_is_off_unless_configured(
