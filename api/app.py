@@ -259,13 +259,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     pool = service.pool
-    database = True
+    database, problem = True, None
     try:
         await service.store.schema_version()
-    except Exception:
-        database = False
+        problem = await service.store.write_problem()
+    except Exception as error:
+        database, problem = False, str(error) or type(error).__name__
+    writable = database and problem is None
     backend = pool.backend
-    ready = pool.ready and database
+    ready = pool.ready and writable
     remote: dict[str, Any] | None = None
     health = getattr(backend, "health", None)
     if health is not None:  # a remote engine: is it answering now?
@@ -278,10 +280,13 @@ async def readyz(request: web.Request) -> web.Response:
         "model": backend.model_id if backend else None,
         "backend": backend.name if backend else None,
         "database": database,
+        "database_writable": writable,
         "queue_depth": pool.queue_depth,
         "running": pool.running,
         "queue_capacity": pool.max_queue,
     }
+    if problem is not None:
+        body["database_error"] = problem
     if remote is not None:
         body["remote"] = remote
     return _json(body, status=200 if ready else 503)

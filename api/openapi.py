@@ -124,13 +124,31 @@ _HEALTH = {
 
 _READY = {
     "type": "object",
-    "required": ["ready", "model_loaded", "model", "backend", "database", "queue_depth", "running"],
+    "required": [
+        "ready",
+        "model_loaded",
+        "model",
+        "backend",
+        "database",
+        "database_writable",
+        "queue_depth",
+        "running",
+    ],
     "properties": {
         "ready": {"type": "boolean"},
         "model_loaded": {"type": "boolean"},
         "model": {"type": ["string", "null"]},
         "backend": {"type": ["string", "null"]},
-        "database": {"type": "boolean"},
+        "database": {"description": "the database answers a read", "type": "boolean"},
+        "database_writable": {
+            "description": "the database takes a write now (a full disk or a read-only "
+            "file makes it false, and the server not ready)",
+            "type": "boolean",
+        },
+        "database_error": {
+            "description": "only when the database does not answer or take writes: why",
+            "type": "string",
+        },
         "queue_depth": {"type": "integer", "minimum": 0},
         "running": {"type": "integer", "minimum": 0},
         "queue_capacity": {"type": "integer"},

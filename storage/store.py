@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).parent / "schema"
 _SCHEMA_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 TITLE_WORDS = 8
+PROBE_BYTES = 64 * 1024  # a write probe's size: a part of a long story, overflow pages and all
+PROBE_EVERY_S = 10.0  # while writes succeed, /readyz probes the disk at most this often
 
 
 def migrations(schema_dir: Path = SCHEMA_DIR) -> list[tuple[int, Path]]:
@@ -85,6 +88,32 @@ def _translate(error: sqlite3.Error) -> StorageError:
     return StorageError(f"database error: {text}")
 
 
+def _why_read_only(path: Path) -> str | None:
+    """Why `path` cannot be written, when it is the file system or the file
+    mode (SQLite then says only "unable to open database file")."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        return None
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is read-only (SQLite writes its journal there)"
+    return None
+
+
+def _open_error(path: Path, error: BaseException) -> StorageUnavailable:
+    reason = _why_read_only(path)
+    if reason is not None:
+        return StorageUnavailable(
+            f"database {path} is read-only: {reason}; storybot must write it, so make it "
+            "writable or set DATABASE_PATH to a writable place"
+        )
+    return StorageUnavailable(f"cannot open database {path}: {error}")
+
+
 class Store:
     """The story store. Open with `await Store.open(path)` or `async with`."""
 
@@ -93,6 +122,9 @@ class Store:
         self._lock = asyncio.Lock()
         self._closed = False
         self.path = path
+        # What the last write said: None (it was saved) or why not, and when.
+        self._write_error: str | None = None
+        self._write_seen = -float("inf")
 
     # ------------------------------------------------------------------- opening
     @classmethod
@@ -108,7 +140,7 @@ class Store:
                 # isolation_level=None: we issue BEGIN/COMMIT ourselves.
                 conn = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as error:
-            raise StorageUnavailable(f"cannot open database {path}: {error}") from None
+            raise _open_error(path, error) from None
         conn.row_factory = sqlite3.Row
         store = cls(conn, path)
         try:
@@ -142,6 +174,8 @@ class Store:
                     log.warning("database %s is not in WAL mode", self.path)
                 await self._conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as error:
+            if not read_only and _why_read_only(self.path) is not None:
+                raise _open_error(self.path, error) from None
             raise StorageUnavailable(
                 f"{self.path} is not a usable SQLite database: {error}"
             ) from None
@@ -190,10 +224,17 @@ class Store:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as error:
                 await self._rollback()
-                raise _translate(error) from None
+                translated = _translate(error)
+                if write and isinstance(translated, StorageUnavailable):
+                    self._write_error, self._write_seen = str(translated), time.monotonic()
+                raise translated from None
             except BaseException:
                 await self._rollback()
                 raise
+            if write and self._write_error is None:
+                # Saved, so the disk took it. Not the all-clear after a failure:
+                # a small update fits where a new part does not; the probe decides.
+                self._write_seen = time.monotonic()
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         async with self._transaction(write=False) as conn:
@@ -204,6 +245,33 @@ class Store:
         async with self._transaction(write=False) as conn:
             cursor = await conn.execute(sql, args)
             return list(await cursor.fetchall())
+
+    async def probe_write(self) -> None:
+        """Raise `StorageUnavailable` unless the database takes a write now: a
+        row of PROBE_BYTES is saved, then removed (two commits, so the bytes
+        really reach the disk, not only the page cache)."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, zeroblob(?))",
+                (PROBE_BYTES,),
+            )
+        # Only after a saved probe: an empty DELETE would succeed on a full disk
+        # and clear the failure just seen. A row left behind is replaced next time.
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM write_probe")
+
+    async def write_problem(self, max_age: float = PROBE_EVERY_S) -> str | None:
+        """None when writes are saved, else why not ("the disk is full...").
+        Recent writes answer for themselves; otherwise, and always after a
+        failed one (so recovery shows at once), the disk is probed."""
+        if self._write_error is None and time.monotonic() - self._write_seen < max_age:
+            return None
+        try:
+            await self.probe_write()
+        except StorageUnavailable as failed:
+            return str(failed)
+        self._write_error, self._write_seen = None, time.monotonic()
+        return None
 
     async def integrity_check(self) -> str:
         row = await self._one("PRAGMA integrity_check")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -315,6 +319,44 @@ async def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
             await store.create_story(prompt="refused", genre="crime", author_id=1)
         assert (await store.list_stories(1)).total == 1
         assert await store.integrity_check() == "ok"
+
+
+@contextlib.contextmanager
+def _made_read_only(folder: Path) -> Iterator[Callable[[], None]]:
+    """A folder written first, then made read-only by the call it yields: a
+    read-only file system where we may mount one (as root, who ignores file
+    modes), else the folder's mode."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        yield lambda: folder.chmod(0o555)
+        folder.chmod(0o755)
+        return
+
+    def mount(*args: str) -> None:
+        done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a read-only file system here: {done.stderr.strip()}")
+
+    mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder))
+    try:
+        yield lambda: mount("-o", "remount,ro", str(folder))
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+async def test_a_database_on_a_read_only_file_system_says_read_only(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    with _made_read_only(folder) as make_read_only:
+        async with await Store.open(folder / "db.sqlite3") as store:
+            await store.create_story(prompt="kept", genre="crime", author_id=1)
+        make_read_only()
+        for name in ("db.sqlite3", "new.sqlite3"):  # the existing one, and a new one
+            with pytest.raises(StorageUnavailable) as refused:
+                await Store.open(folder / name)
+            message = str(refused.value)
+            assert "is read-only" in message and "DATABASE_PATH" in message, message
+            assert "not a usable" not in message
+        assert (folder / "db.sqlite3").stat().st_size > 0  # and nothing was lost
 
 
 async def test_a_closed_store_refuses_clearly(tmp_path: Path) -> None:
