@@ -51,7 +51,7 @@ def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPo
             return _remote_backend(settings)
         options = {
             "max_batch_size": settings.max_batch_size,
-            "threads": settings.torch_threads,
+            "threads": settings.generation_threads,
             "precision": settings.precision,
         }
         # Imported only when chosen: the ONNX backend needs no torch at run time,
@@ -320,6 +320,8 @@ def main() -> int:
         print(f"error: configuration: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    for line in settings.deprecations:
+        log.warning("%s", line)
     try:
         asyncio.run(_serve_until_signal(settings))
     except (StartupError, ModelLoadError, StorageError, GenreConfigError) as error:

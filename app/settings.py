@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # unloaded to keep all loaded models within this (GPT-2 small int8 with a
     # full batch: about 820 MB each).
     model_memory_budget_mb: float = Field(default=3000.0, gt=0)
+    # Threads for generation, torch's and ONNX Runtime's alike; None: all cores.
+    generation_threads: int | None = Field(default=None, ge=1, le=256)
+    # The old name of GENERATION_THREADS (it set ONNX Runtime's threads too):
+    # still read, with a warning at start-up.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     max_batch_size: int = Field(default=8, ge=1, le=64)
     queue_size: int = Field(default=32, ge=1, le=10_000)
@@ -137,7 +141,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("discord_dev_guild_id", "torch_threads", mode="before")
+    @field_validator("discord_dev_guild_id", "generation_threads", "torch_threads", mode="before")
     @classmethod
     def _blank_int_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -181,6 +185,23 @@ class Settings(BaseSettings):
                 "BACKEND=openai needs OPENAI_BASE_URL, the server's API root, like http://host:8000/v1"
             )
         return self
+
+    @model_validator(mode="after")
+    def _old_names(self) -> Settings:
+        if self.generation_threads is None and self.torch_threads is not None:
+            self.generation_threads = self.torch_threads
+        return self
+
+    @property
+    def deprecations(self) -> list[str]:
+        """One line per old setting name in use, for the start-up log."""
+        if self.torch_threads is None:
+            return []
+        wins = self.generation_threads != self.torch_threads
+        return [
+            "TORCH_THREADS is deprecated (it sets ONNX Runtime's threads too): "
+            "rename it GENERATION_THREADS" + (" (which is set too, and wins)" if wins else "")
+        ]
 
     @property
     def cors_origins(self) -> list[str]:

@@ -24,7 +24,7 @@ def env_for(model_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
         DATABASE_PATH=str(tmp_path / "db" / "s.sqlite3"),
         HTTP_PORT=str(free_port()),
         LOG_LEVEL="INFO",
-        TORCH_THREADS="1",
+        GENERATION_THREADS="1",
     )
     env.update(extra)
     return env

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from app.settings import SettingsError, load_settings
 
@@ -117,17 +118,87 @@ def test_allowed_hosts(
     assert load_settings().allowed_hosts == hosts
 
 
-def test_env_example_lists_every_setting() -> None:
+OLD_NAMES = {"torch_threads"}  # read for compatibility, not listed in .env.example
+# The secrets a user may have to set; all else in .env.example is commented out.
+SET_IN_EXAMPLE = {"DISCORD_TOKEN", "HTTP_API_KEY"}
+
+
+def _env_file(text: str) -> dict[str, str]:
+    """A .env file read by docker compose's env_file rules (compose-spec): `#`
+    lines and blank lines are ignored, VAR=VAL sets VAL (quotes removed, an
+    unquoted value ends at " #"), VAR= sets the empty string."""
+    values = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
+            value = value[1:-1]
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0]
+        values[key.strip()] = value
+    return values
+
+
+def _image_environment() -> set[str]:
+    """Variables the Dockerfile's ENV instructions and compose.yaml set."""
+    from tests.conftest import REPO
+
+    dockerfile = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    names = set()
+    for line in dockerfile.splitlines():
+        if line.startswith("ENV "):
+            names |= set(re.findall(r"([A-Z][A-Z0-9_]*)=", line))
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        names |= set(service.get("environment", {}))
+    return names
+
+
+def test_env_example_lists_every_setting_with_its_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from app.settings import Settings
     from tests.conftest import REPO
 
     example = (REPO / ".env.example").read_text()
-    # Set (KEY=value) or listed with its default commented out (# KEY=value):
-    # a copied .env must not override what the image or the script decides.
-    keys = {match[1] for match in re.finditer(r"^(?:# )?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE)}
-    assert keys == {name.upper() for name in Settings.model_fields}
-    for key in ("MODEL_DIR", "HTTP_HOST", "OPENAI_TOKENIZER"):
-        assert re.search(rf"^# {key}=", example, re.MULTILINE), key
+    listed = dict(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=(.*)$", example, re.MULTILINE))
+    assert set(listed) == {name.upper() for name in Settings.model_fields} - {
+        name.upper() for name in OLD_NAMES
+    }
+    defaults = load_settings().model_dump()
+    # Uncommenting any line as it stands changes nothing: each shows the default.
+    for key, value in listed.items():
+        monkeypatch.setenv(key, value)
+        assert load_settings().model_dump() == defaults, f"{key}={value} is not the default"
+        monkeypatch.delenv(key)
+
+
+def test_a_copied_env_example_overrides_nothing(tmp_path: Path) -> None:
+    """README step 1 of "Discord" and "Docker": cp .env.example .env. Read as
+    compose reads it, it sets only the empty secrets, none of which the image
+    or compose.yaml sets (an empty HTTP_HOST or OPENAI_TOKENIZER would undo the
+    image's); read as the bot reads it, it gives the defaults."""
+    from tests.conftest import REPO
+
+    passed = _env_file((REPO / ".env.example").read_text())
+    assert set(passed) <= SET_IN_EXAMPLE and set(passed.values()) == {""}, passed
+    assert not set(passed) & _image_environment()
+    (tmp_path / ".env").write_text((REPO / ".env.example").read_text())
+    assert load_settings().model_dump() == load_settings(_env_file=None).model_dump()
+
+
+def test_the_old_threads_name_still_works_and_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_THREADS", "3")
+    settings = load_settings()
+    assert settings.generation_threads == 3
+    assert any("GENERATION_THREADS" in line for line in settings.deprecations)
+    monkeypatch.setenv("GENERATION_THREADS", "2")  # the new name wins
+    assert load_settings().generation_threads == 2
+    monkeypatch.delenv("TORCH_THREADS")
+    assert load_settings().deprecations == []
 
 
 def test_remote_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:

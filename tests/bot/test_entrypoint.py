@@ -25,7 +25,7 @@ def settings_for(fake: FakeDiscord, model: Path, tmp_path: Path, port: int, toke
         database_path=tmp_path / "s.sqlite3",
         http_port=port,
         genres_path=REPO / "genres.toml",
-        torch_threads=1,
+        generation_threads=1,
     )
 
 

@@ -182,7 +182,7 @@ async def test_an_evening_with_a_restart_and_a_crash(
         DISCORD_DEV_GUILD_ID=fake.server.guild_id,
         MODEL_DIR=str(tiny_model_dir),
         BACKEND="transformers",
-        TORCH_THREADS="1",
+        GENERATION_THREADS="1",
         DATABASE_PATH=str(tmp_path / "evening.sqlite3"),
         HTTP_PORT=str(free_port()),
         USER_COOLDOWN_S="0.3",

@@ -130,7 +130,7 @@ async def test_the_service_serves_a_genre_from_its_own_model_folder(
         database_path=tmp_path / "s.sqlite3",
         http_port=port,
         genres_path=genres,
-        torch_threads=1,
+        generation_threads=1,
     )
     stop = asyncio.Event()
     ready = asyncio.Event()
