@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root and install the pinned requirements.
+# Create .venv in the repository root and install the lock file (every package
+# at its locked version, checked against its hash; scripts/lock.sh makes it).
+# torch, the CPU build, is installed by name first (why: scripts/lock.sh).
 # Idempotent: a stamp of the requirements' hash skips pip when nothing changed.
 #   scripts/setup.sh            runtime requirements
 #   scripts/setup.sh dev        runtime + test and lint tools
@@ -19,6 +21,9 @@ hash=$(cat requirements-slim.txt requirements.txt "$requirements" | sha256sum | 
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
   echo "installing $requirements into .venv ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r "$requirements"
+  # --no-deps: its dependencies are in the lock, hashed. Where pip finds only
+  # PyPI's CUDA build, PyTorch's CPU index has this one (the Dockerfile uses it).
+  .venv/bin/python -m pip install --quiet --no-deps torch==2.13.0
+  .venv/bin/python -m pip install --quiet --require-hashes -r "$requirements"
   echo "$hash" > "$stamp"
 fi
