@@ -29,6 +29,9 @@ torch_from=(--override "$cpu" --index-url https://pypi.org/simple
 
 lock() {  # lock IN OUT [CONSTRAINT]
   local in=$1 out=$2; shift 2
+  # uv keeps the versions already in its output file where they still fit: start
+  # it from the current lock, or every run would be an --upgrade.
+  [[ -f "$out" ]] && cp "$out" "$out.tmp"
   "${uv[@]}" "${compile[@]}" "${torch_from[@]}" "$@" "$in" -o "$out.tmp"
   # Drop torch's own entry (a block of lines up to the next package).
   awk '/^torch==/{skip=1; next} skip && /^[^ #]/{skip=0} !skip' "$out.tmp" > "$out"
