@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Fail fast offline: the Hub client's defaults wait and retry for a long time.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -40,6 +41,7 @@ ALLOW_PATTERNS = [
     "merges.txt",
 ]
 TINY_DIR = Path("models/tiny-gpt2")
+DOWNLOAD_CHUNK_SIZE = 256 * 1024  # bytes the Hub client reads between progress updates
 
 
 class DownloadError(Exception):
@@ -63,8 +65,25 @@ def offline_hint() -> str:
     )
 
 
-def fetch(model: str, revision: str | None, out: Path) -> None:
-    from huggingface_hub import snapshot_download
+def first_line(error: BaseException) -> str:
+    """The Hub client's messages run over several lines (URL, docs link): keep one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def http_refusal(error: Any) -> str:
+    """One line for an `HfHubHTTPError`: which status, and what to do."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None and status >= 500:
+        return f"the Hugging Face Hub answered HTTP {status} (a server error): try again later"
+    answered = f"HTTP {status}" if status is not None else "an error"
+    return f"the Hugging Face Hub answered {answered} ({first_line(error)}): {offline_hint()}"
+
+
+def fetch(model: str, revision: str | None, out: Path, force: bool) -> str:
+    """Download the allowed files of `model` into `out`; return the commit fetched."""
+    import httpx2  # huggingface_hub's HTTP client: its network errors are not OSErrors
+    from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -73,27 +92,54 @@ def fetch(model: str, revision: str | None, out: Path) -> None:
         RevisionNotFoundError,
     )
 
+    # The client hands file bodies over in 10 MiB chunks: on a slow line the
+    # progress bar stands still for seconds, and a connection cut off loses
+    # up to a chunk, since a resume starts from the last whole one.
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, DOWNLOAD_CHUNK_SIZE)
     try:
+        # Resolve the revision first: its errors are the Hub's own (unknown,
+        # gated, down) rather than snapshot_download's fallback to whatever
+        # half-finished folder is on disk, and the commit goes in the manifest.
+        info = HfApi().model_info(model, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        if info.sha is None:
+            raise DownloadError(f"the Hub did not say which commit {model!r} is at")
+        if info.siblings is not None and not any(
+            sibling.rfilename.endswith(".safetensors") for sibling in info.siblings
+        ):
+            raise DownloadError(
+                f"model {model!r} has no safetensors weights; storybot loads only those"
+            )
         snapshot_download(
             repo_id=model,
-            revision=revision,
+            revision=info.sha,  # a commit: the same files even if the branch moves meanwhile
             local_dir=str(out),
             allow_patterns=ALLOW_PATTERNS,
+            force_download=force,
         )
+    except GatedRepoError:  # a RepositoryNotFoundError too: test it first
+        raise DownloadError(f"model {model!r} is gated: accept its terms and log in") from None
     except RepositoryNotFoundError:
         raise DownloadError(
             f"unknown model id {model!r} on the Hugging Face Hub (or it is private)"
         ) from None
     except RevisionNotFoundError:
         raise DownloadError(f"model {model!r} has no revision {revision!r}") from None
-    except GatedRepoError:
-        raise DownloadError(f"model {model!r} is gated: accept its terms and log in") from None
-    except LocalEntryNotFoundError:
-        raise DownloadError(f"could not reach the Hugging Face Hub: {offline_hint()}") from None
     except HfHubHTTPError as error:
-        raise DownloadError(f"the Hub refused the download ({error}): {offline_hint()}") from None
-    except OSError as error:  # connection errors, full disk, permissions
-        raise DownloadError(f"download failed: {error}: {offline_hint()}") from None
+        raise DownloadError(http_refusal(error)) from None
+    except LocalEntryNotFoundError as error:  # the Hub failed after the revision resolved
+        cause = error.__cause__
+        if isinstance(cause, HfHubHTTPError):
+            raise DownloadError(http_refusal(cause)) from None
+        raise DownloadError(f"could not reach the Hugging Face Hub: {offline_hint()}") from None
+    except (httpx2.TransportError, ConnectionError) as error:
+        # Unreachable, timed out, or the connection kept dropping mid-file
+        # (the client resumes a few times first).
+        raise DownloadError(
+            f"could not reach the Hugging Face Hub ({first_line(error)}): {offline_hint()}"
+        ) from None
+    except OSError as error:  # full disk, permissions, a size that does not match
+        raise DownloadError(f"download failed: {first_line(error)}") from None
+    return info.sha
 
 
 def verify(out: Path) -> str:
@@ -114,16 +160,21 @@ def download(model: str, revision: str | None, out: Path, force: bool) -> None:
         return
     print(f"downloading {model}{'@' + revision if revision else ''} into {out} ...", flush=True)
     started = time.monotonic()
-    fetch(model, revision, out)
-    if not any(out.glob("*.safetensors")):
-        raise DownloadError(
-            f"model {model!r} has no safetensors weights; storybot loads only those"
-        )
+    # From the first file replaced, an old manifest would vouch for a folder
+    # that a fetch cut short leaves half old, half new.
+    (out / MANIFEST).unlink(missing_ok=True)
+    commit = fetch(model, revision, out, force)
     try:
+        check_model_dir(out)
         summary = verify(out)
     except ModelLoadError as error:
         raise DownloadError(str(error)) from None
-    manifest = {"model_id": model, "revision": revision, "downloaded_at": time.time()}
+    manifest = {
+        "model_id": model,
+        "revision": revision,
+        "commit": commit,
+        "downloaded_at": time.time(),
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     print(f"ok: {model} loads ({summary}), {time.monotonic() - started:.0f} s")
 
