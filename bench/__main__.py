@@ -246,19 +246,48 @@ def _ms(value: float) -> str:
     return "n/a" if value != value else f"{value:.0f} ms"  # NaN: no text was streamed
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 tokens, 8 requests, one round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 50 tokens, 8 requests, one round (overrides --rounds and --tokens)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all backends, the order rotating each round; medians are reported "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=200,
+        help="new tokens each request generates (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also write bench/{RESULTS.name} (else only bench/out/)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated backends to measure, from "
+        f"{', '.join([*BACKENDS, 'onnx'])}; {REFERENCE} (the reference) is always added "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--remote",
         action="store_true",
         help="add the openai backend against `transformers serve` on loopback",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     rounds, tokens, levels = args.rounds, args.tokens, [8, 32]
     if args.quick:
         rounds, tokens, levels = 1, 50, [8]

@@ -37,11 +37,21 @@ class FinetuneError(Exception):
     """One line for the user; exit status 2."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, but none for a required option, a flag, or an
+    option whose absence means something its help already says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m generation.finetune",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--data", type=Path, required=True, help="folder of .txt/.md/.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="the new model folder")
@@ -50,9 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--genre", help="add (or update) this genre in --genres, served by --out")
     parser.add_argument("--title", help="the genre's title (default: the key, capitalised)")
-    parser.add_argument("--description", help="the genre's one-line description")
-    parser.add_argument("--genres", type=Path, default=Path("genres.toml"))
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument(
+        "--description",
+        help="the genre's one-line description (default: names the --data folder)",
+    )
+    parser.add_argument(
+        "--genres", type=Path, default=Path("genres.toml"), help="the genre file --genre edits"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=1.0,
+        help="passes over the training data (up to --max-steps)",
+    )
     parser.add_argument(
         "--max-steps", type=int, default=1000, help="at most this many optimizer steps"
     )
@@ -62,22 +82,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2_000_000,
         help="train on at most this many tokens (the rest is left out, and said so)",
     )
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of steps warming up")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     parser.add_argument("--block-size", type=int, help="tokens per block (default: the context)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="blocks per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=4, help="micro-batches per step")
     parser.add_argument("--validation", type=float, default=0.1, help="fraction held out")
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="save a checkpoint every this many steps"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, the shuffling and dropout"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace what --out holds")
-    parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep --out/checkpoints after training"
+    )
     parser.add_argument(
         "--no-convert", action="store_true", help="skip the ONNX conversion at the end"
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("max_steps", "max_train_tokens", "batch_size", "grad_accum", "checkpoint_every"):
         if getattr(args, name) < 1:
