@@ -274,7 +274,7 @@ async def readyz(request: web.Request) -> web.Response:
         state = await health()
         remote = {"url": backend.base_url, "reachable": state.reachable, "error": state.error}  # type: ignore[union-attr]
         ready = ready and state.reachable
-    body = {
+    body: dict[str, Any] = {
         "ready": ready,
         "model_loaded": backend is not None,
         "model": backend.model_id if backend else None,

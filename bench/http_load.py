@@ -234,7 +234,8 @@ async def measure(args: argparse.Namespace, model_dir: Path, workdir: Path) -> d
 
     load_started = time.perf_counter()
     server = asyncio.create_task(run(settings, stop, started=started))
-    await asyncio.wait({server, ready}, return_when=asyncio.FIRST_COMPLETED)
+    first: list[asyncio.Future[Any]] = [server, ready]
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not ready.done():  # run() ended before serving: raise what it raised
         await server
         raise RuntimeError("the service stopped before it started serving")

@@ -24,13 +24,19 @@ ErrorHandler = Callable[[discord.Interaction, BaseException], Awaitable[None]]
 
 
 class StoryActions(Protocol):
-    """What the story buttons call (bot.handlers.Handlers)."""
+    """What the story buttons call (bot.handlers.Handlers).
 
-    async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None: ...
+    Plain `def`s returning awaitables: the handlers are coroutine functions
+    wrapped by a decorator, which a Protocol of `async def`s would not match.
+    """
 
-    async def story_button(
+    def on_error(
+        self, interaction: discord.Interaction, error: BaseException
+    ) -> Awaitable[None]: ...
+
+    def story_button(
         self, interaction: discord.Interaction, action: str, id: int
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -124,19 +130,21 @@ def retry_button(run_id: int) -> discord.ui.View:
 class Library(Protocol):
     """What the /mystories views call (bot.handlers.Handlers)."""
 
-    async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None: ...
+    def on_error(
+        self, interaction: discord.Interaction, error: BaseException
+    ) -> Awaitable[None]: ...
 
-    async def story_page(
+    def story_page(
         self, user_id: int, page: int, per_page: int, genre: str | None
-    ) -> StoryPage: ...
+    ) -> Awaitable[StoryPage]: ...
 
-    async def show_story(
+    def show_story(
         self, interaction: discord.Interaction, story_id: int, back: MyStoriesView | None
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
-    async def export_story(self, interaction: discord.Interaction, story_id: int) -> None: ...
+    def export_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
-    async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None: ...
+    def delete_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
 
 class GuardedView(discord.ui.View):
@@ -222,7 +230,7 @@ class MyStoriesView(GuardedView):
         self.page += 1
         await self.refresh(interaction)
 
-    @discord.ui.select(placeholder="Filter by genre", row=0)
+    @discord.ui.select(cls=discord.ui.Select, placeholder="Filter by genre", row=0)
     async def genre_select(
         self, interaction: discord.Interaction, select: discord.ui.Select[Any]
     ) -> None:
@@ -233,7 +241,7 @@ class MyStoriesView(GuardedView):
         self.page = 0
         await self.refresh(interaction)
 
-    @discord.ui.select(placeholder="Open a story", row=1)
+    @discord.ui.select(cls=discord.ui.Select, placeholder="Open a story", row=1)
     async def open_story(
         self, interaction: discord.Interaction, select: discord.ui.Select[Any]
     ) -> None:
