@@ -23,6 +23,10 @@ Precision = Literal["int8", "fp32"]
 
 # An API key this short can be guessed off loopback.
 MIN_API_KEY_CHARS = 16
+DEFAULT_GENRES = Path("genres.toml")
+# The built-in genre file, shipped inside the package (stories/genres.toml links
+# to the repository's genres.toml, so a wheel carries a copy).
+BUILTIN_GENRES = Path(__file__).resolve().parent.parent / "stories" / "genres.toml"
 # The names a loopback server answers to by default.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -82,7 +86,10 @@ class Settings(BaseSettings):
     # MODEL_DIR/tokenizer.json when it exists, else a byte count.
     openai_tokenizer: Path | None = None
     openai_context_size: int = Field(default=1024, ge=16, le=1_000_000)
-    genres_path: Path = Path("genres.toml")
+    # The genre registry an admin edits. When it is genres.toml and the working
+    # folder has none (an installed `storybot` run anywhere), the built-in genres
+    # that ship inside the package are used.
+    genres_path: Path = DEFAULT_GENRES
     # Genre models (fine-tuned) load at their genre's first story; idle ones are
     # unloaded to keep all loaded models within this (GPT-2 small int8 with a
     # full batch: about 820 MB each).
@@ -184,6 +191,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BACKEND=openai needs OPENAI_BASE_URL, the server's API root, like http://host:8000/v1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _packaged_genres(self) -> Settings:
+        if self.genres_path == DEFAULT_GENRES and not self.genres_path.exists():
+            self.genres_path = BUILTIN_GENRES
         return self
 
     @model_validator(mode="after")

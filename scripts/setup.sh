@@ -18,6 +18,12 @@ requirements=requirements.txt
 
 stamp=".venv/.installed-$(basename "$requirements" .txt)"
 hash=$(cat requirements-slim.txt requirements.txt "$requirements" | sha256sum | cut -d' ' -f1)
+# The dev lock is compiled on top of the runtime one (scripts/lock.sh): a .venv
+# set up for the tests already holds everything the runtime needs.
+dev_hash=$(cat requirements-slim.txt requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [[ "$requirements" == requirements.txt && "$(cat .venv/.installed-requirements-dev 2>/dev/null)" == "$dev_hash" ]]; then
+  exit 0
+fi
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
   echo "installing $requirements into .venv ..."
   .venv/bin/python -m pip install --quiet --upgrade pip

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.settings import SettingsError, load_settings
+from app.settings import BUILTIN_GENRES, SettingsError, load_settings
+from tests.conftest import REPO
 
 SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.secret-token-value"
 
@@ -27,6 +28,23 @@ def test_defaults() -> None:
     assert settings.http_host == "127.0.0.1" and settings.http_port == 5000
     assert settings.discord_token is None and settings.model_dir == Path("models/gpt2")
     assert settings.backend == "onnx" and settings.precision == "int8"
+
+
+def test_genres_come_from_the_working_folder_else_from_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GENRES_PATH", raising=False)
+    # An installed storybot run in a folder without genres.toml: the built-in genres.
+    packaged = load_settings().genres_path
+    assert packaged == BUILTIN_GENRES and packaged.is_file()
+    assert packaged.read_text() == (REPO / "genres.toml").read_text()
+    # The admin's copy in the working folder wins...
+    (tmp_path / "genres.toml").write_text("")
+    assert load_settings().genres_path == Path("genres.toml")
+    # ... and so does any other path, even one that does not exist (start-up then
+    # says so, rather than silently serving other genres).
+    monkeypatch.setenv("GENRES_PATH", "nowhere/genres.toml")
+    assert load_settings().genres_path == Path("nowhere/genres.toml")
 
 
 @pytest.mark.parametrize(
