@@ -8,12 +8,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# A setting as the bot will see it: the environment, else the last KEY= line of
+# .env (surrounding quotes and a trailing comment removed), else empty.
+setting() {
+  local name=$1 value
+  if [[ -n "${!name:-}" ]]; then echo "${!name}"; return; fi
+  value=$( (sed -n "s/^[[:space:]]*$name[[:space:]]*=//p" .env 2>/dev/null || true) | tail -n 1)
+  value=$(sed -E 's/[[:space:]]+#.*$//; s/^[[:space:]]+//; s/[[:space:]]+$//' <<<"$value")
+  value=${value#[\"\']}; value=${value%[\"\']}
+  echo "$value"
+}
 # BACKEND=openai generates on a remote engine: no local model to fetch.
-backend="${BACKEND:-$( (sed -n 's/^BACKEND=//p' .env 2>/dev/null || true) | tail -n 1)}"
+backend=$(setting BACKEND)
 # Decide by whether the model folder holds a model, not by what .env mentions:
 # .env.example names the default folder, and copying it must not skip the
 # download.
-model_dir="${MODEL_DIR:-$( (sed -n 's/^MODEL_DIR=//p' .env 2>/dev/null || true) | tail -n 1)}"
+model_dir=$(setting MODEL_DIR)
 model_dir="${model_dir:-models/gpt2}"
 if [[ "$backend" != "openai" && ! -f "$model_dir/storybot.json" ]]; then
   if [[ "$model_dir" == "models/gpt2" ]] && ! .venv/bin/python download_model.py; then
