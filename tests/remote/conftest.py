@@ -4,7 +4,9 @@
   127.0.0.1 with the tiny model, in its own process.
 - `StandIn`: a small aiohttp server for what a real one will not do on cue:
   429 and 5xx with Retry-After, a stream cut in the middle, HTML, JSON without
-  choices, a refused key, silence. It records every request.
+  choices, a refused key, silence. It records every request. Given an
+  `Engine`, it answers that engine's own paths like it, and notes which fields
+  of each completion request that engine would ignore.
 """
 
 from __future__ import annotations
@@ -91,6 +93,98 @@ def own_transformers_serve(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Ser
         server.kill()
 
 
+# ---------------------------------------------------------------- engines
+# The fields each engine's /v1/completions reads, and what it does with others,
+# from each engine's own documents and sources (written down here, separately
+# from generation/dialects.py, so a wrong name there fails these tests).
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# OpenAI's legacy Completions API (platform.openai.com/docs/api-reference/completions).
+OPENAI_FIELDS = _names(
+    "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n "
+    "presence_penalty seed stop stream stream_options suffix temperature top_p user"
+)
+# llama.cpp tools/server/README.md, "POST /completion" options (which
+# /v1/completions reads too: "llama.cpp /completion-specific features such as
+# mirostat are supported"), and server-task.cpp params_from_json_cmpl, which
+# reads each with a default: any other field is ignored.
+LLAMACPP_FIELDS = OPENAI_FIELDS | _names(
+    "n_predict top_k min_p typical_p dynatemp_range dynatemp_exponent repeat_penalty "
+    "repeat_last_n dry_multiplier dry_base dry_allowed_length dry_penalty_last_n "
+    "dry_sequence_breakers xtc_probability xtc_threshold mirostat mirostat_tau mirostat_eta "
+    "n_keep n_probs min_keep ignore_eos cache_prompt samplers grammar json_schema"
+)
+# vLLM vllm/entrypoints/openai/protocol.py CompletionRequest, its sampling and
+# extra parameters; OpenAIBaseModel allows other fields and only logs them.
+VLLM_FIELDS = OPENAI_FIELDS | _names(
+    "use_beam_search top_k min_p repetition_penalty length_penalty stop_token_ids "
+    "include_stop_str_in_output ignore_eos min_tokens skip_special_tokens "
+    "spaces_between_special_tokens truncate_prompt_tokens allowed_token_ids prompt_logprobs "
+    "add_special_tokens response_format"
+)
+# text-generation-inference router/src/lib.rs CompletionRequest (serde, which
+# ignores unknown fields unless told otherwise; it is not).
+TGI_FIELDS = _names(
+    "model prompt max_tokens temperature top_p stream seed suffix repetition_penalty "
+    "frequency_penalty stop"
+)
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    fields: frozenset[str]
+    path: str | None = None  # the GET at the server root only this engine answers
+    answer: dict[str, Any] = field(default_factory=dict)
+    owned_by: str = "storybot-tests"
+    refuses_unknown: bool = False  # 422 for a field it does not know, instead of ignoring it
+
+
+ENGINES = {
+    # tools/server/README.md "GET /props" (trimmed); /v1/models owned_by "llamacpp".
+    "llamacpp": Engine(
+        "llama.cpp",
+        LLAMACPP_FIELDS,
+        "/props",
+        {
+            "default_generation_settings": {"id": 0, "n_ctx": 512, "params": {"top_k": 40}},
+            "total_slots": 2,
+            "model_path": "models/gpt2.gguf",
+            "build_info": "b1-0000000",
+        },
+        owned_by="llamacpp",
+    ),
+    # vllm/entrypoints/openai/api_server.py show_version; ModelCard owned_by "vllm".
+    "vllm": Engine("vLLM", VLLM_FIELDS, "/version", {"version": "0.11.0"}, owned_by="vllm"),
+    # router/src/lib.rs Info (trimmed); /v1/models owned_by is the model id.
+    "tgi": Engine(
+        "text-generation-inference",
+        TGI_FIELDS,
+        "/info",
+        {
+            "model_id": "gpt2",
+            "max_input_tokens": 767,
+            "max_total_tokens": 768,
+            "router": "text-generation-router",
+            "version": "3.3.6",
+        },
+        owned_by="gpt2",
+    ),
+    # transformers cli/serving: refuses unknown fields with 422 ("Unexpected
+    # fields in the request") and takes a JSON generation_config.
+    "transformers": Engine(
+        "transformers serve",
+        OPENAI_FIELDS | {"generation_config"},
+        refuses_unknown=True,
+        owned_by="",
+    ),
+}
+
+
 @dataclass
 class Seen:
     method: str
@@ -98,6 +192,7 @@ class Seen:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    ignored: set[str] = field(default_factory=set)  # fields the engine would not read
 
 
 @dataclass
@@ -115,6 +210,7 @@ class StandIn:
     """
 
     models: list[dict[str, Any]] = field(default_factory=lambda: [{"id": "gpt2"}])
+    engine: Engine | None = None
     probe: tuple[Any, ...] = ("json",)
     script: list[tuple[Any, ...]] = field(default_factory=list)
     default: tuple[Any, ...] = ("ok", 5)
@@ -135,6 +231,11 @@ class StandIn:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._complete)
+        if self.engine is not None:
+            for entry in self.models:
+                entry.setdefault("owned_by", self.engine.owned_by)
+            if self.engine.path is not None:
+                app.router.add_get(self.engine.path, self._engine_answer)
         self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -161,13 +262,22 @@ class StandIn:
             return await self._answer(request, self.models_answer)
         return web.json_response({"object": "list", "data": self.models})
 
+    async def _engine_answer(self, request: web.Request) -> web.StreamResponse:
+        assert self.engine is not None
+        self.seen.append(Seen("GET", request.path, {}, dict(request.headers), time.monotonic()))
+        return web.json_response(self.engine.answer)
+
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.seen.append(Seen("POST", request.path, body, dict(request.headers), time.monotonic()))
+        ignored = set(body) - self.engine.fields if self.engine is not None else set()
+        seen = Seen("POST", request.path, body, dict(request.headers), time.monotonic(), ignored)
+        self.seen.append(seen)
         refused = self._refused_key(request)
         if refused is not None:
             return refused
         unexpected = set(body) & self.reject_fields
+        if self.engine is not None and self.engine.refuses_unknown:
+            unexpected |= ignored
         if unexpected:
             return web.json_response({"detail": f"Unexpected fields: {unexpected}"}, status=422)
         if body.get("model") not in {m["id"] for m in self.models}:
