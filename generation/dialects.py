@@ -13,8 +13,10 @@ Where each fact comes from (read in the engines' own sources and documents):
 - llama.cpp `llama-server`: tools/server/README.md (`GET /props`, the
   `/completion` options, which `/v1/completions` also reads) and
   tools/server/server-task.cpp `params_from_json_cmpl` (each field read with a
-  default, so an unknown one is ignored; `repeat_last_n` and
-  `dry_penalty_last_n` of -1 mean the whole context; no minimum length);
+  default, so an unknown one is ignored; no minimum length), and in newer
+  servers tools/server/server-schema.cpp, which reads the same names but
+  refuses a `repeat_last_n` or `dry_penalty_last_n` below 0 (older ones took
+  -1 for "the whole context", so the context's size is sent instead);
   src/llama-sampling.cpp (the DRY penalty is multiplier * base^(repeat -
   allowed_length) once a repeat reaches allowed_length tokens; sequence
   breakers end a repeat); server-context.cpp feeds the prompt's tokens to the
@@ -65,7 +67,8 @@ DRY_BASE = 1.75  # llama.cpp's default; with the multiplier above it hardly matt
 class Dialect:
     key: str  # the OPENAI_SAMPLING_FIELDS value
     engine: str  # for the start-up log
-    fields: Callable[[GenerationParams], dict[str, Any]]
+    # The fields for one request; the int is the context in tokens (prompt + new).
+    fields: Callable[[GenerationParams, int], dict[str, Any]]
     # Controls it has no field for: the start-up warning names them.
     unhonoured: tuple[str, ...] = ()
     # Controls it takes only approximately, and how (for the start-up log).
@@ -80,7 +83,7 @@ class Dialect:
     context: Callable[[Any], int | None] = lambda answer: None
 
 
-def _standard(params: GenerationParams) -> dict[str, Any]:
+def _standard(params: GenerationParams, context: int = 0) -> dict[str, Any]:
     """OpenAI's own fields: every engine reads these under these names."""
     fields: dict[str, Any] = {"temperature": params.temperature if params.do_sample else 0.0}
     if params.do_sample:
@@ -90,7 +93,7 @@ def _standard(params: GenerationParams) -> dict[str, Any]:
     return fields
 
 
-def _llamacpp(params: GenerationParams) -> dict[str, Any]:
+def _llamacpp(params: GenerationParams, context: int) -> dict[str, Any]:
     fields = _standard(params) | {
         # Always sent: left out, llama.cpp's own default (40) would apply; 0 is off.
         "top_k": params.top_k,
@@ -98,7 +101,7 @@ def _llamacpp(params: GenerationParams) -> dict[str, Any]:
         # 0.05), a filter no other engine and not our own sampler applies.
         "min_p": 0.0,
         "repeat_penalty": params.repetition_penalty,
-        "repeat_last_n": -1,  # the whole context, prompt included, as transformers does
+        "repeat_last_n": context,  # the whole context, prompt included, as transformers does
     }
     n = params.no_repeat_ngram_size
     if n:
@@ -108,14 +111,14 @@ def _llamacpp(params: GenerationParams) -> dict[str, Any]:
             "dry_multiplier": DRY_BAN_MULTIPLIER,
             "dry_base": DRY_BASE,
             "dry_allowed_length": n - 1,
-            "dry_penalty_last_n": -1,
+            "dry_penalty_last_n": context,
         }
     else:
         fields["dry_multiplier"] = 0.0  # off, whatever the server was started with
     return fields
 
 
-def _vllm(params: GenerationParams) -> dict[str, Any]:
+def _vllm(params: GenerationParams, context: int) -> dict[str, Any]:
     fields = _standard(params) | {"repetition_penalty": params.repetition_penalty}
     if params.top_k:  # left out: off (older vLLM refuses 0, newer takes 0 or -1 as off)
         fields["top_k"] = params.top_k
@@ -124,14 +127,14 @@ def _vllm(params: GenerationParams) -> dict[str, Any]:
     return fields
 
 
-def _tgi(params: GenerationParams) -> dict[str, Any]:
+def _tgi(params: GenerationParams, context: int) -> dict[str, Any]:
     fields = _standard(params) | {"repetition_penalty": params.repetition_penalty}
     if fields.get("top_p", 0.0) >= 1.0:
         del fields["top_p"]  # TGI refuses 1.0 (422), which means "off" anyway
     return fields
 
 
-def _transformers(params: GenerationParams) -> dict[str, Any]:
+def _transformers(params: GenerationParams, context: int) -> dict[str, Any]:
     config: dict[str, Any] = {
         "do_sample": params.do_sample,
         "max_new_tokens": params.max_new_tokens,
@@ -145,7 +148,7 @@ def _transformers(params: GenerationParams) -> dict[str, Any]:
     return _standard(params) | {"generation_config": json.dumps(config)}
 
 
-def _extra(params: GenerationParams) -> dict[str, Any]:
+def _extra(params: GenerationParams, context: int) -> dict[str, Any]:
     """The names vLLM and transformers use, for an engine not in the table."""
     fields = _standard(params) | {"repetition_penalty": params.repetition_penalty}
     if params.top_k:

@@ -315,7 +315,7 @@ class OpenAIBackend:
         return body
 
     def _sampling(self, params: GenerationParams) -> dict[str, Any]:
-        return self._dialect.fields(params)
+        return self._dialect.fields(params, self.context_size)
 
     # ----------------------------------------------------------------- start-up
     async def _check_server(self, wanted: str | None) -> str:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,24 @@ TGI_FIELDS = _names(
 )
 
 
+def _llamacpp_refuses(body: dict[str, Any]) -> str | None:
+    """Newer llama-server (tools/server/server-schema.cpp, set_hard_limits) refuses
+    these below 0, where older ones took -1 for the whole context."""
+    for name in ("repeat_last_n", "dry_penalty_last_n", "dry_allowed_length", "min_keep"):
+        if name in body and body[name] < 0:
+            return f"Field '{name}': Value must be between 0 <= value <= 2147483647"
+    if "dry_sequence_breakers" in body and not body["dry_sequence_breakers"]:
+        return "Error: dry_sequence_breakers must be a non-empty array of strings"
+    return None
+
+
+def _tgi_refuses(body: dict[str, Any]) -> str | None:
+    """router/src/validation.rs: `top_p` must be > 0.0 and < 1.0."""
+    if "top_p" in body and not 0.0 < body["top_p"] < 1.0:
+        return "Input validation error: `top_p` must be > 0.0 and < 1.0"
+    return None
+
+
 @dataclass(frozen=True)
 class Engine:
     name: str
@@ -142,6 +160,7 @@ class Engine:
     answer: dict[str, Any] = field(default_factory=dict)
     owned_by: str = "storybot-tests"
     refuses_unknown: bool = False  # 422 for a field it does not know, instead of ignoring it
+    refuses: Callable[[dict[str, Any]], str | None] = lambda body: None  # a value it refuses
 
 
 ENGINES = {
@@ -157,6 +176,7 @@ ENGINES = {
             "build_info": "b1-0000000",
         },
         owned_by="llamacpp",
+        refuses=_llamacpp_refuses,
     ),
     # vllm/entrypoints/openai/api_server.py show_version; ModelCard owned_by "vllm".
     "vllm": Engine("vLLM", VLLM_FIELDS, "/version", {"version": "0.11.0"}, owned_by="vllm"),
@@ -173,6 +193,7 @@ ENGINES = {
             "version": "3.3.6",
         },
         owned_by="gpt2",
+        refuses=_tgi_refuses,
     ),
     # transformers cli/serving: refuses unknown fields with 422 ("Unexpected
     # fields in the request") and takes a JSON generation_config.
@@ -280,6 +301,9 @@ class StandIn:
             unexpected |= ignored
         if unexpected:
             return web.json_response({"detail": f"Unexpected fields: {unexpected}"}, status=422)
+        invalid = self.engine.refuses(body) if self.engine is not None else None
+        if invalid:
+            return web.json_response({"error": {"message": invalid}}, status=400)
         if body.get("model") not in {m["id"] for m in self.models}:
             return web.json_response({"error": {"message": "model not found"}}, status=404)
         if not body.get("stream"):

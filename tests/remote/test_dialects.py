@@ -43,12 +43,12 @@ EXPECTED: dict[str, tuple[dict[str, Any], str | None]] = {
             "top_k": 40,
             "min_p": 0.0,
             "repeat_penalty": 1.3,
-            "repeat_last_n": -1,
+            "repeat_last_n": 512,  # the whole context: /props says 512 a slot
             # n-gram ban of 3: DRY from a repeat of 2 tokens, steep enough to be a ban
             "dry_multiplier": 1000.0,
             "dry_base": 1.75,
             "dry_allowed_length": 2,
-            "dry_penalty_last_n": -1,
+            "dry_penalty_last_n": 512,
         },
         "llama.cpp has no field for min_new_tokens: stories from it are written without them",
     ),
@@ -156,14 +156,14 @@ async def test_llamacpp_gets_controls_left_off_as_off() -> None:
         "top_k": 0,
         "min_p": 0.0,
         "repeat_penalty": 1.0,
-        "repeat_last_n": -1,
+        "repeat_last_n": 512,
         "dry_multiplier": 0.0,
     }
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_dry_starts_where_an_n_gram_would_repeat(n: int) -> None:
-    fields = DIALECTS["llamacpp"].fields(replace(STORY, no_repeat_ngram_size=n))
+    fields = DIALECTS["llamacpp"].fields(replace(STORY, no_repeat_ngram_size=n), 1024)
     assert fields["dry_allowed_length"] == n - 1
 
 
