@@ -179,7 +179,8 @@ DIALECTS: dict[str, Dialect] = {
             _llamacpp,
             unhonoured=("min_new_tokens",),
             approximated="no_repeat_ngram_size goes to its DRY sampler, a steep penalty that "
-            "stops at newlines, colons, quotes and asterisks rather than a strict ban",
+            "stops at its sequence breakers (by default newlines, colons, quotes and "
+            "asterisks) rather than a strict ban",
             detect_path="/props",
             recognise=lambda answer: isinstance(_dig(answer, "default_generation_settings"), dict),
             owned_by="llamacpp",
@@ -204,7 +205,7 @@ DIALECTS: dict[str, Dialect] = {
             _vllm,
             unhonoured=("no_repeat_ngram_size",),
             detect_path="/version",
-            # Only {"version": ...}: the weakest sign, so it is tried last.
+            # A version string is all it says: the weakest sign, so it is tried last.
             recognise=lambda answer: isinstance(_dig(answer, "version"), str),
             owned_by="vllm",
         ),
