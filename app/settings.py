@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 BackendName = Literal["onnx", "transformers", "openai"]
-SamplingFields = Literal["auto", "extra", "generation_config", "none"]
+# generation.dialects.SamplingFields (a test keeps the two alike).
+SamplingFields = Literal[
+    "auto", "llamacpp", "vllm", "tgi", "transformers", "extra", "generation_config", "none"
+]
 Precision = Literal["int8", "fp32"]
 
 
@@ -79,8 +82,10 @@ class Settings(BaseSettings):
     openai_retries: int = Field(default=3, ge=0, le=10)
     openai_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     openai_read_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # between chunks
-    # How top_k, repetition_penalty and no_repeat_ngram_size reach the server;
-    # auto asks it once at start-up.
+    # Whose names top_k, repetition_penalty, no_repeat_ngram_size and
+    # min_new_tokens go under: auto finds the engine at start-up; llamacpp, vllm,
+    # tgi, transformers name it; extra (common names), none. generation_config
+    # is the old name of transformers.
     openai_sampling_fields: SamplingFields = "auto"
     # The remote model's tokenizer.json, to fit long stories exactly; default:
     # MODEL_DIR/tokenizer.json when it exists, else a byte count.

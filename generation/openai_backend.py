@@ -13,10 +13,12 @@ answers, cancellation and time limits are the pool's. Here:
   connection pool; up to `max_batch_size` are in flight at once and the server
   batches them. A job queued or cancelled while requests run wakes the loop.
 - Sampling: temperature, top_p, seed, max_tokens and stop are standard fields.
-  top_k, repetition_penalty, no_repeat_ngram_size and min_tokens are not; at
-  start-up a one-token probe finds how the server takes them: as extra fields
-  (vLLM, llama.cpp), inside a `generation_config` (transformers serve), or not
-  at all (a warning says so).
+  top_k, the repetition penalty, the n-gram ban and the minimum length are
+  not, and each engine names them its own way (`generation.dialects`). At
+  start-up the engine is recognised by a path only it answers (llama.cpp
+  `/props`, TGI `/info`, vLLM `/version`), or else by a one-token probe
+  (transformers serve takes a `generation_config`); one warning names the
+  controls it cannot honour.
 - Faults: a refused connection, a timeout, 429 and 5xx are retried with capped
   exponential backoff (honouring Retry-After) while no text has been shown; a
   stream cut after text was shown is not retried, it ends in a clear error.
@@ -38,18 +40,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
 from generation.backend import Job
+from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
 from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
 from generation.text import ENDOFTEXT, TextStream
 from generation.types import FinishReason, GenerationParams
 
 log = logging.getLogger(__name__)
-
-SamplingFields = Literal["auto", "extra", "generation_config", "none"]
 
 # Statuses worth another try: the server is busy, restarting or overloaded.
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -142,7 +143,11 @@ class OpenAIBackend:
         self._loop = asyncio.new_event_loop()
         self._wakeup = asyncio.Event()
         self.peak_in_flight = 0
-        self.sampling_fields: SamplingFields = sampling_fields
+        # `auto` until start-up has found the engine; then the dialect's key.
+        self.sampling_fields: str = sampling_fields
+        self._dialect: Dialect = dialect("none" if sampling_fields == "auto" else sampling_fields)
+        self.engine = self._dialect.engine
+        self._owners: set[str] = set()  # the owned_by of each listed model
         try:
             self._session = self._loop.run_until_complete(self._open())
             self.model_id = self._loop.run_until_complete(self._check_server(model))
@@ -310,32 +315,7 @@ class OpenAIBackend:
         return body
 
     def _sampling(self, params: GenerationParams) -> dict[str, Any]:
-        fields: dict[str, Any] = {"temperature": params.temperature if params.do_sample else 0.0}
-        if params.do_sample:
-            fields["top_p"] = params.top_p
-        if params.seed is not None:
-            fields["seed"] = params.seed
-        if self.sampling_fields == "extra":
-            if params.top_k:
-                fields["top_k"] = params.top_k
-            fields["repetition_penalty"] = params.repetition_penalty
-            if params.no_repeat_ngram_size:
-                fields["no_repeat_ngram_size"] = params.no_repeat_ngram_size
-            if params.min_new_tokens:
-                fields["min_tokens"] = params.min_new_tokens
-        elif self.sampling_fields == "generation_config":
-            config = {
-                "do_sample": params.do_sample,
-                "max_new_tokens": params.max_new_tokens,
-                "repetition_penalty": params.repetition_penalty,
-                "no_repeat_ngram_size": params.no_repeat_ngram_size,
-                "min_new_tokens": params.min_new_tokens,
-            }
-            if params.do_sample:
-                config |= {"temperature": params.temperature, "top_k": params.top_k}
-                config["top_p"] = params.top_p
-            fields["generation_config"] = json.dumps(config)
-        return fields
+        return self._dialect.fields(params, self.context_size)
 
     # ----------------------------------------------------------------- start-up
     async def _check_server(self, wanted: str | None) -> str:
@@ -363,36 +343,79 @@ class OpenAIBackend:
                 )
             wanted = models[0]
         self.model_id = wanted
-        modes: list[SamplingFields] = (
-            ["extra", "generation_config", "none"]
-            if self.sampling_fields == "auto"
-            else [self.sampling_fields]
-        )
+        found_by = ""
+        if self.sampling_fields == "auto":
+            detected = await self._detect()
+            if detected is not None:
+                self._dialect, found_by = detected
+                modes = [self._dialect.key]
+            else:
+                modes = PROBED  # an engine not in the table: ask it which way it takes them
+        else:
+            modes = [self._dialect.key]
         for mode in modes:
-            self.sampling_fields = mode
+            self._dialect = dialect(mode)
             try:
                 await self._probe()
             except _Refused as refused:
                 if refused.status in (400, 422) and mode != modes[-1]:
                     continue  # this server does not take these fields: try the next way
+                if refused.status in (400, 422) and mode != "none":
+                    raise EngineStartError(
+                        f"{where}: {self._dialect.engine} refused storybot's sampling fields "
+                        f"({refused.status}: {refused.detail}); OPENAI_SAMPLING_FIELDS=none "
+                        "sends none"
+                    ) from None
                 raise EngineStartError(f"{where}: {_start_hint(refused)}") from None
             except (_Retryable, aiohttp.ClientError, TimeoutError) as error:
                 raise EngineStartError(f"{where} is unreachable: {_describe(error)}") from None
             except ValueError as error:
                 raise EngineStartError(f"{where}: {error}") from None
             break
-        if self.sampling_fields == "none":
-            log.warning(
-                "the engine takes none of top_k, repetition_penalty, no_repeat_ngram_size: "
-                "stories use temperature and top_p only"
-            )
+        self.sampling_fields, self.engine = self._dialect.key, self._dialect.engine
+        how = f"; {self._dialect.approximated}" if self._dialect.approximated else ""
         log.info(
-            "remote engine %s, model %s, sampling fields: %s",
+            "remote engine: %s%s at %s, model %s, sampling fields: %s%s",
+            self.engine,
+            f" (it answers {found_by})" if found_by else "",
             self.base_url,
             wanted,
             self.sampling_fields,
+            how,
         )
+        warning = _unhonoured_warning(self._dialect)
+        if warning:
+            log.warning("%s", warning)
         return wanted
+
+    async def _detect(self) -> tuple[Dialect, str] | None:
+        """The engine, by a path only it answers (or its /models owned_by), and how it was
+        found; None when it is none of the engines in the table. Sets a context its
+        answer reports."""
+        root = _server_root(self.base_url)
+        hinted = sorted(DETECTABLE, key=lambda d: d.owned_by not in self._owners)
+        for candidate in hinted:
+            assert candidate.detect_path is not None
+            answer = await self._get_json_quietly(root + candidate.detect_path)
+            if candidate.recognise(answer):
+                context = candidate.context(answer)
+                if context:
+                    self.context_size = min(self.context_size, context)
+                return candidate, candidate.detect_path
+            if candidate.owned_by in self._owners:
+                return candidate, f'/v1/models with owned_by "{candidate.owned_by}"'
+        return None
+
+    async def _get_json_quietly(self, url: str) -> Any:
+        """A JSON answer, or None for anything else (404, HTML, silence): for detection."""
+        timeout = aiohttp.ClientTimeout(total=min(10.0, self._connect_timeout_s + 5.0))
+        try:
+            async with self._session.get(url, timeout=timeout) as response:
+                if response.status != 200:
+                    return None
+                return json.loads(await response.text())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
 
     async def _get_models(self) -> list[str]:
         async with self._session.get(f"{self.base_url}/models") as response:
@@ -406,6 +429,8 @@ class OpenAIBackend:
         ids = [
             str(entry.get("id")) for entry in data if isinstance(entry, dict) and entry.get("id")
         ]
+        owners = [entry.get("owned_by") for entry in data if isinstance(entry, dict)]
+        self._owners = {str(owner) for owner in owners if owner}
         lengths = [entry.get("max_model_len") for entry in data if isinstance(entry, dict)]
         known = [n for n in lengths if isinstance(n, int) and n > 0]
         if known:
@@ -540,6 +565,33 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return "the connection was cut"
     return str(error) or type(error).__name__
+
+
+def _server_root(base_url: str) -> str:
+    """Where an engine's own paths (/props, /info, /version) live: the API root
+    without its /v1."""
+    return base_url.removesuffix("/v1")
+
+
+def _unhonoured_warning(chosen: Dialect) -> str:
+    if chosen.key == "extra":
+        return (
+            "top_k, repetition_penalty, no_repeat_ngram_size and min_tokens go under these common "
+            "names, which an engine that does not know them ignores without a word: for llama.cpp, "
+            "vLLM, text-generation-inference or transformers serve set OPENAI_SAMPLING_FIELDS to "
+            "llamacpp, vllm, tgi or transformers"
+        )
+    if chosen.key == "none":
+        return (
+            f"the engine takes none of {', '.join(chosen.unhonoured)}: "
+            "stories use temperature and top_p only"
+        )
+    if chosen.unhonoured:
+        return (
+            f"{chosen.engine} has no field for {', '.join(chosen.unhonoured)}: "
+            "stories from it are written without them"
+        )
+    return ""
 
 
 def _start_hint(refused: _Refused) -> str:

@@ -3,11 +3,12 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
-from app.settings import BUILTIN_GENRES, SettingsError, load_settings
+from app.settings import BUILTIN_GENRES, SamplingFields, SettingsError, load_settings
 from tests.conftest import REPO
 
 SECRET = "MTIzNDU2Nzg5MDEyMzQ1Njc4.secret-token-value"
@@ -233,3 +234,14 @@ def test_remote_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_SAMPLING_FIELDS", "sometimes")
     with pytest.raises(SettingsError, match=r"^OPENAI_SAMPLING_FIELDS"):
         load_settings()
+    monkeypatch.setenv("OPENAI_SAMPLING_FIELDS", "llamacpp")
+    assert load_settings().openai_sampling_fields == "llamacpp"
+
+
+def test_sampling_fields_are_the_backends_dialects() -> None:
+    """Settings name the same dialects the remote backend knows (kept apart so
+    settings import nothing from generation)."""
+    from generation import dialects
+
+    assert get_args(SamplingFields) == get_args(dialects.SamplingFields)
+    assert set(get_args(SamplingFields)) == {"auto", *dialects.DIALECTS, *dialects.ALIASES}

@@ -4,7 +4,9 @@
   127.0.0.1 with the tiny model, in its own process.
 - `StandIn`: a small aiohttp server for what a real one will not do on cue:
   429 and 5xx with Retry-After, a stream cut in the middle, HTML, JSON without
-  choices, a refused key, silence. It records every request.
+  choices, a refused key, silence. It records every request. Given an
+  `Engine`, it answers that engine's own paths like it, and notes which fields
+  of each completion request that engine would ignore.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,119 @@ def own_transformers_serve(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Ser
         server.kill()
 
 
+# ---------------------------------------------------------------- engines
+# The fields each engine's /v1/completions reads, and what it does with others,
+# from each engine's own documents and sources (written down here, separately
+# from generation/dialects.py, so a wrong name there fails these tests).
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# OpenAI's legacy Completions API (platform.openai.com/docs/api-reference/completions).
+OPENAI_FIELDS = _names(
+    "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n "
+    "presence_penalty seed stop stream stream_options suffix temperature top_p user"
+)
+# llama.cpp tools/server/README.md, "POST /completion" options (which
+# /v1/completions reads too: "llama.cpp /completion-specific features such as
+# mirostat are supported"), and server-task.cpp params_from_json_cmpl, which
+# reads each with a default: any other field is ignored.
+LLAMACPP_FIELDS = OPENAI_FIELDS | _names(
+    "n_predict top_k min_p typical_p dynatemp_range dynatemp_exponent repeat_penalty "
+    "repeat_last_n dry_multiplier dry_base dry_allowed_length dry_penalty_last_n "
+    "dry_sequence_breakers xtc_probability xtc_threshold mirostat mirostat_tau mirostat_eta "
+    "n_keep n_probs min_keep ignore_eos cache_prompt samplers grammar json_schema"
+)
+# vLLM vllm/entrypoints/openai/protocol.py CompletionRequest, its sampling and
+# extra parameters; OpenAIBaseModel allows other fields and only logs them.
+VLLM_FIELDS = OPENAI_FIELDS | _names(
+    "use_beam_search top_k min_p repetition_penalty length_penalty stop_token_ids "
+    "include_stop_str_in_output ignore_eos min_tokens skip_special_tokens "
+    "spaces_between_special_tokens truncate_prompt_tokens allowed_token_ids prompt_logprobs "
+    "add_special_tokens response_format"
+)
+# text-generation-inference router/src/lib.rs CompletionRequest (serde, which
+# ignores unknown fields unless told otherwise; it is not).
+TGI_FIELDS = _names(
+    "model prompt max_tokens temperature top_p stream seed suffix repetition_penalty "
+    "frequency_penalty stop"
+)
+
+
+def _llamacpp_refuses(body: dict[str, Any]) -> str | None:
+    """Newer llama-server (tools/server/server-schema.cpp, set_hard_limits) refuses
+    these below 0, where older ones took -1 for the whole context."""
+    for name in ("repeat_last_n", "dry_penalty_last_n", "dry_allowed_length", "min_keep"):
+        if name in body and body[name] < 0:
+            return f"Field '{name}': Value must be between 0 <= value <= 2147483647"
+    if "dry_sequence_breakers" in body and not body["dry_sequence_breakers"]:
+        return "Error: dry_sequence_breakers must be a non-empty array of strings"
+    return None
+
+
+def _tgi_refuses(body: dict[str, Any]) -> str | None:
+    """router/src/validation.rs: `top_p` must be > 0.0 and < 1.0."""
+    if "top_p" in body and not 0.0 < body["top_p"] < 1.0:
+        return "Input validation error: `top_p` must be > 0.0 and < 1.0"
+    return None
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    fields: frozenset[str]
+    path: str | None = None  # the GET at the server root only this engine answers
+    answer: dict[str, Any] = field(default_factory=dict)
+    owned_by: str = "storybot-tests"
+    refuses_unknown: bool = False  # 422 for a field it does not know, instead of ignoring it
+    refuses: Callable[[dict[str, Any]], str | None] = lambda body: None  # a value it refuses
+
+
+ENGINES = {
+    # tools/server/README.md "GET /props" (trimmed); /v1/models owned_by "llamacpp".
+    "llamacpp": Engine(
+        "llama.cpp",
+        LLAMACPP_FIELDS,
+        "/props",
+        {
+            "default_generation_settings": {"id": 0, "n_ctx": 512, "params": {"top_k": 40}},
+            "total_slots": 2,
+            "model_path": "models/gpt2.gguf",
+            "build_info": "b1-0000000",
+        },
+        owned_by="llamacpp",
+        refuses=_llamacpp_refuses,
+    ),
+    # vllm/entrypoints/openai/api_server.py show_version; ModelCard owned_by "vllm".
+    "vllm": Engine("vLLM", VLLM_FIELDS, "/version", {"version": "0.11.0"}, owned_by="vllm"),
+    # router/src/lib.rs Info (trimmed); /v1/models owned_by is the model id.
+    "tgi": Engine(
+        "text-generation-inference",
+        TGI_FIELDS,
+        "/info",
+        {
+            "model_id": "gpt2",
+            "max_input_tokens": 767,
+            "max_total_tokens": 768,
+            "router": "text-generation-router",
+            "version": "3.3.6",
+        },
+        owned_by="gpt2",
+        refuses=_tgi_refuses,
+    ),
+    # transformers cli/serving: refuses unknown fields with 422 ("Unexpected
+    # fields in the request") and takes a JSON generation_config.
+    "transformers": Engine(
+        "transformers serve",
+        OPENAI_FIELDS | {"generation_config"},
+        refuses_unknown=True,
+        owned_by="",
+    ),
+}
+
+
 @dataclass
 class Seen:
     method: str
@@ -98,6 +213,7 @@ class Seen:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+    ignored: set[str] = field(default_factory=set)  # fields the engine would not read
 
 
 @dataclass
@@ -115,6 +231,7 @@ class StandIn:
     """
 
     models: list[dict[str, Any]] = field(default_factory=lambda: [{"id": "gpt2"}])
+    engine: Engine | None = None
     probe: tuple[Any, ...] = ("json",)
     script: list[tuple[Any, ...]] = field(default_factory=list)
     default: tuple[Any, ...] = ("ok", 5)
@@ -135,6 +252,11 @@ class StandIn:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._complete)
+        if self.engine is not None:
+            for entry in self.models:
+                entry.setdefault("owned_by", self.engine.owned_by)
+            if self.engine.path is not None:
+                app.router.add_get(self.engine.path, self._engine_answer)
         self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -161,15 +283,27 @@ class StandIn:
             return await self._answer(request, self.models_answer)
         return web.json_response({"object": "list", "data": self.models})
 
+    async def _engine_answer(self, request: web.Request) -> web.StreamResponse:
+        assert self.engine is not None
+        self.seen.append(Seen("GET", request.path, {}, dict(request.headers), time.monotonic()))
+        return web.json_response(self.engine.answer)
+
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.seen.append(Seen("POST", request.path, body, dict(request.headers), time.monotonic()))
+        ignored = set(body) - self.engine.fields if self.engine is not None else set()
+        seen = Seen("POST", request.path, body, dict(request.headers), time.monotonic(), ignored)
+        self.seen.append(seen)
         refused = self._refused_key(request)
         if refused is not None:
             return refused
         unexpected = set(body) & self.reject_fields
+        if self.engine is not None and self.engine.refuses_unknown:
+            unexpected |= ignored
         if unexpected:
             return web.json_response({"detail": f"Unexpected fields: {unexpected}"}, status=422)
+        invalid = self.engine.refuses(body) if self.engine is not None else None
+        if invalid:
+            return web.json_response({"error": {"message": invalid}}, status=400)
         if body.get("model") not in {m["id"] for m in self.models}:
             return web.json_response({"error": {"message": "model not found"}}, status=404)
         if not body.get("stream"):

@@ -58,8 +58,10 @@ async def test_a_story_streams_from_transformers_serve(
     async with remote_pool(transformers_serve.url, tokenizer=tokenizer) as pool:
         backend = pool.backend
         assert isinstance(backend, OpenAIBackend)
-        # transformers serve refuses unknown top-level fields and takes a generation_config.
-        assert backend.sampling_fields == "generation_config"
+        # transformers serve answers none of the engines' own paths, refuses unknown
+        # top-level fields and takes a generation_config: the probe finds it.
+        assert backend.sampling_fields == "transformers"
+        assert backend.engine == "transformers serve"
         assert backend.model_id == str(tiny_model_dir)
         ticket = pool.submit(request(max_new_tokens=40, seed=3))
         deltas = [delta async for delta in ticket.stream()]
@@ -154,7 +156,7 @@ async def test_sampling_fields_go_as_extra_fields_where_accepted(stand_in: Stand
 async def test_sampling_fields_fall_back_to_a_generation_config(stand_in: StandIn) -> None:
     stand_in.reject_fields = {"top_k", "repetition_penalty", "no_repeat_ngram_size"}
     async with remote_pool(stand_in.url) as pool:
-        assert pool.backend.sampling_fields == "generation_config"  # type: ignore[union-attr]
+        assert pool.backend.sampling_fields == "transformers"  # type: ignore[union-attr]
         await pool.submit(request(top_k=7)).result()
     config = json.loads(stand_in.completions[-1].body["generation_config"])
     assert config["top_k"] == 7 and config["do_sample"] is True
