@@ -227,6 +227,7 @@ class StandIn:
       ("cut", n)           stream n chunks, then drop the connection
       ("silent",)          accept, then never answer
       ("slow",)            one chunk, then nothing (a stream to cancel)
+      ("held", n)          nothing until `release()`, then stream n chunks
       ("raw", status, content_type, text)
     """
 
@@ -243,6 +244,10 @@ class StandIn:
     url: str = ""
     _runner: web.AppRunner | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        """Let every "held", "slow" and "silent" request go on."""
+        self._release.set()
 
     @property
     def completions(self) -> list[Seen]:
@@ -327,6 +332,9 @@ class StandIn:
         if kind == "silent":
             await self._release.wait()
             return web.Response(status=503)
+        if kind == "held":  # wait for the test's word, then answer as "ok"
+            await self._release.wait()
+            step = ("ok", step[1])
         if kind == "slow":  # one chunk, then nothing until released or closed
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)

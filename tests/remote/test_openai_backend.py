@@ -88,17 +88,33 @@ async def test_remote_greedy_text_matches_the_local_engine(
     assert len(remote.raw_text) > 20
 
 
-async def test_eight_requests_are_in_flight_at_once(
+async def test_eight_requests_from_transformers_serve_at_once(
     transformers_serve: Serve, tiny_model_dir: Path
 ) -> None:
     tokenizer = tiny_model_dir / "tokenizer.json"
     async with remote_pool(transformers_serve.url, tokenizer=tokenizer) as pool:
         tickets = [pool.submit(request(f"Story {i} began", seed=i)) for i in range(8)]
         results = await asyncio.gather(*(t.result() for t in tickets))
+    assert all(r.new_tokens > 0 and r.text for r in results)
+    assert len({r.text for r in results}) == 8  # each its own story
+
+
+async def test_eight_requests_are_in_flight_at_once(stand_in: StandIn) -> None:
+    """The server answers nothing until all eight have arrived: a client that
+    sent them one after another (or fewer at a time) would never get there."""
+    stand_in.default = ("held", 3)
+    # No time limit runs out while the server holds them: nothing is retried, so
+    # eight requests seen are eight different stories at once.
+    async with remote_pool(stand_in.url, connect_timeout_s=60, read_timeout_s=60) as pool:
+        tickets = [pool.submit(request(f"Story {i} began", seed=i)) for i in range(8)]
+        await wait_for(lambda: len(stand_in.completions) == 8, within=20)
+        assert len({seen.body["prompt"] for seen in stand_in.completions}) == 8
         backend = pool.backend
         assert isinstance(backend, OpenAIBackend)
         assert backend.peak_in_flight == 8  # one pool of connections, all at once
-    assert all(r.new_tokens > 0 and r.text for r in results)
+        stand_in.release()
+        results = await asyncio.gather(*(t.result() for t in tickets))
+    assert all(r.text for r in results)
 
 
 async def test_cancelling_closes_the_stream_mid_story(
