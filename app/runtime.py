@@ -102,7 +102,7 @@ def _remote_backend(settings: Settings) -> Backend:
 def make_model_pools(
     settings: Settings, default: GenerationPool, genres: GenreRegistry
 ) -> ModelPools | None:
-    """Pools for genre models (fine-tuned by `python -m generation.finetune`), or
+    """Pools for genre models (fine-tuned by `python -m app.finetune`), or
     None when no genre has a model of its own."""
     with_models = [genre for genre in genres if genre.model is not None]
     if not with_models:

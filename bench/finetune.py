@@ -2,7 +2,7 @@
 
 Builds (or reuses) the benchmark's GPT-2-small-shaped model (random weights
 cost the same as the real ones), writes a synthetic corpus, and runs
-`python -m generation.finetune` with its default batch (4 blocks of 1024
+`python -m app.finetune` with its default batch (4 blocks of 1024
 tokens, 4 micro-batches a step) for a few steps. Prints one JSON line: seconds
 a step, tokens a second, and what 1,000 steps (about 16 M tokens) would take.
 """
@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.finetune import main as finetune
 from bench.__main__ import OUT, build_model
-from generation.finetune.__main__ import main as finetune
 from generation.tiny import corpus
 
 

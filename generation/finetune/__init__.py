@@ -1,9 +1,7 @@
-"""Fine-tune GPT-2 on a folder of texts and serve the result as a genre.
+"""Fine-tune GPT-2 on a folder of texts.
 
-    python -m generation.finetune --data texts/noir --out models/noir-gpt2 --genre noir
-
-See `python -m generation.finetune --help` and the README's "Making a genre
-model". `data` reads and packs the texts, `train` runs the loop and its
-checkpoints, `__main__` checks the inputs, writes the model folder and the
-genre.
+`data` reads and packs the texts, `train` runs the loop and its checkpoints,
+`pipeline` checks the inputs, trains and writes the model folder. The command
+line (`python -m app.finetune`, or `storybot-finetune`) adds the genre that
+serves the model; see the README's "Making a genre model".
 """

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
+import app.finetune as finetune_cli
+import app.generate as generation_cli
 import bench.__main__ as bench_cli
 import bot.__main__ as bot_cli
-import generation.__main__ as generation_cli
-import generation.finetune.__main__ as finetune_cli
 from app.settings import BackendName, Precision
 from tests.conftest import REPO
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "bot": bot_cli.build_parser,
-    "generation": generation_cli.build_parser,
-    "generation.finetune": finetune_cli.build_parser,
+    "app.generate": generation_cli.build_parser,
+    "app.finetune": finetune_cli.build_parser,
     "bench": bench_cli.build_parser,
 }
 
@@ -162,7 +162,7 @@ def test_bot_refuses_an_unknown_argument_with_usage(argument: str, tmp_path: Pat
 
 
 def test_generation_help_imports_no_engine(tmp_path: Path) -> None:
-    done, code, modules = run_listing_modules("generation", "--help", tmp_path=tmp_path)
+    done, code, modules = run_listing_modules("app.generate", "--help", tmp_path=tmp_path)
     assert code == 0, done.stderr
     assert "--backend" in done.stdout
     assert not modules & {"torch", "transformers", "onnxruntime", "pydantic", "app.settings"}
@@ -192,7 +192,7 @@ def story_args(*extra: str) -> list[str]:
 
 def test_generation_uses_the_configured_onnx_backend(converted_model: Path, tmp_path: Path) -> None:
     done, code, modules = run_listing_modules(
-        "generation",
+        "app.generate",
         *story_args(),
         tmp_path=tmp_path,
         BACKEND="onnx",
@@ -211,7 +211,7 @@ def test_generation_uses_the_configured_transformers_backend(
     converted_model: Path, tmp_path: Path
 ) -> None:
     done = run_cli(
-        "generation",
+        "app.generate",
         *story_args(),
         tmp_path=tmp_path,
         BACKEND="transformers",
@@ -226,7 +226,7 @@ def test_generation_uses_the_configured_transformers_backend(
 
 def test_generation_options_override_the_settings(converted_model: Path, tmp_path: Path) -> None:
     done = run_cli(
-        "generation",
+        "app.generate",
         *story_args("--backend", "transformers", "--precision", "int8", "--device", "cpu"),
         tmp_path=tmp_path,
         BACKEND="onnx",
@@ -238,7 +238,7 @@ def test_generation_options_override_the_settings(converted_model: Path, tmp_pat
 
 
 def test_generation_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
-    done = run_cli("generation", "x", tmp_path=tmp_path, PRECISION="fp16")
+    done = run_cli("app.generate", "x", tmp_path=tmp_path, PRECISION="fp16")
     assert done.returncode == 2
     assert done.stderr.startswith("error: configuration: PRECISION")
     assert len(done.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""python -m generation.finetune on the tiny model: train, Ctrl-C, resume, and a
+"""python -m app.finetune on the tiny model: train, Ctrl-C, resume, and a
 /story in the new genre written by the fine-tuned model."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from app.finetune import main
 from generation.engines import ModelPools
-from generation.finetune.__main__ import main
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend
@@ -49,7 +49,7 @@ def command(
     data: Path, out: Path, base: Path, genres: Path, *extra: str, convert: bool = False
 ) -> list[str]:
     return [
-        *[sys.executable, "-m", "generation.finetune", "--data", str(data), "--out", str(out)],
+        *[sys.executable, "-m", "app.finetune", "--data", str(data), "--out", str(out)],
         *["--base", str(base), "--genre", "noir", "--genres", str(genres)],
         *["--block-size", "64", "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3"],
         *["--max-steps", "150", "--epochs", "20", "--checkpoint-every", "10"],

@@ -1,4 +1,4 @@
-"""`python -m generation` streams a story to the terminal and reports its speed."""
+"""`python -m app.generate` streams a story to the terminal and reports its speed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "generation", *args],
+        [sys.executable, "-m", "app.generate", *args],
         cwd=REPO,
         text=True,
         capture_output=True,

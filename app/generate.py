@@ -1,4 +1,4 @@
-"""Write a story in the terminal: `python -m generation --genre crime "The detective..."`.
+"""Write a story in the terminal: `python -m app.generate --genre crime "The detective..."`.
 
 The text streams as it is generated; timing and tokens per second follow on
 stderr. It runs the bot's own pool and backend, built from the same settings
@@ -27,7 +27,7 @@ FALLBACK_MODEL = Path("models/tiny-gpt2")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m generation",
+        prog="python -m app.generate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
