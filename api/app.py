@@ -219,8 +219,6 @@ async def post_root(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "missing_input", 'The body needs an "input" string.')
     if not isinstance(text, str):
         raise ApiError(422, "wrong_type", "input must be a string.")
-    if not text.strip():
-        raise ApiError(422, "empty_input", "input is empty: give the story a first line.")
     stream = _wants_stream(request, body)
     run = await request.app[SERVICE_KEY].start(text, _options(body), _API)
     # The old service answered input + continuation; the stored prompt is the input

@@ -22,6 +22,7 @@ from storage.errors import InvalidData, NotFound, StorageError, StorageUnavailab
 from stories.errors import (
     AgeRestricted,
     Conflict,
+    InvalidPrompt,
     NotAllowed,
     NothingToContinue,
     StoryDeleted,
@@ -78,7 +79,7 @@ def from_domain(error: BaseException) -> ApiError:
         return ApiError(429, error.code, message, headers)
     if isinstance(error, NotAllowed | AgeRestricted):
         return ApiError(403, error.code, message)
-    if isinstance(error, InvalidRequest):
+    if isinstance(error, InvalidRequest | InvalidPrompt):
         return ApiError(422, error.code, message)
     if isinstance(error, NotFound):
         return ApiError(404, error.code, message)

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from stories.service import MAX_PROMPT_CHARS
+
 # What `GenerationParams.validate` and `StoryService` accept (generation/types.py,
 # stories/service.py).
 MAX_NEW_TOKENS = 1000  # the largest limit a deployment can set (MAX_NEW_TOKENS_LIMIT)
-MAX_INPUT_CHARS = 4000  # stories.service.MAX_PROMPT_CHARS
+MAX_INPUT_CHARS = MAX_PROMPT_CHARS
 MAX_SEED = 2**63 - 1
 MAX_STORY_ID = 10**18 - 1  # ids are at most 18 ASCII digits
 
@@ -97,7 +99,7 @@ _STORY = {
             "properties": {
                 "id": {"type": "integer"},
                 "author_id": {"type": ["string", "null"]},
-                "source": {"type": "string", "enum": ["discord", "api", "cli"]},
+                "source": {"type": "string", "enum": ["discord", "api"]},
                 "guild_id": {"type": ["string", "null"]},
                 "channel_id": {"type": ["string", "null"]},
                 "genre": {"type": "string"},

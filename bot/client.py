@@ -19,12 +19,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.handlers import LENGTHS, PROMPT_LIMIT, Handlers
+from bot.handlers import LENGTHS, Handlers
 from bot.notices import Notices
 from bot.publisher import Publisher
 from bot.views import story_button_type
 from stories.message_book import MessageBook
-from stories.service import StoryService
+from stories.service import MAX_PROMPT_CHARS, StoryService
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def build_commands(handlers: Handlers) -> list[app_commands.Command[Any, Any, An
     async def story(
         interaction: discord.Interaction,
         genre: str,
-        prompt: app_commands.Range[str, 1, PROMPT_LIMIT],
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],  # Discord's own check
         length: str = "medium",
         seed: app_commands.Range[int, 0, 2**53] | None = None,
     ) -> None:

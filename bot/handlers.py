@@ -26,7 +26,7 @@ from bot import render
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
 from bot.views import ConfirmView, MyStoriesView, StoryDetailView
-from generation.errors import Busy, GenerationError, InvalidRequest
+from generation.errors import Busy, GenerationError
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
 from stories.errors import StoryError, UserLimit
@@ -35,7 +35,6 @@ from stories.service import Announce, Requester, Run, Started, StoryOptions, Sto
 
 log = logging.getLogger(__name__)
 
-PROMPT_LIMIT = 1000
 MISSING_ACCESS = 50001
 UNKNOWN_CHANNEL = 10003
 
@@ -229,8 +228,6 @@ class Handlers:
         seed: int | None,
     ) -> None:
         await defer(interaction)
-        if len(prompt) > PROMPT_LIMIT:
-            raise InvalidRequest(f"The prompt can be at most {PROMPT_LIMIT} characters.")
         size = LENGTHS.get(length, LENGTHS["medium"])
         options = StoryOptions(
             genre=genre,

@@ -72,9 +72,10 @@ class Job:
     remote_tokens: int = 0  # tokens a remote engine reports writing (it keeps the ids)
     error: GenerationError | None = None  # why the backend gave up on this job
 
-    # Prompts longer than this many characters are cut to their tail before
-    # tokenizing; far more than 1024 tokens ever need, and it bounds the work.
-    MAX_PROMPT_CHARS = 40_000
+    # Story text longer than this many characters is cut to its tail before
+    # tokenizing (a long story's middle is dropped anyway): far more than 1024
+    # tokens ever need, and it bounds the work. Not a limit on what people type.
+    MAX_CONTEXT_CHARS = 40_000
 
     def prepare(self, backend: Backend) -> None:
         """Tokenize and fit the context; the worker calls this before generating.
@@ -85,8 +86,8 @@ class Job:
         self.model_id, self.backend_name = backend.model_id, backend.name
         primer_ids = backend.encode(self.request.primer) if self.request.primer else []
         prompt = self.request.prompt
-        if len(prompt) > self.MAX_PROMPT_CHARS:
-            prompt = prompt[-self.MAX_PROMPT_CHARS :]
+        if len(prompt) > self.MAX_CONTEXT_CHARS:
+            prompt = prompt[-self.MAX_CONTEXT_CHARS :]
             self.truncated_prompt = True
         # A trailing space becomes its own token, which GPT-2 rarely saw: drop it.
         story_ids = backend.encode(prompt.rstrip(" "))

@@ -158,13 +158,16 @@ class Ticket:
 
 
 class Reservation:
-    """A place in the queue held for a request that is not submitted yet (its
-    message is being posted). `submit(request, reservation)` uses it; `release()`
-    gives it back. Releasing twice, or after use, does nothing."""
+    """A validated request and a place in the queue held for it while it is not
+    submitted yet (its message is being posted): the typed result of the one
+    validation step. `submit(request, reservation)` uses it without validating
+    again; `release()` gives the place back. Releasing twice, or after use, does
+    nothing."""
 
-    def __init__(self, pool: GenerationPool, tokens: int) -> None:
+    def __init__(self, pool: GenerationPool, request: GenerationRequest) -> None:
         self._pool = pool
-        self.tokens = tokens  # the request's max_new_tokens, for retry estimates
+        self.request = request  # validated
+        self.tokens = request.params.max_new_tokens  # for retry estimates
         self.held = True
 
     def release(self) -> None:
@@ -280,18 +283,19 @@ class GenerationPool:
             raise InvalidRequest("timeout_s must be positive.")
 
     def reserve(self, request: GenerationRequest) -> Reservation:
-        """Hold a place in the queue for `request`, about to be submitted, so that
-        `Busy` is known before anything is shown to anyone. Raises `Busy`,
-        `PoolClosed`."""
+        """Validate `request` and hold a place in the queue for it, so that bad
+        input and `Busy` are known before anything is stored or shown to anyone.
+        Raises `InvalidRequest`, `Busy`, `PoolClosed`."""
         if self._closing or self._loop is None or self.backend is None:
             raise PoolClosed()
+        self.validate(request)
         with self._cond:
             waiting = len(self._waiting) + self._reserved
             if waiting >= self.max_queue:
                 raise Busy(self.retry_estimate(waiting))
             self._reserved += 1
             self._reserved_tokens += request.params.max_new_tokens
-        return Reservation(self, request.params.max_new_tokens)
+        return Reservation(self, request)
 
     def predicted_position(self) -> int:
         """The position a request submitted now would get (1 = next in line)."""
@@ -300,14 +304,18 @@ class GenerationPool:
 
     def submit(self, request: GenerationRequest, reservation: Reservation | None = None) -> Ticket:
         """Queue a request (on the event loop), in the place `reservation` holds if
-        given. Raises `InvalidRequest`, `Busy`, `PoolClosed`; never blocks."""
+        given (then it was validated when reserved). Raises `InvalidRequest`,
+        `Busy`, `PoolClosed`; never blocks."""
         if reservation is not None:
             if not reservation.held:
                 raise ValueError("this reservation was released or used already")
+            if reservation.request is not request:
+                raise ValueError("this reservation holds a place for another request")
             reservation.release()  # submitted now: the place becomes the request's own
         if self._closing or self._loop is None or self.backend is None:
             raise PoolClosed()
-        self.validate(request)
+        if reservation is None:
+            self.validate(request)
         params = request.params.with_seed()
         timeout = request.timeout_s or self.default_timeout_s
         now = time.monotonic()
@@ -341,7 +349,7 @@ class GenerationPool:
             self._cond.notify()
         self._wake_backend()
         ticket._timer = loop.call_later(timeout, self._expire, ticket)
-        log.debug("queued %s %s at position %d", ticket.id, request.label, len(self._waiting))
+        log.debug("queued %s at position %d", ticket.id, len(self._waiting))
         return ticket
 
     def retry_estimate(self, waiting: int) -> float:

@@ -11,9 +11,6 @@ from generation.errors import InvalidRequest
 
 FinishReason = Literal["length", "eos", "cancelled", "timeout", "error"]
 
-# GPT-2 has 1024 positions; prompt tokens + new tokens must fit in them.
-GPT2_CONTEXT = 1024
-
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -87,8 +84,6 @@ class GenerationRequest:
     primer: str = ""
     # Seconds from submission until the request is stopped; None = pool default.
     timeout_s: float | None = None
-    # Free-form label for logs (a story id, say). Never the prompt.
-    label: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,37 @@ class StoryError(Exception):
     code = "story_error"
 
 
+class InvalidPrompt(StoryError):
+    """The person's first line cannot start a story; each front-end shows this
+    one message (the HTTP interface with status 422)."""
+
+    code = "invalid_prompt"
+
+
+class EmptyPrompt(InvalidPrompt):
+    code = "empty_input"
+
+    def __init__(self) -> None:
+        super().__init__("The prompt is empty: give the story a first line.")
+
+
+class OverlongPrompt(InvalidPrompt):
+    code = "input_too_long"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The prompt is too long: at most {limit} characters.")
+
+
+class ControlCharacter(InvalidPrompt):
+    code = "control_character"
+
+    def __init__(self, character: str) -> None:
+        super().__init__(
+            f"The prompt contains an invisible control character "
+            f"(U+{ord(character):04X}); remove it and try again."
+        )
+
+
 class NotAllowed(StoryError):
     code = "forbidden"
 

@@ -49,8 +49,11 @@ from stories import export
 from stories.errors import (
     AgeRestricted,
     Conflict,
+    ControlCharacter,
+    EmptyPrompt,
     NotAllowed,
     NothingToContinue,
+    OverlongPrompt,
     StillWriting,
     StoryDeleted,
     UserLimit,
@@ -265,15 +268,14 @@ class StoryService:
             raise PoolClosed("storybot is restarting; try again in a minute.")
 
     def _check_prompt(self, prompt: str) -> str:
+        """The one check of a first line, for every front-end: the Discord option's
+        length and the HTTP body's type are all the front-ends check themselves."""
         if not isinstance(prompt, str) or not prompt.translate(_INVISIBLE).strip():
-            raise InvalidRequest("The prompt is empty: give the story a first line.")
+            raise EmptyPrompt()
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest(f"The prompt is too long: at most {MAX_PROMPT_CHARS} characters.")
+            raise OverlongPrompt(MAX_PROMPT_CHARS)
         if control := _CONTROL.search(prompt):
-            raise InvalidRequest(
-                f"The prompt contains an invisible control character "
-                f"(U+{ord(control.group()):04X}); remove it and try again."
-            )
+            raise ControlCharacter(control.group())
         return prompt.strip()
 
     def _take_slot(self, who: Requester) -> Callable[[], None]:
@@ -362,12 +364,13 @@ class StoryService:
         pool = await self._pool_for(genre)
         params = _fit(params, options, pool)
         request = GenerationRequest(prompt, params, primer=genre.primer)
-        pool.validate(request)  # refuse bad input before storing anything
-        release = self._take_slot(who)
+        # The one validation step: bad input (then Busy) is refused before the
+        # person's limits are counted and before anything is stored or shown.
+        reservation = pool.reserve(request)
         try:
-            reservation = pool.reserve(request)  # Busy before anything is stored or shown
+            release = self._take_slot(who)
         except BaseException:
-            release()
+            reservation.release()
             raise
         try:
             story, root, record = await self.store.create_story(
@@ -599,12 +602,11 @@ class StoryService:
         path = await self.store.path_to(parent.id)
         previous_text = "".join(part.text for part in path)
         request = GenerationRequest(previous_text, params, primer=genre.primer)
-        pool.validate(request)
-        release = self._take_slot(who)
+        reservation = pool.reserve(request)  # validates it, as for a new story
         try:
-            reservation = pool.reserve(request)
+            release = self._take_slot(who)
         except BaseException:
-            release()
+            reservation.release()
             raise
         try:
             record = await self.store.create_run(
@@ -666,12 +668,13 @@ class StoryService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info(
-            "story %d: run %d (%s) queued at position %d (seed %d)",
+            "story %d: run %d (%s) queued at position %d (seed %d, ticket %s)",
             run.story.id,
             run.id,
             run.kind,
             run.position,
             run.seed,
+            run.ticket.id if run.ticket else "-",
         )
 
     async def _complete(self, run: Run, refused: GenerationError | None) -> None:

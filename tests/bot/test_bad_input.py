@@ -6,6 +6,7 @@ import pytest
 
 from storage.models import GeneratedPart
 from stories.message_book import MessageBook
+from stories.service import MAX_PROMPT_CHARS
 from tests.bot.conftest import BotEnv
 from tests.bot.helpers import button, is_story, start_story, story_messages
 from tests.fakediscord.server import ADD_REACTIONS
@@ -22,8 +23,9 @@ async def test_empty_looking_prompts_are_refused(env: BotEnv, prompt: str) -> No
 
 
 async def test_too_long_prompt_is_refused_even_if_discord_let_it_through(env: BotEnv) -> None:
-    handle = await env.fake.invoke("story", user=env.fake.alice, genre="crime", prompt="x" * 1001)
-    await handle.reply(lambda m: "at most 1000" in m["content"])
+    prompt = "x" * (MAX_PROMPT_CHARS + 1)
+    handle = await env.fake.invoke("story", user=env.fake.alice, genre="crime", prompt=prompt)
+    await handle.reply(lambda m: f"at most {MAX_PROMPT_CHARS} characters" in m["content"])
 
 
 async def test_a_thousand_emoji(env: BotEnv) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from stories.service import MAX_PROMPT_CHARS
 from tests.bot.conftest import BotEnv
 from tests.bot.helpers import PROMPT, button, buttons, is_story, start_story, story_messages
 
@@ -17,7 +18,8 @@ async def test_startup_is_fast_and_commands_synced(env: BotEnv) -> None:
     genre = next(o for o in story["options"] if o["name"] == "genre")
     assert 10 <= len(genre["choices"]) <= 25
     prompt = next(o for o in story["options"] if o["name"] == "prompt")
-    assert prompt["max_length"] == 1000 and prompt["min_length"] == 1
+    # The service's one prompt limit, which Discord then checks before we do.
+    assert prompt["max_length"] == MAX_PROMPT_CHARS and prompt["min_length"] == 1
 
 
 async def test_story_from_deferral_to_final_message(env: BotEnv) -> None:

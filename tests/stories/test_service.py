@@ -10,7 +10,14 @@ import pytest
 from generation.errors import Cancelled, InvalidRequest
 from storage.errors import NotFound
 from storage.store import Store
-from stories.errors import AgeRestricted, NotAllowed, StoryDeleted, UserLimit
+from stories.errors import (
+    AgeRestricted,
+    EmptyPrompt,
+    NotAllowed,
+    OverlongPrompt,
+    StoryDeleted,
+    UserLimit,
+)
 from stories.genres import UnknownGenre
 from stories.service import Requester, StoryOptions, StoryService, join_text
 from tests.conftest import GatedBackend, wait_for
@@ -65,13 +72,13 @@ async def test_two_continues_at_once_give_one_part(service: StoryService, store:
 async def test_bad_input_is_refused_and_nothing_is_stored(
     service: StoryService, store: Store
 ) -> None:
-    with pytest.raises(InvalidRequest, match="empty"):
+    with pytest.raises(EmptyPrompt, match="empty"):
         await service.start(" \n\t ", opts(), ALICE)
     with pytest.raises(UnknownGenre):
         await service.start("hi", StoryOptions(genre="cooking"), ALICE)
     with pytest.raises(InvalidRequest):
         await service.start("hi", opts(temperature=0.0), ALICE)
-    with pytest.raises(InvalidRequest, match="too long"):
+    with pytest.raises(OverlongPrompt, match="too long"):
         await service.start("x" * 5000, opts(), ALICE)
     with pytest.raises(AgeRestricted):
         await service.start("hi", StoryOptions(genre="gore"), ALICE)
