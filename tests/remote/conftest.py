@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from generation.openai_backend import OpenAIBackend
+from generation.pool import GenerationPool
 from tests.conftest import free_port
 
 
@@ -377,3 +379,18 @@ async def stand_in() -> AsyncIterator[StandIn]:
     await server.start()
     yield server
     await server.stop()
+
+
+def remote_pool(url: str, **options: Any) -> GenerationPool:
+    """A pool over the openai backend at `url`, with short retries and timeouts."""
+    settings: dict[str, Any] = {
+        "retries": 2,
+        "backoff_s": 0.01,
+        "connect_timeout_s": 2.0,
+        "read_timeout_s": 10.0,
+    } | options
+
+    def backend() -> OpenAIBackend:
+        return OpenAIBackend(url, **settings)
+
+    return GenerationPool(backend, max_batch=settings.get("max_concurrency", 32))

@@ -19,8 +19,7 @@ from generation.dialects import DIALECTS
 from generation.errors import EngineStartError
 from generation.openai_backend import OpenAIBackend
 from generation.types import GenerationParams, GenerationRequest
-from tests.remote.conftest import ENGINES, Engine, StandIn
-from tests.remote.test_openai_backend import remote_pool
+from tests.remote.conftest import ENGINES, Engine, StandIn, remote_pool
 
 # A story that asks for every control: each engine must get each one it has.
 STORY = GenerationParams(

@@ -20,8 +20,8 @@ import pytest
 from generation.openai_backend import OpenAIBackend
 from generation.types import GenerationParams, GenerationRequest
 from tests.conftest import free_port
+from tests.remote.conftest import remote_pool
 from tests.remote.gguf import write_gpt2_gguf
-from tests.remote.test_openai_backend import remote_pool
 
 BINARY = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
 pytestmark = pytest.mark.skipif(

@@ -23,21 +23,7 @@ from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend
 from generation.types import GenerationParams, GenerationRequest
 from tests.conftest import free_port, wait_for
-from tests.remote.conftest import Serve, StandIn
-
-
-def remote_pool(url: str, **options: Any) -> GenerationPool:
-    settings: dict[str, Any] = {
-        "retries": 2,
-        "backoff_s": 0.01,
-        "connect_timeout_s": 2.0,
-        "read_timeout_s": 10.0,
-    } | options
-
-    def backend() -> OpenAIBackend:
-        return OpenAIBackend(url, **settings)
-
-    return GenerationPool(backend, max_batch=settings.get("max_concurrency", 32))
+from tests.remote.conftest import Serve, StandIn, remote_pool
 
 
 def request(prompt: str = "The detective opened the door", **params: Any) -> GenerationRequest:

@@ -1,75 +1,11 @@
-"""Params validation, text hygiene and the sampler, without a model."""
+"""The per-row sampler, without a model."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from generation.errors import InvalidRequest
 from generation.sampling import RowSampler
-from generation.text import StreamDecoder, clean, trim_to_sentence
 from generation.types import GenerationParams
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("temperature", 0),
-        ("temperature", -1.0),
-        ("temperature", float("nan")),
-        ("top_p", 0),
-        ("top_p", 1.5),
-        ("max_new_tokens", 0),
-        ("max_new_tokens", 5000),
-        ("max_new_tokens", 1.5),
-        ("top_k", -1),
-        ("repetition_penalty", 0.5),
-        ("no_repeat_ngram_size", -2),
-        ("seed", -1),
-        ("min_new_tokens", 500),
-    ],
-)
-def test_out_of_range_params_are_refused_with_a_message(field: str, value: object) -> None:
-    params = GenerationParams(**{field: value})  # type: ignore[arg-type]
-    with pytest.raises(InvalidRequest, match=field):
-        params.validate(max_new_tokens_limit=1000)
-
-
-def test_defaults_are_valid_and_seed_is_filled() -> None:
-    params = GenerationParams()
-    params.validate()
-    assert params.seed is None
-    seeded = params.with_seed()
-    assert isinstance(seeded.seed, int) and seeded.with_seed() == seeded
-
-
-def test_clean_removes_endoftext_controls_and_replacement_chars() -> None:
-    dirty = "A<|endoftext|>B\x00C\x1b[31mD\r\nE\tF\ufffdG\u200b"
-    assert clean(dirty) == "ABC[31mD\nE\tFG\u200b"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (" He ran. She stayed and", " He ran."),
-        (' "Stop!" he said. Then the', ' "Stop!" he said.'),
-        (" Was it? It was… and then", " Was it? It was…"),
-        (" no sentence end at all", " no sentence end at all"),
-        (" Dr. Who went", " Dr."),  # an abbreviation reads like an end; acceptable
-    ],
-)
-def test_trim_to_sentence(text: str, expected: str) -> None:
-    assert trim_to_sentence(text) == expected
-
-
-def test_stream_decoder_holds_back_half_characters() -> None:
-    data = "é😀".encode()
-    # A byte-level "tokenizer": each id is one byte.
-    decoder = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
-    deltas = [decoder.push(byte) for byte in data]
-    assert "".join(deltas) == "é😀"
-    assert all("\ufffd" not in delta for delta in deltas)
-    assert deltas[0] == ""  # the first byte of é alone is not yet a character
 
 
 def _sampler(**kwargs: object) -> RowSampler:
