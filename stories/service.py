@@ -664,7 +664,7 @@ class StoryService:
                 reservation.release()
                 error = refused
         self._started_now(run.requested_by)
-        task = asyncio.create_task(self._complete(run, error), name=f"run-{run.id}")
+        task = asyncio.create_task(self._follow_and_save(run, error), name=f"run-{run.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info(
@@ -677,7 +677,7 @@ class StoryService:
             run.ticket.id if run.ticket else "-",
         )
 
-    async def _complete(self, run: Run, refused: GenerationError | None) -> None:
+    async def _follow_and_save(self, run: Run, refused: GenerationError | None) -> None:
         """Follow the run to its end, record the end, then tell its readers: whoever
         reacts to the outcome (a Retry click, a continue) sees the state stored."""
         state: Status | None = "failed"
