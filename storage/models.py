@@ -67,6 +67,8 @@ class Part:
     generation_s: float | None
     finish_reason: str | None
     created_at: float
+    masked: bool = False  # the content filter masked words in it
+    hidden: bool = False  # hidden after reports, until an admin restores it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class Part:
             "generation_s": self.generation_s,
             "finish_reason": self.finish_reason,
             "created_at": self.created_at,
+            "masked": self.masked,
         }
 
 
@@ -137,6 +140,79 @@ class GeneratedPart:
     queued_s: float | None = None
     generation_s: float | None = None
     finish_reason: str | None = None
+    masked: bool = False  # the content filter masked words in `text`
+
+
+ContinuePolicy = Literal["anyone", "author", "role"]
+
+
+@dataclass(frozen=True)
+class GuildSettings:
+    """What a server's admins chose. None: the operator's default (for genres
+    and channels: all of them)."""
+
+    guild_id: int
+    genres: tuple[str, ...] | None = None  # genre keys enabled
+    channels: tuple[int, ...] | None = None  # channels the bot writes in
+    cooldown_s: float | None = None
+    max_active: int | None = None
+    daily_quota: int | None = None  # stories a day for the whole server
+    continue_policy: ContinuePolicy = "anyone"
+    continue_role_id: int | None = None
+    default_length: str | None = None
+    filter_terms: tuple[str, ...] = ()  # the server's own terms, on top of the built-in list
+    report_threshold: int = 3  # members' reports that hide a part
+    admin_report_threshold: int = 1  # admins' reports that hide a part
+    left_at: float | None = None  # when the bot left the server
+
+
+GUILD_SETTINGS_FIELDS = (
+    "genres",
+    "channels",
+    "cooldown_s",
+    "max_active",
+    "daily_quota",
+    "continue_policy",
+    "continue_role_id",
+    "default_length",
+    "filter_terms",
+    "report_threshold",
+    "admin_report_threshold",
+)
+
+
+@dataclass(frozen=True)
+class GuildCounts:
+    """A server's counts over some days (the daily quota uses today's stories)."""
+
+    days: int
+    stories: int = 0
+    refused: int = 0  # prompts the filter refused
+    masked: int = 0  # generated parts the filter masked
+    reports: int = 0
+    hidden: int = 0  # parts hidden after reports
+
+
+GUILD_COUNTERS = ("stories", "refused", "masked", "reports", "hidden")
+
+
+@dataclass(frozen=True)
+class ReportTally:
+    """The reports a part has, after one more."""
+
+    members: int
+    admins: int
+    new: bool  # False: this person had reported it already
+    hidden: bool  # the part is hidden now
+
+
+@dataclass(frozen=True)
+class HiddenPart:
+    """A part hidden after reports, for the admins of the server it was in."""
+
+    part: Part
+    story: Story
+    reports: int
 
 
 @dataclass(frozen=True)
@@ -178,6 +254,28 @@ def part_from_row(row: Any) -> Part:
         generation_s=row["generation_s"],
         finish_reason=row["finish_reason"],
         created_at=row["created_at"],
+        masked=bool(row["masked"]),
+        hidden=bool(row["hidden"]),
+    )
+
+
+def guild_settings_from_row(row: Any) -> GuildSettings:
+    genres = json.loads(row["genres"]) if row["genres"] is not None else None
+    channels = json.loads(row["channels"]) if row["channels"] is not None else None
+    return GuildSettings(
+        guild_id=row["guild_id"],
+        genres=tuple(genres) if genres is not None else None,
+        channels=tuple(int(c) for c in channels) if channels is not None else None,
+        cooldown_s=row["cooldown_s"],
+        max_active=row["max_active"],
+        daily_quota=row["daily_quota"],
+        continue_policy=row["continue_policy"],
+        continue_role_id=row["continue_role_id"],
+        default_length=row["default_length"],
+        filter_terms=tuple(json.loads(row["filter_terms"])),
+        report_threshold=row["report_threshold"],
+        admin_report_threshold=row["admin_report_threshold"],
+        left_at=row["left_at"],
     )
 
 

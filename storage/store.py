@@ -490,7 +490,8 @@ class Store:
             cursor = await conn.execute(
                 "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
                 " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
-                " created_at) VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " masked, created_at)"
+                " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.story_id,
                     run.parent_id,
@@ -504,6 +505,7 @@ class Store:
                     part.queued_s,
                     part.generation_s,
                     part.finish_reason,
+                    int(part.masked),
                     now,
                 ),
             )
