@@ -44,8 +44,33 @@ class ControlCharacter(InvalidPrompt):
         )
 
 
+class ContentFiltered(InvalidPrompt):
+    """The content filter refused a prompt. The message never says which word."""
+
+    code = "content_filtered"
+
+    def __init__(self, message: str = "The content filter refused this prompt.") -> None:
+        super().__init__(message)
+
+
 class NotAllowed(StoryError):
     code = "forbidden"
+
+
+class ChannelClosed(NotAllowed):
+    """The server's admins keep stories out of this channel."""
+
+    code = "channel_closed"
+
+
+class GenreDisabled(NotAllowed):
+    code = "genre_disabled"
+
+
+class InvalidSetting(StoryError):
+    """An admin's setting out of its bounds; the message says which bounds."""
+
+    code = "invalid_setting"
 
 
 class AgeRestricted(StoryError):
@@ -60,8 +85,25 @@ class UserLimit(StoryError):
         self.retry_after = retry_after
 
 
+class QuotaReached(UserLimit):
+    """The server's stories for today are written."""
+
+    code = "daily_quota"
+
+
 class NothingToContinue(StoryError):
     code = "nothing_to_continue"
+
+
+class PartHidden(NothingToContinue):
+    """The part was hidden after reports; an admin may restore it."""
+
+    code = "part_hidden"
+
+    def __init__(
+        self, message: str = "That part was removed after reports; it cannot be continued."
+    ) -> None:
+        super().__init__(message)
 
 
 class Conflict(StoryError):

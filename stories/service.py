@@ -33,9 +33,11 @@ from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolCl
 from generation.pool import GenerationPool, Reservation, Ticket
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 from storage.errors import NotFound, StorageError
+from storage.guilds import GuildStore
 from storage.models import (
     Deleted,
     GeneratedPart,
+    GuildSettings,
     Part,
     RunKind,
     RunRecord,
@@ -54,11 +56,13 @@ from stories.errors import (
     NotAllowed,
     NothingToContinue,
     OverlongPrompt,
+    PartHidden,
     StillWriting,
     StoryDeleted,
     UserLimit,
 )
 from stories.genres import Genre, GenreRegistry
+from stories.servers import Limits, Member, ServerRules
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,7 @@ class Requester:
     guild_id: int | None = None
     channel_id: int | None = None
     age_restricted_ok: bool = False  # the channel allows age-restricted genres
+    member: Member = field(default_factory=Member)  # roles; do they manage the server
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class Run:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     release_slot: Callable[[], None] = field(default=lambda: None, repr=False)
+    cooldown_s: float = 0.0  # its requester's cooldown where it was asked for
 
     @property
     def id(self) -> int:
@@ -252,12 +258,18 @@ class StoryService:
         self.pool = pool  # the default model's
         self.models = models  # genre models, loaded on demand; None: one model for all
         self.genres = genres
-        self.user_max_active = user_max_active
-        self.user_cooldown_s = user_cooldown_s
+        self.servers = ServerRules(
+            GuildStore(store),
+            genres,
+            user_max_active=user_max_active,
+            user_cooldown_s=user_cooldown_s,
+        )
         self._runs: dict[int, Run] = {}  # run id -> run in flight
         self._claims: dict[int, _Claim] = {}  # part id -> the run acting on it
         self._active: dict[int, int] = {}  # user id -> runs in flight or being set up
-        self._last_start: dict[int, float] = {}  # user id -> when their last run began
+        # user id -> when their last run began, and when the cooldown that applied
+        # there (their server's) ends
+        self._last_start: dict[int, tuple[float, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._missing_models: set[str] = set()
         self._closing = False
@@ -278,21 +290,22 @@ class StoryService:
             raise ControlCharacter(control.group())
         return prompt.strip()
 
-    def _take_slot(self, who: Requester) -> Callable[[], None]:
+    def _take_slot(self, who: Requester, limits: Limits) -> Callable[[], None]:
         """Check the per-person limits and hold one of the person's slots; the
         returned function gives it back (once, however often it is called)."""
         user = who.user_id
         if user is None:
             return lambda: None
         active = self._active.get(user, 0)
-        if active >= self.user_max_active:
+        if active >= limits.max_active:
             raise UserLimit(
                 f"You already have {active} stories being written; "
                 "wait for one to finish (or cancel it)."
             )
         last = self._last_start.get(user)
-        if last is not None and self.user_cooldown_s:
-            wait = self.user_cooldown_s - (time.monotonic() - last)
+        if last is not None:
+            started, until = last
+            wait = max(until, started + limits.cooldown_s) - time.monotonic()
             if wait > 0:
                 raise UserLimit(
                     f"Slow down a little: try again in {max(1, round(wait))} s.", retry_after=wait
@@ -312,14 +325,13 @@ class StoryService:
 
         return release
 
-    def _started_now(self, user: int | None) -> None:
+    def _started_now(self, user: int | None, cooldown_s: float) -> None:
         if user is None:
             return
         now = time.monotonic()
-        self._last_start[user] = now
+        self._last_start[user] = (now, now + cooldown_s)
         if len(self._last_start) > 256:  # forget people whose cooldown has passed
-            horizon = now - self.user_cooldown_s
-            self._last_start = {u: t for u, t in self._last_start.items() if t > horizon}
+            self._last_start = {u: t for u, t in self._last_start.items() if t[1] > now}
 
     def _genre(self, key: str | None, who: Requester) -> Genre:
         genre = self.genres.get(key)
@@ -358,8 +370,11 @@ class StoryService:
     ) -> Run:
         """Start a story: validate, store it with its first run, show it, generate."""
         self._check_open()
+        server = await self.servers.settings(who.guild_id)
+        self.servers.check_channel(server, who.channel_id)
         prompt = self._check_prompt(prompt)
         genre = self._genre(options.genre, who)
+        self.servers.check_genre(server, genre.key)
         params = genre.params(**asdict(options)).with_seed()
         pool = await self._pool_for(genre)
         params = _fit(params, options, pool)
@@ -368,9 +383,15 @@ class StoryService:
         # person's limits are counted and before anything is stored or shown.
         reservation = pool.reserve(request)
         try:
-            release = self._take_slot(who)
+            release = self._take_slot(who, self.servers.limits(server))
         except BaseException:
             reservation.release()
+            raise
+        try:
+            await self.servers.take_story(server)  # the server's daily quota
+        except BaseException:
+            reservation.release()
+            release()
             raise
         try:
             story, root, record = await self.store.create_story(
@@ -385,9 +406,11 @@ class StoryService:
         except BaseException:
             reservation.release()
             release()
+            await asyncio.shield(self.servers.give_back_story(server))
             raise
         run = Run(record, story, root, genre, prompt, 1, release_slot=release)
-        await self._launch(run, pool, request, reservation, announce, new_story=True)
+        run.cooldown_s = self.servers.limits(server).cooldown_s
+        await self._launch(run, pool, request, reservation, announce, new_story=True, server=server)
         return run
 
     async def continue_from(
@@ -469,8 +492,6 @@ class StoryService:
         try:
             part = await self.store.get_part(part_id)
             story = await self.store.get_story(part.story_id)
-            if who.user_id is not None and story.author_id != who.user_id:
-                raise NotAllowed("Only the story's author can reroll it.")
             if part.parent_id is None:
                 raise NothingToContinue(
                     "The prompt itself cannot be rerolled; continue the story instead."
@@ -590,6 +611,12 @@ class StoryService:
         replaces: Part | None,
         announce: Announce | None,
     ) -> Run:
+        server = await self.servers.settings(who.guild_id)
+        self.servers.check_channel(server, who.channel_id)
+        if kind == "reroll":
+            self.servers.check_reroll(server, who.member, who.user_id, story.author_id)
+        else:
+            self.servers.check_continue(server, who.member, who.user_id, story.author_id)
         genre = self._story_genre(story, who)
         asked = options or StoryOptions()
         # Without options, a part is as long as the one before (which fits the
@@ -600,11 +627,13 @@ class StoryService:
         pool = await self._pool_for(genre)
         params = _fit(params, asked, pool)
         path = await self.store.path_to(parent.id)
+        if any(part.hidden for part in path):
+            raise PartHidden()
         previous_text = "".join(part.text for part in path)
         request = GenerationRequest(previous_text, params, primer=genre.primer)
         reservation = pool.reserve(request)  # validates it, as for a new story
         try:
-            release = self._take_slot(who)
+            release = self._take_slot(who, self.servers.limits(server))
         except BaseException:
             reservation.release()
             raise
@@ -623,6 +652,7 @@ class StoryService:
             raise
         run = Run(record, story, parent, genre, previous_text, len(path), replaces)
         run.release_slot = release
+        run.cooldown_s = self.servers.limits(server).cooldown_s
         await self._launch(run, pool, request, reservation, announce)
         return run
 
@@ -635,6 +665,7 @@ class StoryService:
         announce: Announce | None,
         *,
         new_story: bool = False,
+        server: GuildSettings | None = None,
     ) -> None:
         """Show the run (if the front-end asks to), then queue it and follow it."""
         run.predicted_position = pool.predicted_position()
@@ -650,6 +681,7 @@ class StoryService:
                 del self._runs[run.id]
                 if new_story:
                     await asyncio.shield(self.store.delete_story(run.story.id))
+                    await asyncio.shield(self.servers.give_back_story(server))
                 else:
                     await asyncio.shield(self.store.delete_run(run.id))
                 raise
@@ -663,7 +695,7 @@ class StoryService:
             except GenerationError as refused:  # the pool closed while the run was shown
                 reservation.release()
                 error = refused
-        self._started_now(run.requested_by)
+        self._started_now(run.requested_by, run.cooldown_s)
         task = asyncio.create_task(self._follow_and_save(run, error), name=f"run-{run.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

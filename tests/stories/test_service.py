@@ -197,7 +197,7 @@ def test_join_text_avoids_double_spaces() -> None:
 
 
 async def test_two_quick_starts_cannot_both_pass_the_limit(service: StoryService) -> None:
-    service.user_max_active = 1
+    service.servers.user_max_active = 1
     results = await asyncio.gather(
         service.start("one", opts(), ALICE),
         service.start("two", opts(), ALICE),
@@ -224,7 +224,7 @@ async def test_deleting_a_story_stops_a_part_being_written(make_pool, store, gen
 
 
 async def test_per_person_bookkeeping_shrinks(service: StoryService) -> None:
-    service.user_cooldown_s = 0.01
+    service.servers.user_cooldown_s = 0.01
     for user in range(300):
         await (await service.start("hi", opts(), Requester(user_id=user))).outcome()
     await service.wait_idle()
