@@ -91,6 +91,7 @@ class FakeChannel:
         self.send_failure: BaseException | None = None
 
     async def send(self, content: str, *, view: Any = None, reference: Any = None) -> FakeMessage:
+        await asyncio.sleep(0)  # a request: other tasks run meanwhile
         if self.send_failure is not None:
             raise self.send_failure
         message = FakeMessage(self, content)
