@@ -23,6 +23,7 @@ from stories.errors import (
     AgeRestricted,
     Conflict,
     InvalidPrompt,
+    InvalidSetting,
     NotAllowed,
     NothingToContinue,
     StoryDeleted,
@@ -79,7 +80,7 @@ def from_domain(error: BaseException) -> ApiError:
         return ApiError(429, error.code, message, headers)
     if isinstance(error, NotAllowed | AgeRestricted):
         return ApiError(403, error.code, message)
-    if isinstance(error, InvalidRequest | InvalidPrompt):
+    if isinstance(error, InvalidRequest | InvalidPrompt | InvalidSetting):
         return ApiError(422, error.code, message)
     if isinstance(error, NotFound):
         return ApiError(404, error.code, message)

@@ -317,13 +317,15 @@ _REASONS = {
     404: "`not_found`, `story_deleted`: no such story",
     408: "`request_timeout`: the body arrived too slowly",
     409: "`still_writing`, `conflict`, `nothing_to_continue`, `cancelled`: a part of "
-    "this story is being written, or was cancelled: continue once it is done",
+    "this story is being written, or was cancelled: continue once it is done; "
+    "`part_hidden`: the part was removed after reports",
     413: "`body_too_large`: the body is larger than HTTP_MAX_BODY_BYTES",
     415: "`unsupported_media_type`: a body that is not Content-Type: application/json",
     421: "`misdirected_request`: a Host the server does not answer to (HTTP_ALLOWED_HOSTS)",
-    422: "`missing_input`, `empty_input`, `wrong_type`, `wrong_field`, `unknown_genre`, "
-    "`invalid_request`, `prompt_too_long`, `invalid_data`: a field is missing, empty, of "
-    "the wrong type or out of range",
+    422: "`missing_input`, `empty_input`, `input_too_long`, `control_character`, "
+    "`wrong_type`, `wrong_field`, `unknown_genre`, `invalid_request`, `prompt_too_long`, "
+    "`invalid_data`: a field is missing, empty, of the wrong type or out of range; "
+    "`content_filtered`: the content filter refused the input",
     502: "`engine_unavailable`: the remote story engine (BACKEND=openai) failed",
     503: "`busy`: the queue is full; `shutting_down`; `storage_unavailable`; "
     "`too_many_connections`: past HTTP_MAX_CONNECTIONS",

@@ -19,11 +19,13 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.handlers import LENGTHS, Handlers
+from bot.admin import admin_group
+from bot.handlers import Handlers
 from bot.notices import Notices
 from bot.publisher import Publisher
 from bot.views import story_button_type
 from stories.message_book import MessageBook
+from stories.servers import LENGTHS
 from stories.service import MAX_PROMPT_CHARS, StoryService
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,19 @@ class DiscordLoginError(Exception):
     """The token was refused; printed as one line at start-up."""
 
 
-def build_commands(handlers: Handlers) -> list[app_commands.Command[Any, Any, Any]]:
-    genre_choices = [
-        app_commands.Choice(name=genre.title[:100], value=genre.key)
-        for genre in handlers.service.genres
-    ]
+def build_commands(
+    handlers: Handlers,
+) -> list[app_commands.Command[Any, Any, Any] | app_commands.Group]:
     length_choices = [
         app_commands.Choice(name=size.label, value=key) for key, size in LENGTHS.items()
     ]
+
+    async def genre_choices(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The genres this server enabled; 18+ ones only in age-restricted channels.
+        Autocomplete also lifts Discord's limit of 25 fixed choices."""
+        return await handlers.genre_choices(interaction, current)
 
     @app_commands.command(name="story", description="Write a story with GPT-2 from your first line")
     @app_commands.describe(
@@ -49,18 +56,20 @@ def build_commands(handlers: Handlers) -> list[app_commands.Command[Any, Any, An
         length="How much to write",
         seed="A number to reproduce a story exactly",
     )
-    @app_commands.choices(genre=genre_choices, length=length_choices)
+    @app_commands.autocomplete(genre=genre_choices)
+    @app_commands.choices(length=length_choices)
     @app_commands.guild_only()
     async def story(
         interaction: discord.Interaction,
         genre: str,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],  # Discord's own check
-        length: str = "medium",
+        length: str | None = None,  # None: the server's default length
         seed: app_commands.Range[int, 0, 2**53] | None = None,
     ) -> None:
         """Write a story with GPT-2 from your first line.
 
-        Thin: validation by Discord (choices, ranges) and again by the service.
+        Thin: validation by Discord (ranges) and by the service (the genre, typed
+        or picked, and everything the server's admins decided).
         """
         await handlers.story(interaction, genre, prompt, length, seed)
 
@@ -72,7 +81,7 @@ def build_commands(handlers: Handlers) -> list[app_commands.Command[Any, Any, An
     async def forgetme(interaction: discord.Interaction) -> None:
         await handlers.forget_me(interaction)
 
-    return [story, mystories, forgetme]
+    return [story, mystories, forgetme, admin_group(handlers.admin)]
 
 
 class StoryBot(discord.Client):
@@ -136,6 +145,13 @@ class StoryBot(discord.Client):
         if not self._synced_messages:  # once: on_ready comes again after a reconnect
             self._synced_messages = True
             await self.handlers.bring_messages_up_to_date()
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.service.servers.joined(guild.id)
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        # Its settings are kept a while, in case the bot is invited back.
+        await self.service.servers.left(guild.id)
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self.handlers.on_reaction(payload)

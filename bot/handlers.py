@@ -16,13 +16,13 @@ import io
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import discord
 from discord import app_commands
 
 from bot import render
+from bot.admin import AdminHandlers
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
 from bot.views import ConfirmView, MyStoriesView, StoryDetailView
@@ -31,6 +31,7 @@ from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
 from stories.errors import StoryError, UserLimit
 from stories.message_book import MessageBook
+from stories.servers import Member
 from stories.service import Announce, Requester, Run, Started, StoryOptions, StoryService
 
 log = logging.getLogger(__name__)
@@ -39,23 +40,17 @@ MISSING_ACCESS = 50001
 UNKNOWN_CHANNEL = 10003
 
 
-@dataclass(frozen=True)
-class Length:
-    label: str
-    max_new_tokens: int
-    min_new_tokens: int  # holds off end-of-text, so "long" is long
-
-
-LENGTHS = {
-    "short": Length("Short (a paragraph)", 60, 20),
-    "medium": Length("Medium", 120, 50),
-    "long": Length("Long (several paragraphs)", 250, 120),
-}
-
-
 def is_age_restricted(channel: Any) -> bool:
     checker = getattr(channel, "is_nsfw", None)
     return bool(checker()) if callable(checker) else False
+
+
+def member_of(user: Any, permissions: discord.Permissions | None = None) -> Member:
+    """A person's roles in the server, and whether they manage it."""
+    roles = tuple(role.id for role in getattr(user, "roles", ()) if not role.is_default())
+    if permissions is None:
+        permissions = getattr(user, "guild_permissions", None)
+    return Member(roles=roles, admin=bool(permissions and permissions.manage_guild))
 
 
 def requester(interaction: discord.Interaction) -> Requester:
@@ -65,6 +60,7 @@ def requester(interaction: discord.Interaction) -> Requester:
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
         age_restricted_ok=is_age_restricted(interaction.channel),
+        member=member_of(interaction.user, interaction.permissions),
     )
 
 
@@ -188,6 +184,12 @@ class Handlers:
         self.publisher = publisher
         self.notices = notices
         self.max_new_tokens_limit = max_new_tokens_limit
+        self.admin = AdminHandlers(
+            service,
+            on_error=self.on_error,
+            requester=requester,
+            refresh=lambda: publisher.sync_soon(client),
+        )
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -224,11 +226,12 @@ class Handlers:
         interaction: discord.Interaction,
         genre: str,
         prompt: str,
-        length: str,
+        length: str | None,
         seed: int | None,
     ) -> None:
         await defer(interaction)
-        size = LENGTHS.get(length, LENGTHS["medium"])
+        server = await self.service.servers.settings(interaction.guild_id)
+        size = self.service.servers.length(server, length)
         options = StoryOptions(
             genre=genre,
             max_new_tokens=min(size.max_new_tokens, self.max_new_tokens_limit),
@@ -243,11 +246,31 @@ class Handlers:
             f"Your {run.genre.title.lower()} story is queued (seed {run.seed}): {message.jump_url}",
         )
 
+    async def genre_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """/story's genre suggestions: what this server enabled, 18+ genres only
+        in age-restricted channels, matching what was typed so far."""
+        rules = self.service.servers
+        enabled = set(rules.enabled_genres(await rules.settings(interaction.guild_id)))
+        adult_ok = is_age_restricted(interaction.channel)
+        typed = current.casefold().strip()
+        return [
+            app_commands.Choice(name=genre.title[:100], value=genre.key)
+            for genre in self.service.genres
+            if genre.key in enabled
+            and (adult_ok or not genre.age_restricted)
+            and (typed in genre.title.casefold() or typed in genre.key)
+        ][:25]
+
     # ----------------------------------------------------------------- buttons
     @_tracked
     async def story_button(self, interaction: discord.Interaction, action: str, id: int) -> None:
         if action == "cancel":
             await self.cancel(interaction, id)
+            return
+        if action == "report":
+            await self.report(interaction, id)
             return
         await defer(interaction)
         channel = interaction.channel
@@ -297,6 +320,16 @@ class Handlers:
         )
         await tell(interaction, f"Someone is already writing the next part{where}")
 
+    async def report(self, interaction: discord.Interaction, part_id: int) -> None:
+        tally = await self.service.report(part_id, requester(interaction))
+        if tally.hidden:
+            await tell(interaction, "Reported. That part is now hidden until an admin reviews it.")
+            self.publisher.sync_soon(self.client)  # its messages say it was removed
+        elif tally.new:
+            await tell(interaction, "Reported. Thank you: the server's admins can review it.")
+        else:
+            await tell(interaction, "You have reported that part already.")
+
     async def cancel(self, interaction: discord.Interaction, run_id: int) -> None:
         cancelled = await self.service.cancel(run_id, requester(interaction))
         await tell(
@@ -324,6 +357,7 @@ class Handlers:
             guild_id=payload.guild_id,
             channel_id=payload.channel_id,
             age_restricted_ok=is_age_restricted(channel),
+            member=member_of(payload.member),
         )
         message = channel.get_partial_message(payload.message_id)
         show = _Show(self.publisher, channel, reply_to=message)
@@ -359,8 +393,10 @@ class Handlers:
     # --------------------------------------------------------------- recovery
     async def bring_messages_up_to_date(self) -> None:
         """At start-up: messages left stale by the last process (interrupted
-        runs, failed edits, deletions) show what the database says."""
+        runs, failed edits, deletions) show what the database says; servers the
+        bot left long ago lose their settings."""
         self.publisher.sync_soon(self.client)
+        await self.service.servers.forget_servers_left_long_ago()
 
     # ------------------------------------------------------------ /mystories
     async def story_page(

@@ -428,6 +428,8 @@ class Publisher:
             try:
                 if kind == "part":
                     parts.setdefault(int(rest.split(":")[0]), []).append(record)
+                elif kind == "hidden":
+                    await self._hide(client, record)
                 elif kind == "run":
                     await self._sync_run(client, record, int(rest.split(":")[0]))
                 elif record.wants == GONE:
@@ -450,6 +452,20 @@ class Publisher:
         if records:
             log.info("brought %d messages up to date", len(records))
         return len(records)
+
+    async def _hide(self, client: discord.Client, record: MessageRecord) -> None:
+        """A part hidden after reports: each of its messages says it was removed
+        (no buttons, so nobody continues it). Restored, it is shown again."""
+        channel = await self._channel(client, record)
+        if channel is None:
+            return
+        target = self._partial(channel, record.message_id)
+        content = render.removed() if record.chunk == 0 else "-# 🚩"
+        edited = await self._final_edit(target, content=content, view=None)
+        if edited is Edit.GONE:
+            await self.book.forget(record.message_id)
+        elif edited is not Edit.FAILED:
+            await self.book.confirmed(record.message_id, record.wants)
 
     async def _channel(
         self, client: discord.Client, record: MessageRecord

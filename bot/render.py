@@ -91,5 +91,10 @@ def tombstone(whole_story: bool) -> str:
     return "-# 🗑️ This story was deleted." if whole_story else "-# 🗑️ This part was deleted."
 
 
+def removed() -> str:
+    """What a message of a part hidden after reports shows instead."""
+    return "-# 🚩 This part was removed after reports. The server's admins can restore it."
+
+
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"

@@ -46,13 +46,14 @@ class ButtonLook:
     style: discord.ButtonStyle
 
 
-# What each action's button looks like; the id is a part id for continue and
-# reroll, a run id for cancel and retry.
+# What each action's button looks like; the id is a part id for continue, reroll
+# and report, a run id for cancel and retry.
 BUTTONS = {
     "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
     "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
     "cancel": ButtonLook("Cancel", None, discord.ButtonStyle.danger),
     "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
+    "report": ButtonLook("Report", "🚩", discord.ButtonStyle.secondary),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -115,7 +116,7 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
 
 
 def part_buttons(part_id: int) -> discord.ui.View:
-    return buttons(("continue", part_id), ("reroll", part_id))
+    return buttons(("continue", part_id), ("reroll", part_id), ("report", part_id))
 
 
 def cancel_button(run_id: int) -> discord.ui.View:

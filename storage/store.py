@@ -646,16 +646,19 @@ _STATUS = (
     " END AS status"
 )
 
-# A message with what it should show: its part's chunk; else its run's part once
-# the run is done, or the run's state; else nothing ('gone').
+# A message with what it should show: its part's chunk ('hidden:' instead of
+# 'part:' while the part is hidden after reports); else its run's part once the
+# run is done, or the run's state; else nothing ('gone').
+_SHOWN_PART = "(CASE WHEN p.hidden THEN 'hidden:' ELSE 'part:' END)"
 _MESSAGES = (
     "SELECT m.*, CASE"
-    " WHEN m.part_id IS NOT NULL THEN 'part:' || m.part_id || ':' || m.chunk"
+    f" WHEN m.part_id IS NOT NULL THEN {_SHOWN_PART} || m.part_id || ':' || m.chunk"
     " WHEN r.id IS NULL THEN 'gone'"
-    " WHEN r.state = 'done' THEN COALESCE('part:' || r.part_id || ':' || m.chunk, 'gone')"
+    f" WHEN r.state = 'done' THEN COALESCE({_SHOWN_PART} || r.part_id || ':' || m.chunk, 'gone')"
     " ELSE 'run:' || r.id || ':' || r.state"
     " END AS wants"
     " FROM messages m LEFT JOIN runs r ON r.id = m.run_id"
+    " LEFT JOIN parts p ON p.id = COALESCE(m.part_id, r.part_id)"
 )
 
 

@@ -39,6 +39,7 @@ from storage.models import (
     GeneratedPart,
     GuildSettings,
     Part,
+    ReportTally,
     RunKind,
     RunRecord,
     Source,
@@ -67,6 +68,7 @@ from stories.servers import Limits, Member, ServerRules
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cut
+REMOVED_TEXT = " [removed after reports]"  # what a hidden part reads as
 INTERRUPTED = "Interrupted by a restart."
 # Zero-width and other invisible characters: a prompt of only these is empty.
 # Control characters other than tab and line breaks: never part of a story (and
@@ -813,14 +815,52 @@ class StoryService:
         )
 
     async def story(self, story_id: int) -> tuple[Story, list[Part], list[Part]]:
-        """The story, all its parts, and the path to its newest part."""
+        """The story, all its parts, and the path to its newest part. A part hidden
+        after reports shows only that it was removed, wherever this is read
+        (/mystories, the HTTP interface, exports)."""
         story = await self.store.get_story(story_id)
-        parts = await self.store.story_parts(story_id)
+        parts = [
+            replace(part, text=REMOVED_TEXT) if part.hidden else part
+            for part in await self.store.story_parts(story_id)
+        ]
         by_id = {part.id: part for part in parts}
         path = [parts[-1]]  # walk up from the newest part: the parts are all loaded
         while path[-1].parent_id is not None:
             path.append(by_id[path[-1].parent_id])
         return story, parts, path[::-1]
+
+    # ------------------------------------------------------------ moderation
+    async def report(self, part_id: int, who: Requester) -> ReportTally:
+        """A member reports a part; past the server's threshold it is hidden
+        everywhere until an admin restores or deletes it."""
+        if who.user_id is None:
+            raise NotAllowed("Reports come from members of a server.")
+        part = await self.store.get_part(part_id)
+        story = await self.store.get_story(part.story_id)
+        tally = await self.servers.report(story.guild_id, part_id, who.user_id, who.member)
+        if tally.hidden and not part.hidden:
+            await self.servers.count(story.guild_id, "hidden")
+            log.info("story %d: part %d hidden after reports", story.id, part_id)
+        return tally
+
+    async def restore_part(self, part_id: int, who: Requester) -> Part:
+        self._check_admin(who)
+        await self.servers.guilds.restore(part_id)
+        log.info("part %d restored by %s", part_id, who.user_id)
+        return await self.store.get_part(part_id)
+
+    async def delete_part(self, part_id: int, who: Requester) -> int:
+        """An admin deletes a reported part (and what was written after it)."""
+        self._check_admin(who)
+        deleted = await self.servers.guilds.delete_part(part_id)
+        await self._stop_orphans()
+        log.info("part %d deleted by %s (%d parts)", part_id, who.user_id, deleted)
+        return deleted
+
+    @staticmethod
+    def _check_admin(who: Requester) -> None:
+        if who.user_id is not None and not who.member.admin:
+            raise NotAllowed("Only the server's admins can do that.")
 
     async def describe_part(self, part_id: int) -> PartView:
         part = await self.store.get_part(part_id)

@@ -60,6 +60,12 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "Conflict": (409, None),
     "StillWriting": (409, None),
     "StoryDeleted": (404, None),
+    "ContentFiltered": (422, None),
+    "ChannelClosed": (403, None),
+    "GenreDisabled": (403, None),
+    "InvalidSetting": (422, None),
+    "QuotaReached": (429, "12"),
+    "PartHidden": (409, None),
 }
 
 # Constructor arguments by name, for the classes that need some.
@@ -156,11 +162,6 @@ def test_documented_statuses_are_the_ones_the_table_expects() -> None:
                 assert by_code[code] == status, (code, status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenAPI's 422 description lists empty_input but not input_too_long or "
-    "control_character, which the story service raises for an HTTP prompt too",
-)
 def test_prompt_codes_the_http_interface_can_answer_are_documented() -> None:
     documented = set(re.findall(r"`([a-z_]+)`", openapi._REASONS[422]))
     raised_for_prompts = {
@@ -169,6 +170,7 @@ def test_prompt_codes_the_http_interface_can_answer_are_documented() -> None:
             stories_errors.EmptyPrompt,
             stories_errors.OverlongPrompt,
             stories_errors.ControlCharacter,
+            stories_errors.ContentFiltered,
         )
     }
     assert raised_for_prompts <= documented, sorted(raised_for_prompts - documented)

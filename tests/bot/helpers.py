@@ -144,6 +144,7 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
                 assert buttons(message) == [
                     f"story:continue:{part['id']}",
                     f"story:reroll:{part['id']}",
+                    f"story:report:{part['id']}",
                 ], message
         else:
             assert row["run_id"] is not None, f"a message shows nothing: {dict(row)}"

@@ -13,10 +13,10 @@ from tests.bot.helpers import PROMPT, button, buttons, is_story, start_story, st
 async def test_startup_is_fast_and_commands_synced(env: BotEnv) -> None:
     assert env.startup_s < 1.0
     names = {c["name"] for c in env.fake.server.commands}
-    assert names == {"story", "mystories", "forgetme"}
+    assert names == {"story", "mystories", "forgetme", "storyadmin"}
     story = next(c for c in env.fake.server.commands if c["name"] == "story")
     genre = next(o for o in story["options"] if o["name"] == "genre")
-    assert 10 <= len(genre["choices"]) <= 25
+    assert genre["autocomplete"] and not genre.get("choices")  # no limit of 25
     prompt = next(o for o in story["options"] if o["name"] == "prompt")
     # The service's one prompt limit, which Discord then checks before we do.
     assert prompt["max_length"] == MAX_PROMPT_CHARS and prompt["min_length"] == 1
@@ -35,6 +35,7 @@ async def test_story_from_deferral_to_final_message(env: BotEnv) -> None:
     assert buttons(story) == [
         f"story:continue:{_part_id(env, story)}",
         f"story:reroll:{_part_id(env, story)}",
+        f"story:report:{_part_id(env, story)}",
     ]
     await fake.wait_until(lambda: story.get("reactions_by"))
     assert story["reactions_by"] == [(fake.server.bot_user.id, "➕")]

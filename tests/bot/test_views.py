@@ -84,6 +84,7 @@ def test_the_label_table() -> None:
         "reroll": ("Reroll", "🎲", discord.ButtonStyle.secondary),
         "cancel": ("Cancel", None, discord.ButtonStyle.danger),
         "retry": ("Retry", "🔁", discord.ButtonStyle.primary),
+        "report": ("Report", "🚩", discord.ButtonStyle.secondary),
     }
 
 
@@ -154,7 +155,7 @@ async def test_part_cancel_and_retry_buttons() -> None:
     def ids(view: discord.ui.View) -> list[str | None]:
         return [getattr(item, "custom_id", None) for item in view.children]
 
-    assert ids(views.part_buttons(7)) == ["story:continue:7", "story:reroll:7"]
+    assert ids(views.part_buttons(7)) == ["story:continue:7", "story:reroll:7", "story:report:7"]
     assert ids(views.cancel_button(8)) == ["story:cancel:8"]
     assert ids(views.retry_button(9)) == ["story:retry:9"]
 

@@ -20,9 +20,13 @@ import discord.http
 import yarl
 from aiohttp import web
 
-from tests.fakediscord.server import FakeDiscordServer, Recorded, User, snowflake
-
-OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
+from tests.fakediscord.server import (
+    ALL_PERMISSIONS,
+    FakeDiscordServer,
+    Recorded,
+    User,
+    snowflake,
+)
 
 
 def check_redirection_points() -> None:
@@ -188,29 +192,121 @@ class FakeDiscord:
         ]
 
     # ----------------------------------------------------------------- actions
-    async def invoke(
-        self, command: str, *, user: User, channel: str = "general", **options: Any
-    ) -> InteractionHandle:
+    def visible_commands(self, user: User) -> set[str]:
+        """The commands Discord shows this member: those whose
+        default_member_permissions the member has (all of them, when unset)."""
+        allowed = self.server.permissions_of(user)
+        return {
+            c["name"]
+            for c in self.server.commands
+            if c.get("default_member_permissions") is None
+            or int(c["default_member_permissions"]) & allowed
+            == int(c["default_member_permissions"])
+        }
+
+    def _command_data(
+        self,
+        command: str,
+        subcommand: str | None,
+        options: dict[str, Any],
+        focused: str | None = None,
+    ) -> dict[str, Any]:
         definition = next((c for c in self.server.commands if c["name"] == command), None)
         if definition is None:
             raise AssertionError(
                 f"/{command} was not synced (synced: {[c['name'] for c in self.server.commands]})"
             )
-        declared = {o["name"]: o for o in definition.get("options", [])}
-        values = []
+        declared_in = definition
+        if subcommand is not None:
+            declared_in = next(
+                (o for o in definition.get("options", []) if o["name"] == subcommand), None
+            )
+            if declared_in is None or declared_in["type"] != 1:
+                raise AssertionError(f"/{command} has no subcommand {subcommand!r}")
+        declared = {o["name"]: o for o in declared_in.get("options", [])}
+        values: list[dict[str, Any]] = []
+        resolved: dict[str, dict[str, Any]] = {}
         for name, value in options.items():
             if value is None:
                 continue
-            kind = declared[name]["type"] if name in declared else OPTION_TYPES[type(value)]
-            values.append({"name": name, "type": kind, "value": value})
-        data = {
+            if name not in declared:
+                raise AssertionError(f"/{command} {subcommand or ''} has no option {name!r}")
+            kind = declared[name]["type"]
+            if kind == 7:  # a channel: Discord sends its id and the channel itself
+                channel = self.server.channel(value)
+                resolved.setdefault("channels", {})[channel["id"]] = {
+                    **channel,
+                    "permissions": ALL_PERMISSIONS,
+                }
+                value = channel["id"]
+            elif kind == 8:  # a role: its id and the role
+                resolved.setdefault("roles", {})[value] = self.server.roles[value]
+            option = {"name": name, "type": kind, "value": value}
+            if name == focused:
+                option["focused"] = True
+            values.append(option)
+        if subcommand is not None:
+            values = [{"name": subcommand, "type": 1, "options": values}]
+        data: dict[str, Any] = {
             "id": definition["id"],
             "name": command,
             "type": 1,
             "options": values,
             "guild_id": self.server.guild_id,
         }
+        if resolved:
+            data["resolved"] = resolved
+        return data
+
+    async def invoke(
+        self,
+        command: str,
+        *,
+        user: User,
+        channel: str = "general",
+        subcommand: str | None = None,
+        **options: Any,
+    ) -> InteractionHandle:
+        """A member runs a command. Discord delivers only the commands the member
+        can see (default_member_permissions): invoking another is a test error."""
+        if command not in self.visible_commands(user):
+            raise AssertionError(f"{user.username} cannot see /{command} in Discord")
+        data = self._command_data(command, subcommand, options)
         return await self._interaction(2, data, user, channel)
+
+    async def invoke_granted(
+        self,
+        command: str,
+        *,
+        user: User,
+        channel: str = "general",
+        subcommand: str | None = None,
+        **options: Any,
+    ) -> InteractionHandle:
+        """As `invoke`, for a member a server granted the command to although they
+        lack its default permissions (Discord's per-server command settings)."""
+        data = self._command_data(command, subcommand, options)
+        return await self._interaction(2, data, user, channel)
+
+    async def autocomplete(
+        self,
+        command: str,
+        option: str,
+        typed: str,
+        *,
+        user: User,
+        channel: str = "general",
+        subcommand: str | None = None,
+        timeout: float = 5.0,
+        **others: Any,
+    ) -> list[dict[str, Any]]:
+        """What the bot suggests for `option` while `typed` is in it (a type 4
+        interaction, answered with callback type 8)."""
+        data = self._command_data(command, subcommand, {**others, option: typed}, focused=option)
+        handle = await self._interaction(4, data, user, channel)
+        await self.wait_until(lambda: handle.state["responded"] == 8, timeout)
+        choices: list[dict[str, Any]] = handle.state["choices"]
+        return choices
 
     async def click(
         self, message: dict[str, Any], custom_id: str, *, user: User

@@ -29,6 +29,18 @@ DISCORD_EPOCH_MS = 1420070400000
 JSON = "application/json"  # exactly: discord.py refuses "application/json; charset=utf-8"
 ALL_PERMISSIONS = str((1 << 50) - 1)
 ADD_REACTIONS = 1 << 6
+MANAGE_GUILD = 1 << 5
+# What an ordinary member may do (the @everyone role): see, write, react, use
+# commands. Admins get every permission, Manage Server included.
+MEMBER_PERMISSIONS = (
+    (1 << 10)  # view channel
+    | (1 << 11)  # send messages
+    | (1 << 14)  # embed links
+    | (1 << 15)  # attach files
+    | (1 << 16)  # read message history
+    | ADD_REACTIONS
+    | (1 << 31)  # use application commands
+)
 
 _increment = itertools.count()
 BODY = web.RequestKey("json", object)  # the parsed JSON body (or multipart payload_json)
@@ -62,6 +74,8 @@ class User:
     id: str
     username: str
     bot: bool = False
+    admin: bool = False  # has Manage Server (the bot itself has every permission)
+    roles: list[str] = field(default_factory=list)  # role ids, besides @everyone
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -146,6 +160,9 @@ class FakeDiscordServer:
         self.users: dict[str, User] = {self.bot_user.id: self.bot_user}
         self.other_bot = self.add_user("otherbot", bot=True)
         self.bot_permissions = int(ALL_PERMISSIONS)
+        self.roles: dict[str, dict[str, Any]] = {}
+        self.admin_role = self.add_role("Admins", int(ALL_PERMISSIONS))
+        self.bot_role = self.add_role("storybot", int(ALL_PERMISSIONS))
         self.messages: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.commands: list[dict[str, Any]] = []
@@ -169,10 +186,35 @@ class FakeDiscordServer:
     def channel(self, name: str) -> dict[str, Any]:
         return next(c for c in self.channels.values() if c["name"] == name)
 
+    def permissions_of(self, user: User) -> int:
+        if user.id == self.bot_user.id:
+            return self.bot_permissions
+        return int(ALL_PERMISSIONS) if user.admin else MEMBER_PERMISSIONS
+
+    def add_role(self, name: str, permissions: int = 0) -> str:
+        role_id = snowflake()
+        self.roles[role_id] = {
+            "id": role_id,
+            "name": name,
+            "permissions": str(permissions),
+            "position": len(self.roles) + 1,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": True,
+            "flags": 0,
+        }
+        return role_id
+
     def member(self, user: User) -> dict[str, Any]:
+        roles = list(user.roles)
+        if user.admin:
+            roles.append(self.admin_role)
+        if user.id == self.bot_user.id:
+            roles.append(self.bot_role)
         return {
             "user": user.payload(),
-            "roles": [],
+            "roles": roles,
             "joined_at": iso_now(),
             "deaf": False,
             "mute": False,
@@ -180,14 +222,14 @@ class FakeDiscordServer:
             "nick": None,
             "avatar": None,
             "pending": False,
-            "permissions": ALL_PERMISSIONS,
+            "permissions": str(self.permissions_of(user)),  # in interactions: resolved
         }
 
     def guild_payload(self) -> dict[str, Any]:
         everyone = {
             "id": self.guild_id,
             "name": "@everyone",
-            "permissions": str(self.bot_permissions),
+            "permissions": str(MEMBER_PERMISSIONS),
             "position": 0,
             "color": 0,
             "hoist": False,
@@ -201,7 +243,7 @@ class FakeDiscordServer:
             "name": "Story Club",
             "icon": None,
             "owner_id": self.bot_user.id,
-            "roles": [everyone],
+            "roles": [everyone, *self.roles.values()],
             "channels": list(self.channels.values()),
             "members": members,
             "member_count": len(members),
@@ -466,7 +508,8 @@ class FakeDiscordServer:
                     "id": snowflake(),
                     "application_id": self.application_id,
                     "version": snowflake(),
-                    "default_member_permissions": None,
+                    # As Discord keeps it: who may see and use the command.
+                    "default_member_permissions": command.get("default_member_permissions"),
                     "type": command.get("type", 1),
                 }
             )
@@ -673,6 +716,9 @@ class FakeDiscordServer:
         body = request[BODY] or {}
         state["responded"] = body.get("type")
         data = body.get("data") or {}
+        if body.get("type") == 8:  # autocomplete suggestions
+            state["choices"] = data.get("choices", [])
+            return respond({"interaction": {"id": state["id"], "type": state["type"]}})
         ephemeral = bool((data.get("flags") or 0) & 64)
         kind = body.get("type")
         message = None

@@ -1,0 +1,447 @@
+"""`/storyadmin`: a server's admins choose how storybot behaves there.
+
+Only members who may manage the server see the command group (Discord hides it
+from the others through `default_member_permissions`), and the bot checks the
+permission again, since a server can grant commands to other roles. Every
+change is checked by the story service's rules, answered privately with what
+now holds, logged there with who made it, and applies at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.views import ErrorHandler, GuardedView
+from storage.models import GuildCounts, GuildSettings, HiddenPart
+from stories.servers import LENGTHS
+from stories.service import Requester, StoryService
+
+log = logging.getLogger(__name__)
+
+ALL = "*"  # the genre choice that enables every genre again
+
+
+def _names(keys: tuple[str, ...] | list[str], titles: dict[str, str]) -> str:
+    return ", ".join(titles.get(key, key) for key in keys)
+
+
+def describe_settings(
+    settings: GuildSettings,
+    titles: dict[str, str],
+    today: GuildCounts,
+    month: GuildCounts,
+    hidden: int,
+    bounds: tuple[int, float],
+) -> str:
+    """Everything that holds in a server, for its admins."""
+    max_active, cooldown = bounds
+    genres = "all" if settings.genres is None else _names(settings.genres, titles)
+    channels = (
+        "all channels"
+        if settings.channels is None
+        else ", ".join(f"<#{c}>" for c in settings.channels)
+    )
+    who = {
+        "anyone": "anyone",
+        "author": "the story's author only",
+        "role": f"members with <@&{settings.continue_role_id}>",
+    }[settings.continue_policy]
+    quota = "none" if settings.daily_quota is None else f"{settings.daily_quota} stories a day"
+    terms = len(settings.filter_terms)
+    lines = [
+        "**storybot in this server**",
+        f"- Genres: {genres}",
+        f"- Writes in: {channels}",
+        f"- Per member: {settings.max_active or max_active} stories at once, "
+        f"{settings.cooldown_s if settings.cooldown_s is not None else cooldown:g} s "
+        "between two stories",
+        f"- Daily quota: {quota} (today: {today.stories})",
+        f"- Who may continue: {who} (and the admins)",
+        f"- Default length: {settings.default_length or 'medium'}",
+        f"- Filter: the built-in list and {terms} term{'s' if terms != 1 else ''} of this server",
+        f"- Reports that hide a part: {settings.report_threshold} from members, "
+        f"{settings.admin_report_threshold} from admins",
+        f"**Moderation** (today / 30 days): prompts refused {today.refused} / {month.refused}, "
+        f"parts masked {today.masked} / {month.masked}, reports {today.reports} / "
+        f"{month.reports}, parts hidden {today.hidden} / {month.hidden}; hidden now: {hidden}",
+    ]
+    return "\n".join(lines)
+
+
+class HiddenView(GuardedView):
+    """The server's hidden parts: pick one, then restore or delete it."""
+
+    def __init__(self, admin: AdminHandlers, owner: int, hidden: list[HiddenPart]) -> None:
+        super().__init__(owner, admin.on_error, timeout=900)
+        self.admin = admin
+        self.selected: int | None = None
+        self.pick.options = [
+            discord.SelectOption(
+                label=f"Story #{h.story.id} · part {h.part.id} · {h.reports} report(s)"[:100],
+                description=h.part.text.strip()[:100] or "(empty)",
+                value=str(h.part.id),
+            )
+            for h in hidden[:25]
+        ]
+
+    @discord.ui.select(cls=discord.ui.Select, placeholder="Choose a hidden part", row=0)
+    async def pick(self, interaction: discord.Interaction, select: discord.ui.Select[Any]) -> None:
+        self.selected = int(select.values[0])
+        await interaction.response.defer()
+
+    @discord.ui.button(label="Restore", style=discord.ButtonStyle.primary, row=1)
+    async def restore(
+        self, interaction: discord.Interaction, button: discord.ui.Button[Any]
+    ) -> None:
+        await self.admin.decide(interaction, self.selected, restore=True)
+
+    @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger, row=1)
+    async def delete(
+        self, interaction: discord.Interaction, button: discord.ui.Button[Any]
+    ) -> None:
+        await self.admin.decide(interaction, self.selected, restore=False)
+
+
+class AdminHandlers:
+    """What the /storyadmin commands do: one service call each, then an answer."""
+
+    def __init__(
+        self,
+        service: StoryService,
+        *,
+        on_error: ErrorHandler,
+        requester: Any,
+        refresh: Any,
+    ) -> None:
+        self.service = service
+        self.rules = service.servers
+        self.on_error = on_error
+        self._requester = requester  # interaction -> Requester
+        self._refresh = refresh  # brings the channel's messages up to date
+
+    @property
+    def titles(self) -> dict[str, str]:
+        return {genre.key: genre.title for genre in self.service.genres}
+
+    async def _answer(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def _set(self, interaction: discord.Interaction, **changes: Any) -> GuildSettings:
+        assert interaction.guild_id is not None  # guild_only
+        return await self.rules.update(interaction.guild_id, interaction.user.id, **changes)
+
+    async def _settings(self, interaction: discord.Interaction) -> GuildSettings:
+        settings = await self.rules.settings(interaction.guild_id)
+        assert settings is not None  # guild_only
+        return settings
+
+    # ------------------------------------------------------------ commands
+    async def show(self, interaction: discord.Interaction) -> None:
+        settings = await self._settings(interaction)
+        today, month = await self.rules.counts(settings.guild_id)
+        hidden = await self.rules.hidden_parts(settings.guild_id)
+        bounds = (self.rules.user_max_active, self.rules.user_cooldown_s)
+        await self._answer(
+            interaction,
+            describe_settings(settings, self.titles, today, month, len(hidden), bounds),
+        )
+
+    async def genre(self, interaction: discord.Interaction, name: str, enabled: bool) -> None:
+        settings = await self._settings(interaction)
+        if name == ALL:
+            await self._set(interaction, genres=None if enabled else [])
+            await self._answer(interaction, "Every genre is enabled here now.")
+            return
+        if name not in self.service.genres:
+            await self._answer(interaction, f"There is no genre {name!r}.")
+            return
+        current = self.rules.enabled_genres(settings)
+        if enabled:
+            wanted = current if name in current else [*current, name]
+        else:
+            wanted = [key for key in current if key != name]
+        settings = await self._set(interaction, genres=wanted)
+        state = "enabled" if enabled else "disabled"
+        await self._answer(
+            interaction,
+            f"{self.titles[name]} is {state} here now. Enabled: "
+            f"{_names(self.rules.enabled_genres(settings), self.titles)}.",
+        )
+
+    async def channel(
+        self, interaction: discord.Interaction, channel: discord.abc.GuildChannel, allowed: bool
+    ) -> None:
+        settings = await self._settings(interaction)
+        current = list(settings.channels or [])
+        if settings.channels is None and allowed:
+            await self._answer(
+                interaction, f"storybot writes in every channel already, {channel.mention} too."
+            )
+            return
+        if settings.channels is None:  # all but this one: list the others that can hold stories
+            guild = interaction.guild
+            assert guild is not None
+            current = [c.id for c in guild.text_channels if c.id != channel.id]
+        elif allowed and channel.id not in current:
+            current.append(channel.id)
+        elif not allowed:
+            current = [c for c in current if c != channel.id]
+        settings = await self._set(interaction, channels=current)
+        listed = ", ".join(f"<#{c}>" for c in settings.channels or ())
+        await self._answer(
+            interaction,
+            f"storybot {'now writes' if allowed else 'no longer writes'} in {channel.mention}. "
+            f"It writes in: {listed}.",
+        )
+
+    async def all_channels(self, interaction: discord.Interaction) -> None:
+        await self._set(interaction, channels=None)
+        await self._answer(interaction, "storybot writes in every channel here now.")
+
+    async def limits(
+        self,
+        interaction: discord.Interaction,
+        cooldown: int | None,
+        per_member: int | None,
+        daily_quota: int | None,
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if cooldown is not None:
+            changes["cooldown_s"] = float(cooldown)
+        if per_member is not None:
+            changes["max_active"] = per_member
+        if daily_quota is not None:
+            changes["daily_quota"] = daily_quota or None  # 0: no quota
+        if not changes:
+            await self._answer(interaction, "Give a cooldown, a per-member limit or a quota.")
+            return
+        settings = await self._set(interaction, **changes)
+        limits = self.rules.limits(settings)
+        quota = settings.daily_quota or "no"
+        await self._answer(
+            interaction,
+            f"Per member: {limits.max_active} stories at once, {limits.cooldown_s:g} s between "
+            f"two; {quota} daily quota for the server.",
+        )
+
+    async def continuing(
+        self, interaction: discord.Interaction, who: str, role: discord.Role | None
+    ) -> None:
+        if who == "role" and role is None:
+            await self._answer(interaction, "Name the role whose members may continue stories.")
+            return
+        await self._set(
+            interaction, continue_policy=who, continue_role_id=role.id if role else None
+        )
+        said = {
+            "anyone": "Anyone may continue a story here now.",
+            "author": "Only a story's author (and the admins) may continue it here now.",
+            "role": f"Only members with {role.mention if role else ''} (and authors and "
+            "admins) may continue stories here now.",
+        }[who]
+        await self._answer(interaction, said)
+
+    async def length(self, interaction: discord.Interaction, default: str) -> None:
+        await self._set(interaction, default_length=default)
+        await self._answer(
+            interaction,
+            f"A story here is {LENGTHS[default].label.lower()} unless its author chooses.",
+        )
+
+    async def filter(self, interaction: discord.Interaction, action: str, term: str | None) -> None:
+        settings = await self._settings(interaction)
+        terms = list(settings.filter_terms)
+        if action == "list":
+            shown = ", ".join(f"||{t}||" for t in terms) or "none"
+            await self._answer(interaction, f"This server's own filter terms: {shown}.")
+            return
+        if not term or not term.strip():
+            await self._answer(interaction, "Give the term to add or remove.")
+            return
+        term = term.strip()
+        if action == "add":
+            if term.casefold() in (t.casefold() for t in terms):
+                await self._answer(interaction, "That term is on the list already.")
+                return
+            terms.append(term)
+        else:
+            kept = [t for t in terms if t.casefold() != term.casefold()]
+            if len(kept) == len(terms):
+                await self._answer(interaction, "That term is not on this server's list.")
+                return
+            terms = kept
+        settings = await self._set(interaction, filter_terms=terms)
+        done = "added to" if action == "add" else "removed from"
+        await self._answer(
+            interaction,
+            f"Term {done} the filter; this server has {len(settings.filter_terms)} of its own "
+            "on top of the built-in list.",
+        )
+
+    async def reports(
+        self, interaction: discord.Interaction, members: int | None, admins: int | None
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if members is not None:
+            changes["report_threshold"] = members
+        if admins is not None:
+            changes["admin_report_threshold"] = admins
+        if not changes:
+            await self._answer(interaction, "Give how many reports hide a part.")
+            return
+        settings = await self._set(interaction, **changes)
+        await self._answer(
+            interaction,
+            f"A part is hidden after {settings.report_threshold} reports from members or "
+            f"{settings.admin_report_threshold} from admins.",
+        )
+
+    async def hidden(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        found = await self.rules.hidden_parts(interaction.guild_id)
+        if not found:
+            await self._answer(interaction, "No part is hidden in this server.")
+            return
+        view = HiddenView(self, interaction.user.id, found)
+        await interaction.response.send_message(
+            f"{len(found)} hidden part(s). Choose one, then Restore or Delete.",
+            view=view,
+            ephemeral=True,
+        )
+
+    async def decide(
+        self, interaction: discord.Interaction, part_id: int | None, *, restore: bool
+    ) -> None:
+        if part_id is None:
+            await self._answer(interaction, "Choose a part first.")
+            return
+        who: Requester = self._requester(interaction)
+        if restore:
+            await self.service.restore_part(part_id, who)
+            text = f"Part {part_id} is shown again."
+        else:
+            deleted = await self.service.delete_part(part_id, who)
+            text = f"Part {part_id} is deleted ({deleted} part(s) with what followed it)."
+        await interaction.response.edit_message(content=text, view=None)
+        self._refresh()
+
+
+def admin_group(admin: AdminHandlers) -> app_commands.Group:
+    """The /storyadmin commands, bound to their handlers."""
+    group = app_commands.Group(
+        name="storyadmin",
+        description="Server settings for storybot (Manage Server)",
+        default_permissions=discord.Permissions(manage_guild=True),
+        guild_only=True,
+    )
+    manage = app_commands.checks.has_permissions(manage_guild=True)
+    lengths = [app_commands.Choice(name=size.label, value=key) for key, size in LENGTHS.items()]
+
+    @group.command(name="show", description="What holds in this server, and the moderation counts")
+    @manage
+    async def show(interaction: discord.Interaction) -> None:
+        await admin.show(interaction)
+
+    async def genre_names(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = [app_commands.Choice(name="All genres", value=ALL)] + [
+            app_commands.Choice(name=genre.title[:100], value=genre.key)
+            for genre in admin.service.genres
+        ]
+        typed = current.casefold()
+        return [c for c in choices if typed in c.name.casefold() or typed in c.value][:25]
+
+    @group.command(name="genre", description="Enable or disable a genre here")
+    @app_commands.describe(name="The genre (or all)", enabled="On or off")
+    @app_commands.autocomplete(name=genre_names)
+    @manage
+    async def genre(interaction: discord.Interaction, name: str, enabled: bool) -> None:
+        await admin.genre(interaction, name, enabled)
+
+    @group.command(name="channel", description="Let storybot write in a channel, or not")
+    @app_commands.describe(channel="The channel", allowed="Stories there or not")
+    @manage
+    async def channel(
+        interaction: discord.Interaction, channel: discord.TextChannel, allowed: bool
+    ) -> None:
+        await admin.channel(interaction, channel, allowed)
+
+    @group.command(name="allchannels", description="Let storybot write in every channel")
+    @manage
+    async def allchannels(interaction: discord.Interaction) -> None:
+        await admin.all_channels(interaction)
+
+    @group.command(name="limits", description="Per-member limits and the server's daily quota")
+    @app_commands.describe(
+        cooldown="Seconds between two stories of one member",
+        per_member="Stories one member may have going at once",
+        daily_quota="Stories a day for the whole server (0: no quota)",
+    )
+    @manage
+    async def limits(
+        interaction: discord.Interaction,
+        cooldown: app_commands.Range[int, 0, 3600] | None = None,
+        per_member: app_commands.Range[int, 1, 100] | None = None,
+        daily_quota: app_commands.Range[int, 0, 100_000] | None = None,
+    ) -> None:
+        await admin.limits(interaction, cooldown, per_member, daily_quota)
+
+    @group.command(name="continuing", description="Who may continue others' stories")
+    @app_commands.describe(who="Anyone, the author only, or members with a role", role="The role")
+    @app_commands.choices(
+        who=[
+            app_commands.Choice(name="Anyone", value="anyone"),
+            app_commands.Choice(name="The story's author only", value="author"),
+            app_commands.Choice(name="Members with a role", value="role"),
+        ]
+    )
+    @manage
+    async def continuing(
+        interaction: discord.Interaction, who: str, role: discord.Role | None = None
+    ) -> None:
+        await admin.continuing(interaction, who, role)
+
+    @group.command(name="length", description="How long a story is unless its author chooses")
+    @app_commands.choices(default=lengths)
+    @manage
+    async def length(interaction: discord.Interaction, default: str) -> None:
+        await admin.length(interaction, default)
+
+    @group.command(name="filter", description="This server's own filter terms")
+    @app_commands.describe(action="Add, remove or list", term="A word or phrase")
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="Add a term", value="add"),
+            app_commands.Choice(name="Remove a term", value="remove"),
+            app_commands.Choice(name="List the terms", value="list"),
+        ]
+    )
+    @manage
+    async def filter_(
+        interaction: discord.Interaction,
+        action: str,
+        term: app_commands.Range[str, 1, 50] | None = None,
+    ) -> None:
+        await admin.filter(interaction, action, term)
+
+    @group.command(name="reports", description="How many reports hide a part")
+    @app_commands.describe(members="Reports from members", admins="Reports from admins")
+    @manage
+    async def reports(
+        interaction: discord.Interaction,
+        members: app_commands.Range[int, 1, 100] | None = None,
+        admins: app_commands.Range[int, 1, 100] | None = None,
+    ) -> None:
+        await admin.reports(interaction, members, admins)
+
+    @group.command(name="hidden", description="Parts hidden after reports: restore or delete")
+    @manage
+    async def hidden(interaction: discord.Interaction) -> None:
+        await admin.hidden(interaction)
+
+    return group
