@@ -268,3 +268,14 @@ def test_the_stream_knows_the_last_word_may_still_change_shape() -> None:
     stream = abo.stream()
     shown = stream.push("@ 8") + stream.push(" o.") + stream.finish()
     assert shown == abo.mask("@ 8 o.")[0] == f"{MASK} {MASK} {MASK}."
+
+
+def test_the_benchmark_runs_and_checks_its_texts() -> None:
+    from bench.moderation import measure, report
+
+    rows, facts = measure(runs=3)
+    assert [(row[0], row[1]) for row in rows] == [
+        (name, part) for name in ("built-in", "built-in + 200") for part in ("clean", "with a hit")
+    ]
+    assert 1600 <= facts["chars"] <= 1800  # the 400-token part
+    assert "| built-in + 200 | with a hit |" in report(rows, facts, 3)
