@@ -17,6 +17,7 @@ from discord import app_commands
 
 from bot.views import ErrorHandler, GuardedView
 from storage.models import GuildCounts, GuildSettings, HiddenPart
+from stories.moderation import normalise_term
 from stories.servers import LENGTHS
 from stories.service import Requester, StoryService
 
@@ -262,18 +263,21 @@ class AdminHandlers:
         if not term or not term.strip():
             await self._answer(interaction, "Give the term to add or remove.")
             return
-        term = term.strip()
+        try:  # compared as the filter matches: case, accents, look-alikes folded
+            term = normalise_term(term)
+        except ValueError as error:
+            await self._answer(interaction, f"That term cannot be filtered: {error}.")
+            return
         if action == "add":
-            if term.casefold() in (t.casefold() for t in terms):
+            if term in terms:
                 await self._answer(interaction, "That term is on the list already.")
                 return
             terms.append(term)
         else:
-            kept = [t for t in terms if t.casefold() != term.casefold()]
-            if len(kept) == len(terms):
+            if term not in terms:
                 await self._answer(interaction, "That term is not on this server's list.")
                 return
-            terms = kept
+            terms.remove(term)
         settings = await self._set(interaction, filter_terms=terms)
         done = "added to" if action == "add" else "removed from"
         await self._answer(

@@ -26,6 +26,7 @@ from stories.errors import (
     QuotaReached,
 )
 from stories.genres import GenreRegistry
+from stories.moderation import ContentFilter, normalise_term
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,13 @@ class ServerRules:
         active = settings.max_active or self.user_max_active
         cooldown = settings.cooldown_s if settings.cooldown_s is not None else 0.0
         return Limits(min(active, self.user_max_active), max(cooldown, self.user_cooldown_s))
+
+    def content_filter(self, settings: GuildSettings | None) -> ContentFilter:
+        """The built-in list, plus the server's own terms (cached per list)."""
+        builtin = ContentFilter.builtin()
+        if settings is None or not settings.filter_terms:
+            return builtin
+        return builtin.with_terms(settings.filter_terms)
 
     def length(self, settings: GuildSettings | None, chosen: str | None) -> Length:
         key = chosen or (settings.default_length if settings else None) or DEFAULT_LENGTH
@@ -264,7 +272,10 @@ class ServerRules:
         if name == "filter_terms":
             if len(value) > MAX_FILTER_TERMS:
                 raise InvalidSetting(f"At most {MAX_FILTER_TERMS} filter terms per server.")
-            return tuple(value)
+            try:  # stored as matched: case, accents and look-alikes folded
+                return tuple(dict.fromkeys(normalise_term(term) for term in value))
+            except ValueError as error:
+                raise InvalidSetting(f"That term cannot be filtered: {error}.") from None
         raise InvalidSetting(f"There is no setting {name!r}.")
 
     async def counts(self, guild_id: int) -> tuple[GuildCounts, GuildCounts]:

@@ -52,6 +52,7 @@ from stories import export
 from stories.errors import (
     AgeRestricted,
     Conflict,
+    ContentFiltered,
     ControlCharacter,
     EmptyPrompt,
     NotAllowed,
@@ -63,6 +64,7 @@ from stories.errors import (
     UserLimit,
 )
 from stories.genres import Genre, GenreRegistry
+from stories.moderation import ContentFilter
 from stories.servers import Limits, Member, ServerRules
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,9 @@ class Run:
     )
     release_slot: Callable[[], None] = field(default=lambda: None, repr=False)
     cooldown_s: float = 0.0  # its requester's cooldown where it was asked for
+    # The content filter of the server it is written in: what it writes is masked
+    # before anyone sees it, streamed or stored.
+    words: ContentFilter = field(default_factory=ContentFilter.builtin, repr=False)
 
     @property
     def id(self) -> int:
@@ -179,9 +184,15 @@ class Run:
                 yield position
 
     async def stream(self) -> AsyncIterator[str]:
+        """The text as it is written, masked where the content filter matches (a
+        word is held back until it is whole, so nothing slips out half-shown)."""
         if self.ticket is not None:
+            masker = self.words.stream()
             async for delta in self.ticket.stream():
-                yield delta
+                if shown := masker.push(delta):
+                    yield shown
+            if rest := masker.finish():
+                yield rest
 
     async def outcome(self) -> PartOutcome:
         return await asyncio.shield(self.done)
@@ -375,6 +386,15 @@ class StoryService:
         server = await self.servers.settings(who.guild_id)
         self.servers.check_channel(server, who.channel_id)
         prompt = self._check_prompt(prompt)
+        words = self.servers.content_filter(server)
+        if words.matches(prompt):
+            await self.servers.count(who.guild_id, "refused")
+            log.info("a prompt from %s was refused by the content filter", who.user_id)
+            raise ContentFiltered(
+                "This server's filter refused that prompt."
+                if who.guild_id is not None
+                else "The content filter refused that prompt."
+            )
         genre = self._genre(options.genre, who)
         self.servers.check_genre(server, genre.key)
         params = genre.params(**asdict(options)).with_seed()
@@ -412,6 +432,7 @@ class StoryService:
             raise
         run = Run(record, story, root, genre, prompt, 1, release_slot=release)
         run.cooldown_s = self.servers.limits(server).cooldown_s
+        run.words = words
         await self._launch(run, pool, request, reservation, announce, new_story=True, server=server)
         return run
 
@@ -655,6 +676,7 @@ class StoryService:
         run = Run(record, story, parent, genre, previous_text, len(path), replaces)
         run.release_slot = release
         run.cooldown_s = self.servers.limits(server).cooldown_s
+        run.words = self.servers.content_filter(server)
         await self._launch(run, pool, request, reservation, announce)
         return run
 
@@ -728,10 +750,15 @@ class StoryService:
                     if run.deleted:
                         raise NotFound(f"run {run.id} was deleted")
             result = await run.ticket.result()
+            text, masked = run.words.mask(join_text(run.previous_text, result.text))
+            if masked:
+                await self.servers.count(run.story.guild_id, "masked")
+                log.info("story %d: run %d's text was masked", run.story.id, run.id)
             part = await self.store.finish_run(
                 run.id,
                 GeneratedPart(
-                    text=join_text(run.previous_text, result.text),
+                    text=text,
+                    masked=masked,
                     requested_by=run.requested_by,
                     params={k: v for k, v in asdict(run.ticket.params).items() if k != "seed"},
                     seed=result.seed,

@@ -17,6 +17,7 @@ from api.openapi import spec
 from generation.pool import GenerationPool
 from storage.store import Store
 from stories.genres import GenreRegistry
+from stories.moderation import BLOCKLIST, read_blocklist
 from stories.service import StoryService
 from tests.conftest import GatedBackend, wait_for
 
@@ -225,6 +226,22 @@ async def test_bad_input_gets_json_errors(
     check(payload, "/", "post", status)
     assert payload["error"]["code"] == code and payload["error"]["message"]
     assert (await client.get("/healthz")).status == 200  # still serving
+
+
+async def test_the_built_in_filter_refuses_a_prompt_without_naming_the_word(
+    client: TestClient[Any, Any],
+) -> None:
+    terms, _ = read_blocklist(BLOCKLIST)
+    term = terms[0]  # read from the list: the test names no slur itself
+    for prompt in (f"They shouted {term} at him.", f"They shouted {term.upper()}!"):
+        response = await client.post("/", json={"input": prompt})
+        assert response.status == 422
+        payload = await response.json()
+        check(payload, "/", "post", 422)
+        assert payload["error"]["code"] == "content_filtered"
+        assert term.casefold() not in payload["error"]["message"].casefold()
+    response = await client.get("/stories/1")
+    assert response.status == 404  # nothing was stored
 
 
 async def test_oversized_body_unknown_story_and_method(client: TestClient[Any, Any]) -> None:

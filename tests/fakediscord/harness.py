@@ -107,6 +107,10 @@ class FakeDiscord:
         self.alice = self.server.add_user("alice")
         self.bob = self.server.add_user("bob")
         self.carol = self.server.add_user("carol")
+        self.dana = self.server.add_user("dana")  # the server's admin (Manage Server)
+        self.dana.admin = True
+        # A role admins can hand story rights to; in the guild from the start.
+        self.storytellers = self.server.add_role("Storytellers")
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.server.app(), access_log=None)
@@ -265,13 +269,16 @@ class FakeDiscord:
         user: User,
         channel: str = "general",
         subcommand: str | None = None,
-        **options: Any,
+        options: dict[str, Any] | None = None,
+        **named: Any,
     ) -> InteractionHandle:
-        """A member runs a command. Discord delivers only the commands the member
-        can see (default_member_permissions): invoking another is a test error."""
+        """A member runs a command in `channel`. Discord delivers only the commands
+        the member can see (default_member_permissions): invoking another is a
+        test error. Options come as keywords, or in `options` when a name is one
+        of this method's own (a command's `channel` option)."""
         if command not in self.visible_commands(user):
             raise AssertionError(f"{user.username} cannot see /{command} in Discord")
-        data = self._command_data(command, subcommand, options)
+        data = self._command_data(command, subcommand, {**named, **(options or {})})
         return await self._interaction(2, data, user, channel)
 
     async def invoke_granted(
