@@ -15,6 +15,10 @@ import discord
 MESSAGE_LIMIT = 2000
 CHUNK = 1900  # room for the footer line
 _BREAK = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")
+# What Discord reads as a heading, subtext, list item or quote at the start of a
+# line. Escaping runs before splitting, so a marker that was mid-line (left
+# alone) can begin the next message: it is escaped there.
+_LINE_MARKDOWN = re.compile(r"(#{1,3} |-# |[-*+] |>>> |> |\d+\. )")
 
 
 def escape(text: str) -> str:
@@ -34,6 +38,8 @@ def split_text(text: str, limit: int = CHUNK) -> list[str]:
             cut = limit
         chunks.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip("\n")
+        if _LINE_MARKDOWN.match(rest):
+            rest = "\\" + rest
     if rest or not chunks:
         chunks.append(rest)
     return chunks

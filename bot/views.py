@@ -204,6 +204,10 @@ class MyStoriesView(GuardedView):
 
     async def render(self) -> tuple[str, StoryPage]:
         page = await self.library.story_page(self.owner, self.page, self.PER_PAGE, self.genre)
+        last = max(0, (page.total - 1) // self.PER_PAGE)
+        if self.page > last:  # a double click on Next, or stories deleted meanwhile
+            self.page = last
+            page = await self.library.story_page(self.owner, last, self.PER_PAGE, self.genre)
         self.previous.disabled = self.page == 0
         self.next.disabled = page.offset + len(page.items) >= page.total
         self.open_story.options = [

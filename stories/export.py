@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from storage.models import Part, Story
@@ -13,9 +14,20 @@ def _date(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+# What makes a line something other than text: a heading, a quote, a list item,
+# a code fence (``` or ~~~), a thematic break or a setext underline.
+_LINE_MARKUP = re.compile(
+    r"^([ \t]{0,3})(#{1,6}(?=\s|$)|>|[-*+](?=\s)|\d{1,9}[.)](?=\s)"
+    r"|~{3,}|`{3,}|={2,}\s*$|[-*_](?:\s*[-*_]){2,}\s*$)",
+    re.M,
+)
+
+
 def _escape_md(text: str) -> str:
-    # Keep the author's words, but stop them from turning into headings or code.
-    return text.replace("```", "`\u200b``")
+    """Keep the author's words, but stop them from turning into headings, quotes,
+    lists or code: a backslash before each line's markup, and inline ``` broken."""
+    escaped = _LINE_MARKUP.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
+    return escaped.replace("```", "`\u200b``")
 
 
 def to_text(path: list[Part]) -> str:

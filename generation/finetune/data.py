@@ -45,7 +45,13 @@ class Blocks:
 def read_corpus(folder: Path) -> Corpus:
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Hidden files and everything in hidden folders (.git, .ipynb_checkpoints,
+    # .obsidian) are an editor's or a tool's, not texts to learn from.
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     files = [p for p in paths if p.suffix.lower() in SUFFIXES]
     ignored = [p for p in paths if p.suffix.lower() not in SUFFIXES]
     if not files:
@@ -69,7 +75,7 @@ def _decode(path: Path, raw: bytes) -> str:
     if b"\0" in raw:
         raise DataError(f"{path} is not a text file (it holds NUL bytes)")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte order mark (Windows tools write one) is not text
     except UnicodeDecodeError as error:
         raise DataError(
             f"{path} is not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}): "

@@ -136,11 +136,6 @@ def test_files_without_text_are_refused(tmp_path: Path) -> None:
         read_corpus(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_corpus skips hidden files but not files in hidden folders: an editor's "
-    ".ipynb_checkpoints or .obsidian copies become training (and validation) text",
-)
 def test_files_in_hidden_folders_are_not_read(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -153,11 +148,6 @@ def test_files_in_hidden_folders_are_not_read(tmp_path: Path) -> None:
     assert read_corpus(tmp_path).documents == ["The story."]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a UTF-8 byte order mark (as Windows tools write) is kept: a .jsonl's first "
-    "line is refused as 'not valid JSON', a .txt starts with U+FEFF",
-)
 @pytest.mark.parametrize(
     ("name", "content"),
     [("notepad.txt", "A story."), ("export.jsonl", json.dumps({"text": "A story."}))],
