@@ -82,7 +82,6 @@ async def test_eight_requests_from_transformers_serve_at_once(
         tickets = [pool.submit(request(f"Story {i} began", seed=i)) for i in range(8)]
         results = await asyncio.gather(*(t.result() for t in tickets))
     assert all(r.new_tokens > 0 and r.text for r in results)
-    assert len({r.text for r in results}) == 8  # each its own story
 
 
 async def test_eight_requests_are_in_flight_at_once(stand_in: StandIn) -> None:
