@@ -48,6 +48,8 @@ _OPTIONAL = {
     "top_k": (int,),
     "top_p": (int, float),
     "seed": (int,),
+    "memory": (str,),
+    "authors_note": (str,),
 }
 _PUBLIC = {"/healthz", "/openapi.json"}
 # Probes (Docker, Kubernetes) send the address they dial as Host.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stories.service import MAX_PROMPT_CHARS
+from stories.service import MAX_MEMORY_CHARS, MAX_NOTE_CHARS, MAX_PROMPT_CHARS
 
 # What `GenerationParams.validate` and `StoryService` accept (generation/types.py,
 # stories/service.py).
@@ -86,6 +86,9 @@ _PART = {
         "generation_s": {"type": ["number", "null"]},
         "finish_reason": {"type": ["string", "null"]},
         "created_at": {"type": "number"},
+        "masked": {"type": "boolean", "description": "the content filter masked words in it"},
+        "memory": {"type": ["string", "null"], "description": "the notes it was written with"},
+        "authors_note": {"type": ["string", "null"]},
     },
 }
 
@@ -110,6 +113,8 @@ _STORY = {
                 },
                 "created_at": {"type": "number"},
                 "updated_at": {"type": "number"},
+                "memory": {"type": "string"},
+                "authors_note": {"type": "string"},
             },
         },
         "text": {"type": "string"},
@@ -247,6 +252,24 @@ def _generation_fields(max_new_tokens: int) -> dict[str, Any]:
         "top_k": _maybe_null({"type": "integer", "minimum": 0, "maximum": 1000}),
         "top_p": _maybe_null({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
         "seed": _maybe_null({"type": "integer", "minimum": 0, "maximum": MAX_SEED}),
+        "memory": _maybe_null(
+            {
+                "type": "string",
+                "maxLength": MAX_MEMORY_CHARS,
+                "pattern": _NO_CONTROL,
+                "description": "the story's memory (who and where), kept at the top of the "
+                "model's context from now on; on /continue it replaces the story's",
+            }
+        ),
+        "authors_note": _maybe_null(
+            {
+                "type": "string",
+                "maxLength": MAX_NOTE_CHARS,
+                "pattern": _NO_CONTROL,
+                "description": "the story's author's note (tone, what should happen next), "
+                "set a few sentences before the end of the context",
+            }
+        ),
         "stream": {
             "type": "boolean",
             "description": "answer as server-sent events (as Accept: text/event-stream does)",

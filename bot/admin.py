@@ -63,6 +63,7 @@ def describe_settings(
         f"- Daily quota: {quota} (today: {today.stories})",
         f"- Who may continue: {who} (and the admins)",
         f"- Default length: {settings.default_length or 'medium'}",
+        f"- Story notes edited by: {'anyone' if settings.notes_by_anyone else 'the author'}",
         f"- Filter: the built-in list and {terms} term{'s' if terms != 1 else ''} of this server",
         f"- Reports that hide a part: {settings.report_threshold} from members, "
         f"{settings.admin_report_threshold} from admins",
@@ -304,6 +305,15 @@ class AdminHandlers:
             f"{settings.admin_report_threshold} from admins.",
         )
 
+    async def notes(self, interaction: discord.Interaction, anyone: bool) -> None:
+        await self._set(interaction, notes_by_anyone=anyone)
+        await self._answer(
+            interaction,
+            "Anyone here may now edit a story's memory and author's note."
+            if anyone
+            else "Only a story's author (and the admins) may edit its notes here now.",
+        )
+
     async def hidden(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         found = await self.rules.hidden_parts(interaction.guild_id)
@@ -442,6 +452,12 @@ def admin_group(admin: AdminHandlers) -> app_commands.Group:
         admins: app_commands.Range[int, 1, 100] | None = None,
     ) -> None:
         await admin.reports(interaction, members, admins)
+
+    @group.command(name="notes", description="Who may edit a story's memory and author's note")
+    @app_commands.describe(anyone="On: anyone in the channel; off: the author (and admins)")
+    @manage
+    async def notes(interaction: discord.Interaction, anyone: bool) -> None:
+        await admin.notes(interaction, anyone)
 
     @group.command(name="hidden", description="Parts hidden after reports: restore or delete")
     @manage

@@ -26,7 +26,7 @@ from bot.publisher import Publisher
 from bot.views import story_button_type
 from stories.message_book import MessageBook
 from stories.servers import LENGTHS
-from stories.service import MAX_PROMPT_CHARS, StoryService
+from stories.service import MAX_MEMORY_CHARS, MAX_NOTE_CHARS, MAX_PROMPT_CHARS, StoryService
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def build_commands(
         prompt="The first line(s) of your story",
         length="How much to write",
         seed="A number to reproduce a story exactly",
+        memory="Who and where, kept in mind all along (up to 500 characters)",
+        authors_note="The tone, or what should happen next (up to 200 characters)",
     )
     @app_commands.autocomplete(genre=genre_choices)
     @app_commands.choices(length=length_choices)
@@ -65,13 +67,15 @@ def build_commands(
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],  # Discord's own check
         length: str | None = None,  # None: the server's default length
         seed: app_commands.Range[int, 0, 2**53] | None = None,
+        memory: app_commands.Range[str, 1, MAX_MEMORY_CHARS] | None = None,
+        authors_note: app_commands.Range[str, 1, MAX_NOTE_CHARS] | None = None,
     ) -> None:
         """Write a story with GPT-2 from your first line.
 
         Thin: validation by Discord (ranges) and by the service (the genre, typed
         or picked, and everything the server's admins decided).
         """
-        await handlers.story(interaction, genre, prompt, length, seed)
+        await handlers.story(interaction, genre, prompt, length, seed, memory, authors_note)
 
     @app_commands.command(name="mystories", description="Your stories: read, export or delete them")
     async def mystories(interaction: discord.Interaction) -> None:

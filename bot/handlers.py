@@ -25,14 +25,23 @@ from bot import render
 from bot.admin import AdminHandlers
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
-from bot.views import ConfirmView, MyStoriesView, StoryDetailView
+from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView
 from generation.errors import Busy, GenerationError
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
 from stories.errors import StoryError, UserLimit
 from stories.message_book import MessageBook
 from stories.servers import Member
-from stories.service import Announce, Requester, Run, Started, StoryOptions, StoryService
+from stories.service import (
+    MAX_MEMORY_CHARS,
+    MAX_NOTE_CHARS,
+    Announce,
+    Requester,
+    Run,
+    Started,
+    StoryOptions,
+    StoryService,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +237,8 @@ class Handlers:
         prompt: str,
         length: str | None,
         seed: int | None,
+        memory: str | None = None,
+        authors_note: str | None = None,
     ) -> None:
         await defer(interaction)
         server = await self.service.servers.settings(interaction.guild_id)
@@ -237,6 +248,8 @@ class Handlers:
             max_new_tokens=min(size.max_new_tokens, self.max_new_tokens_limit),
             min_new_tokens=size.min_new_tokens,
             seed=seed,
+            memory=memory,
+            authors_note=authors_note,
         )
         show = _Show(self.publisher, interaction.channel)
         run = await self.service.start(prompt, options, requester(interaction), announce=show)
@@ -271,6 +284,9 @@ class Handlers:
             return
         if action == "report":
             await self.report(interaction, id)
+            return
+        if action == "notes":
+            await self.edit_notes(interaction, id)
             return
         await defer(interaction)
         channel = interaction.channel
@@ -319,6 +335,32 @@ class Handlers:
             else "."
         )
         await tell(interaction, f"Someone is already writing the next part{where}")
+
+    async def edit_notes(self, interaction: discord.Interaction, part_id: int) -> None:
+        """The Notes button: a modal with the story's memory and author's note
+        (answered at once, as a modal must be; saving checks who may)."""
+        view = await self.service.describe_part(part_id)
+        story = view.story
+
+        async def save(submitted: discord.Interaction, memory: str, note: str) -> None:
+            await self.service.set_notes(story.id, requester(submitted), memory, note)
+            await tell(
+                submitted,
+                "Notes saved: the next part of this story is written with them."
+                if memory.strip() or note.strip()
+                else "Notes cleared.",
+            )
+
+        await interaction.response.send_modal(
+            NotesModal(
+                story.id,
+                story.memory,
+                story.authors_note,
+                (MAX_MEMORY_CHARS, MAX_NOTE_CHARS),
+                save,
+                self.on_error,
+            )
+        )
 
     async def report(self, interaction: discord.Interaction, part_id: int) -> None:
         tally = await self.service.report(part_id, requester(interaction))
@@ -420,8 +462,9 @@ class Handlers:
             await tell(interaction, "That is not one of your stories.")
             return
         body = render.story_body(path[0].text, "".join(p.text for p in path[1:]))
+        notes = render.notes(story.memory, story.authors_note)
         chunks = render.final_chunks(
-            body, f"-# story #{story.id} · {story.genre} · {len(path) - 1} part(s)"
+            body + notes, f"-# story #{story.id} · {story.genre} · {len(path) - 1} part(s)"
         )
         view = StoryDetailView(self, interaction.user.id, story_id, back)
         await interaction.response.edit_message(content=chunks[0], view=view)

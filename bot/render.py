@@ -54,6 +54,16 @@ def story_body(prompt: str | None, continuation: str) -> str:
     return f"**{shown}**{body}" if len(shown) <= 1500 else f"{shown}{body}"
 
 
+def notes(memory: str, authors_note: str) -> str:
+    """A story's notes under its text, where a person reads them (/mystories)."""
+    lines = [
+        f"\n-# {label}: {escape(text)}"
+        for label, text in (("📝 Memory", memory), ("📝 Author's note", authors_note))
+        if text
+    ]
+    return "\n" + "".join(lines) if lines else ""
+
+
 def footer(genre: str, author_id: int | None, part: int, seed: int, extra: str = "") -> str:
     who = f" · by <@{author_id}>" if author_id else ""
     return f"-# {genre}{who} · part {part} · seed {seed}{extra}"

@@ -46,14 +46,15 @@ class ButtonLook:
     style: discord.ButtonStyle
 
 
-# What each action's button looks like; the id is a part id for continue, reroll
-# and report, a run id for cancel and retry.
+# What each action's button looks like; the id is a part id for continue, reroll,
+# report and notes, a run id for cancel and retry.
 BUTTONS = {
     "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
     "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
     "cancel": ButtonLook("Cancel", None, discord.ButtonStyle.danger),
     "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
     "report": ButtonLook("Report", "🚩", discord.ButtonStyle.secondary),
+    "notes": ButtonLook("Notes", "📝", discord.ButtonStyle.secondary),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -116,7 +117,49 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
 
 
 def part_buttons(part_id: int) -> discord.ui.View:
-    return buttons(("continue", part_id), ("reroll", part_id), ("report", part_id))
+    return buttons(
+        ("continue", part_id), ("reroll", part_id), ("notes", part_id), ("report", part_id)
+    )
+
+
+class NotesModal(discord.ui.Modal):
+    """A story's memory and author's note, to edit (prefilled with the current ones)."""
+
+    def __init__(
+        self,
+        story_id: int,
+        memory: str,
+        note: str,
+        limits: tuple[int, int],
+        save: Callable[[discord.Interaction, str, str], Awaitable[None]],
+        on_error: ErrorHandler,
+    ) -> None:
+        super().__init__(title=f"Notes of story #{story_id}"[:45], timeout=900)
+        self.memory: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label="Memory: who and where",
+            style=discord.TextStyle.paragraph,
+            default=memory or None,
+            required=False,
+            max_length=limits[0],
+            placeholder="Ada is a detective in rainy 1920s Glasgow.",
+        )
+        self.note: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            label="Author's note: tone, what happens next",
+            style=discord.TextStyle.paragraph,
+            default=note or None,
+            required=False,
+            max_length=limits[1],
+            placeholder="Tense. The storm breaks soon.",
+        )
+        self.add_item(self.memory)
+        self.add_item(self.note)
+        self._save, self._on_error = save, on_error
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        try:  # errors go to the one handler, as the buttons' do
+            await self._save(interaction, self.memory.value, self.note.value)
+        except Exception as error:
+            await self._on_error(interaction, error)
 
 
 def cancel_button(run_id: int) -> discord.ui.View:

@@ -11,6 +11,7 @@ Everything here runs on the pool's worker thread, which owns the backend.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ from typing import Protocol
 from generation.errors import GenerationError
 from generation.sampling import RowSampler
 from generation.text import StreamDecoder, TextStream, trim_to_sentence
-from generation.types import FinishReason, GenerationParams, GenerationRequest, GenerationResult
+from generation.types import (
+    NOTE_CLOSE,
+    NOTE_DEPTH_SENTENCES,
+    NOTE_OPEN,
+    FinishReason,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+)
 
 
 class Backend(Protocol):
@@ -42,6 +51,16 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*\s+")
+
+
+def note_position(text: str, depth: int = NOTE_DEPTH_SENTENCES) -> int:
+    """Where the author's note goes: before the last `depth` sentences of
+    `text` (its start, for a shorter text)."""
+    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    return ends[-depth] if len(ends) >= depth else 0
 
 
 @dataclass(eq=False)  # identity: a job is one request, hashed into the running set
@@ -80,24 +99,40 @@ class Job:
     def prepare(self, backend: Backend) -> None:
         """Tokenize and fit the context; the worker calls this before generating.
 
-        A long story keeps its hidden primer and its most recent text and drops
-        the middle, so prompt + new tokens always fit the model's positions.
+        The context is: the hidden primer, the memory, the story with the author's
+        note set a few sentences before its end, then room for the new tokens. A
+        long story keeps all of the steering and its most recent text, dropping
+        its oldest text first, so everything always fits the model's positions.
         """
         self.model_id, self.backend_name = backend.model_id, backend.name
-        primer_ids = backend.encode(self.request.primer) if self.request.primer else []
-        prompt = self.request.prompt
+        request = self.request
+        primer_ids = backend.encode(request.primer) if request.primer else []
+        memory_ids = backend.encode(request.memory.strip() + "\n") if request.memory else []
+        prompt = request.prompt
         if len(prompt) > self.MAX_CONTEXT_CHARS:
             prompt = prompt[-self.MAX_CONTEXT_CHARS :]
             self.truncated_prompt = True
         # A trailing space becomes its own token, which GPT-2 rarely saw: drop it.
-        story_ids = backend.encode(prompt.rstrip(" "))
-        budget = backend.context_size - len(primer_ids) - self.params.max_new_tokens
+        prompt = prompt.rstrip(" ")
+        note_ids: list[int] = []
+        before, after = prompt, ""
+        if request.authors_note.strip():
+            cut = note_position(prompt)
+            before, after = prompt[:cut].rstrip(" "), prompt[cut:].lstrip(" ")
+            note_ids = backend.encode(NOTE_OPEN + request.authors_note.strip() + NOTE_CLOSE)
+        before_ids = backend.encode(before) if before else []
+        after_ids = backend.encode(after) if after else []
+        steering = len(primer_ids) + len(memory_ids) + len(note_ids)
+        budget = backend.context_size - steering - self.params.max_new_tokens
         if budget < 1:
             raise ValueError("no room for the story in the context")  # validated earlier
-        if len(story_ids) > budget:
-            story_ids = story_ids[-budget:]
+        excess = len(before_ids) + len(after_ids) - budget
+        if excess > 0:  # the oldest text gives way: before the note, then after it
             self.truncated_prompt = True
-        self.prompt_ids = primer_ids + story_ids
+            dropped = min(excess, len(before_ids))
+            before_ids = before_ids[dropped:]
+            after_ids = after_ids[excess - dropped :]
+        self.prompt_ids = primer_ids + memory_ids + before_ids + note_ids + after_ids
         self.sampler = RowSampler(self.params, self.prompt_ids, self.eos_token_id)
         self.decoder = StreamDecoder(backend.decode)
 

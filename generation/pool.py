@@ -273,11 +273,16 @@ class GenerationPool:
         context = self.backend.context_size if self.backend else 1024
         # Byte-level BPE never makes more tokens than UTF-8 bytes: a sound bound
         # without touching the worker's tokenizer.
-        primer_bound = len(request.primer.encode("utf-8"))
-        if primer_bound + request.params.max_new_tokens + 1 > context:
+        if request.steering_bytes() + request.params.max_new_tokens + 1 > context:
             raise PromptTooLong(
                 f"max_new_tokens={request.params.max_new_tokens} leaves no room for the story "
-                f"in the model's {context}-token context; ask for fewer tokens."
+                f"in the model's {context}-token context"
+                + (
+                    ""
+                    if not (request.memory or request.authors_note)
+                    else " with this memory and author's note"
+                )
+                + "; ask for fewer tokens."
             )
         if request.timeout_s is not None and not request.timeout_s > 0:
             raise InvalidRequest("timeout_s must be positive.")

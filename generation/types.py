@@ -84,6 +84,30 @@ class GenerationRequest:
     primer: str = ""
     # Seconds from submission until the request is stopped; None = pool default.
     timeout_s: float | None = None
+    # KoboldAI's two steering texts: the memory (who and where) goes at the top of
+    # the context, after the primer; the author's note (tone, what should happen)
+    # a few sentences before the end, where GPT-2 pays most attention. Neither is
+    # shown or echoed; the story's oldest text gives way first to fit the context.
+    memory: str = ""
+    authors_note: str = ""
+
+    def steering_bytes(self) -> int:
+        """A bound on the tokens the hidden texts take (byte-level BPE never makes
+        more tokens than UTF-8 bytes), with the separators around them."""
+        hidden = self.primer.encode("utf-8") + self.memory.encode("utf-8")
+        note = self.authors_note.encode("utf-8")
+        return (
+            len(hidden)
+            + (len(note) + len(NOTE_OPEN) + len(NOTE_CLOSE) if note else 0)
+            + (1 if self.memory else 0)
+        )
+
+
+# How the author's note is set into the story text (KoboldAI's convention), and
+# how many sentences before the end.
+NOTE_OPEN = "\n[Author's note: "
+NOTE_CLOSE = "]\n"
+NOTE_DEPTH_SENTENCES = 3
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ class Story:
     status: Status
     created_at: float
     updated_at: float
+    memory: str = ""  # who and where: at the top of the context
+    authors_note: str = ""  # tone, what should happen: near the end of the context
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,8 @@ class Story:
             "status": self.status,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "memory": self.memory,
+            "authors_note": self.authors_note,
         }
 
 
@@ -69,6 +73,8 @@ class Part:
     created_at: float
     masked: bool = False  # the content filter masked words in it
     hidden: bool = False  # hidden after reports, until an admin restores it
+    memory: str | None = None  # the story's notes when this part was written
+    authors_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,8 @@ class Part:
             "finish_reason": self.finish_reason,
             "created_at": self.created_at,
             "masked": self.masked,
+            "memory": self.memory,
+            "authors_note": self.authors_note,
         }
 
 
@@ -141,6 +149,8 @@ class GeneratedPart:
     generation_s: float | None = None
     finish_reason: str | None = None
     masked: bool = False  # the content filter masked words in `text`
+    memory: str | None = None  # the notes it was written with
+    authors_note: str | None = None
 
 
 ContinuePolicy = Literal["anyone", "author", "role"]
@@ -163,6 +173,7 @@ class GuildSettings:
     filter_terms: tuple[str, ...] = ()  # the server's own terms, on top of the built-in list
     report_threshold: int = 3  # members' reports that hide a part
     admin_report_threshold: int = 1  # admins' reports that hide a part
+    notes_by_anyone: bool = False  # anyone in the channel may edit a story's notes
     left_at: float | None = None  # when the bot left the server
 
 
@@ -178,6 +189,7 @@ GUILD_SETTINGS_FIELDS = (
     "filter_terms",
     "report_threshold",
     "admin_report_threshold",
+    "notes_by_anyone",
 )
 
 
@@ -256,6 +268,8 @@ def part_from_row(row: Any) -> Part:
         created_at=row["created_at"],
         masked=bool(row["masked"]),
         hidden=bool(row["hidden"]),
+        memory=row["memory"],
+        authors_note=row["authors_note"],
     )
 
 
@@ -275,6 +289,7 @@ def guild_settings_from_row(row: Any) -> GuildSettings:
         filter_terms=tuple(json.loads(row["filter_terms"])),
         report_threshold=row["report_threshold"],
         admin_report_threshold=row["admin_report_threshold"],
+        notes_by_anyone=bool(row["notes_by_anyone"]),
         left_at=row["left_at"],
     )
 
@@ -321,4 +336,6 @@ def story_from_row(row: Any) -> Story:
         status=row["status"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        memory=row["memory"],
+        authors_note=row["authors_note"],
     )

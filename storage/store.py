@@ -288,16 +288,31 @@ class Store:
         guild_id: int | None = None,
         channel_id: int | None = None,
         seed: int | None = None,
+        memory: str = "",
+        authors_note: str = "",
     ) -> tuple[Story, Part, RunRecord]:
         """Create a story, its prompt part and the run that writes its first part,
         in one transaction."""
-        _check_text(prompt)
+        for text in (prompt, memory, authors_note):
+            _check_text(text)
         now = time.time()
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 "INSERT INTO stories (author_id, source, guild_id, channel_id, genre, title,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (author_id, source, guild_id, channel_id, genre, title_of(prompt), now, now),
+                " memory, authors_note, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    author_id,
+                    source,
+                    guild_id,
+                    channel_id,
+                    genre,
+                    title_of(prompt),
+                    memory,
+                    authors_note,
+                    now,
+                    now,
+                ),
             )
             story_id = cursor.lastrowid
             cursor = await conn.execute(
@@ -310,6 +325,19 @@ class Store:
             story = await _story(conn, story_id)
             part = await _part(conn, run.parent_id)
         return story, part, run
+
+    async def set_notes(self, story_id: int, memory: str, authors_note: str) -> Story:
+        """A story's memory and author's note, used from its next part on."""
+        _check_text(memory)
+        _check_text(authors_note)
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE stories SET memory = ?, authors_note = ?, updated_at = ? WHERE id = ?",
+                (memory, authors_note, time.time(), story_id),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"story {story_id} does not exist")
+            return await _story(conn, story_id)
 
     async def get_story(self, story_id: int) -> Story:
         async with self._transaction(write=False) as conn:
@@ -490,8 +518,8 @@ class Store:
             cursor = await conn.execute(
                 "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
                 " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
-                " masked, created_at)"
-                " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " masked, memory, authors_note, created_at)"
+                " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.story_id,
                     run.parent_id,
@@ -506,6 +534,8 @@ class Store:
                     part.generation_s,
                     part.finish_reason,
                     int(part.masked),
+                    part.memory,
+                    part.authors_note,
                     now,
                 ),
             )

@@ -44,6 +44,12 @@ class ControlCharacter(InvalidPrompt):
         )
 
 
+class InvalidNotes(InvalidPrompt):
+    """A story's memory or author's note is too long or holds control characters."""
+
+    code = "invalid_notes"
+
+
 class ContentFiltered(InvalidPrompt):
     """The content filter refused a prompt. The message never says which word."""
 

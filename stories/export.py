@@ -45,6 +45,15 @@ def to_markdown(story: Story, path: list[Part]) -> str:
         f"**{_escape_md(prompt.strip())}**" + _escape_md("".join(p.text for p in rest)),
         "",
     ]
+    notes = [
+        (label, text)
+        for label, text in (("Memory", story.memory), ("Author's note", story.authors_note))
+        if text
+    ]
+    if notes:
+        lines += ["---", ""]
+        lines += [f"*{label}:* {_escape_md(text)}" for label, text in notes]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -269,6 +269,8 @@ class ServerRules:
                     f"A report threshold must be between 1 and {MAX_REPORT_THRESHOLD}."
                 )
             return int(value)
+        if name == "notes_by_anyone":
+            return bool(value)
         if name == "filter_terms":
             if len(value) > MAX_FILTER_TERMS:
                 raise InvalidSetting(f"At most {MAX_FILTER_TERMS} filter terms per server.")

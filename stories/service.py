@@ -55,6 +55,7 @@ from stories.errors import (
     ContentFiltered,
     ControlCharacter,
     EmptyPrompt,
+    InvalidNotes,
     NotAllowed,
     NothingToContinue,
     OverlongPrompt,
@@ -70,6 +71,8 @@ from stories.servers import Limits, Member, ServerRules
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cut
+MAX_MEMORY_CHARS = 500  # a story's memory: who and where
+MAX_NOTE_CHARS = 200  # a story's author's note: the tone, what should happen next
 REMOVED_TEXT = " [removed after reports]"  # what a hidden part reads as
 INTERRUPTED = "Interrupted by a restart."
 # Zero-width and other invisible characters: a prompt of only these is empty.
@@ -90,6 +93,9 @@ class StoryOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    # The story's notes: given with /story or POST /, or changed before a part.
+    memory: str | None = None
+    authors_note: str | None = None
 
 
 def _fit(params: GenerationParams, options: StoryOptions, pool: GenerationPool) -> GenerationParams:
@@ -151,6 +157,8 @@ class Run:
     )
     release_slot: Callable[[], None] = field(default=lambda: None, repr=False)
     cooldown_s: float = 0.0  # its requester's cooldown where it was asked for
+    memory: str = ""  # the story's notes it is written with
+    authors_note: str = ""
     # The content filter of the server it is written in: what it writes is masked
     # before anyone sees it, streamed or stored.
     words: ContentFilter = field(default_factory=ContentFilter.builtin, repr=False)
@@ -303,6 +311,23 @@ class StoryService:
             raise ControlCharacter(control.group())
         return prompt.strip()
 
+    def _check_notes(self, memory: str, note: str, words: ContentFilter) -> tuple[str, str]:
+        """A story's memory and author's note: short, no control characters, and
+        nothing the content filter refuses (they steer what the model writes)."""
+        for name, text, limit in (
+            ("memory", memory, MAX_MEMORY_CHARS),
+            ("author's note", note, MAX_NOTE_CHARS),
+        ):
+            if not isinstance(text, str):
+                raise InvalidNotes(f"The {name} must be text.")
+            if len(text) > limit:
+                raise InvalidNotes(f"The {name} is too long: at most {limit} characters.")
+            if _CONTROL.search(text):
+                raise InvalidNotes(f"The {name} contains an invisible control character.")
+            if words.matches(text):
+                raise ContentFiltered(f"The content filter refused that {name}.")
+        return memory.strip(), note.strip()
+
     def _take_slot(self, who: Requester, limits: Limits) -> Callable[[], None]:
         """Check the per-person limits and hold one of the person's slots; the
         returned function gives it back (once, however often it is called)."""
@@ -387,6 +412,7 @@ class StoryService:
         self.servers.check_channel(server, who.channel_id)
         prompt = self._check_prompt(prompt)
         words = self.servers.content_filter(server)
+        memory, note = self._check_notes(options.memory or "", options.authors_note or "", words)
         if words.matches(prompt):
             await self.servers.count(who.guild_id, "refused")
             log.info("a prompt from %s was refused by the content filter", who.user_id)
@@ -400,7 +426,9 @@ class StoryService:
         params = genre.params(**asdict(options)).with_seed()
         pool = await self._pool_for(genre)
         params = _fit(params, options, pool)
-        request = GenerationRequest(prompt, params, primer=genre.primer)
+        request = GenerationRequest(
+            prompt, params, primer=genre.primer, memory=memory, authors_note=note
+        )
         # The one validation step: bad input (then Busy) is refused before the
         # person's limits are counted and before anything is stored or shown.
         reservation = pool.reserve(request)
@@ -424,6 +452,8 @@ class StoryService:
                 guild_id=who.guild_id,
                 channel_id=who.channel_id,
                 seed=params.seed,
+                memory=memory,
+                authors_note=note,
             )
         except BaseException:
             reservation.release()
@@ -433,6 +463,7 @@ class StoryService:
         run = Run(record, story, root, genre, prompt, 1, release_slot=release)
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = words
+        run.memory, run.authors_note = memory, note
         await self._launch(run, pool, request, reservation, announce, new_story=True, server=server)
         return run
 
@@ -479,6 +510,8 @@ class StoryService:
                 f"Story {story_id} is still being written (part {busy[0].number}); "
                 "continue it once that part is done."
             )
+        if options is not None and (options.memory is not None or options.authors_note is not None):
+            await self.set_notes(story_id, who, options.memory, options.authors_note)
         latest = await self.store.latest_part(story_id)
         started = await self.continue_from(latest.id, who, options)
         return started.run
@@ -653,7 +686,13 @@ class StoryService:
         if any(part.hidden for part in path):
             raise PartHidden()
         previous_text = "".join(part.text for part in path)
-        request = GenerationRequest(previous_text, params, primer=genre.primer)
+        request = GenerationRequest(
+            previous_text,
+            params,
+            primer=genre.primer,
+            memory=story.memory,
+            authors_note=story.authors_note,
+        )
         reservation = pool.reserve(request)  # validates it, as for a new story
         try:
             release = self._take_slot(who, self.servers.limits(server))
@@ -677,6 +716,7 @@ class StoryService:
         run.release_slot = release
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = self.servers.content_filter(server)
+        run.memory, run.authors_note = story.memory, story.authors_note
         await self._launch(run, pool, request, reservation, announce)
         return run
 
@@ -759,6 +799,8 @@ class StoryService:
                 GeneratedPart(
                     text=text,
                     masked=masked,
+                    memory=run.memory,
+                    authors_note=run.authors_note,
                     requested_by=run.requested_by,
                     params={k: v for k, v in asdict(run.ticket.params).items() if k != "seed"},
                     seed=result.seed,
@@ -855,6 +897,36 @@ class StoryService:
         while path[-1].parent_id is not None:
             path.append(by_id[path[-1].parent_id])
         return story, parts, path[::-1]
+
+    # ----------------------------------------------------------------- notes
+    async def set_notes(
+        self,
+        story_id: int,
+        who: Requester,
+        memory: str | None = None,
+        authors_note: str | None = None,
+    ) -> Story:
+        """Change a story's memory and author's note (None: keep it), from its
+        next part on. Its author may; the server's admins may; anyone in the
+        channel may where the server allows it."""
+        story = await self.store.get_story(story_id)
+        server = await self.servers.settings(story.guild_id)
+        if not (
+            who.user_id is None
+            or who.user_id == story.author_id
+            or who.member.admin
+            or (server is not None and server.notes_by_anyone)
+        ):
+            raise NotAllowed("Only the story's author can change its notes here.")
+        words = self.servers.content_filter(server)
+        memory, note = self._check_notes(
+            story.memory if memory is None else memory,
+            story.authors_note if authors_note is None else authors_note,
+            words,
+        )
+        updated = await self.store.set_notes(story_id, memory, note)
+        log.info("story %d: notes changed by %s", story_id, who.user_id)
+        return updated
 
     # ------------------------------------------------------------ moderation
     async def report(self, part_id: int, who: Requester) -> ReportTally:

@@ -47,6 +47,7 @@ class GatedBackend:
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.gate.set()
+        self.contexts: list[str] = []  # what the model was given, job by job
 
     def hold(self) -> None:
         self.gate.clear()
@@ -68,7 +69,20 @@ class GatedBackend:
     def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
         self.entered.set()
         self.gate.wait(timeout=60)
-        self.inner.generate(jobs, admit)
+        self._saw(jobs)
+
+        def admitted(room: int) -> list[Job]:
+            more = admit(room)
+            self._saw(more)
+            return more
+
+        self.inner.generate(jobs, admitted)
+
+    def _saw(self, jobs: list[Job]) -> None:
+        """Record the context each job is generated from, as the model reads it."""
+        for job in jobs:
+            if job.prompt_ids:
+                self.contexts.append(self.inner.decode(job.prompt_ids))
 
     def wake(self) -> None:
         self.inner.wake()

@@ -61,6 +61,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "StillWriting": (409, None),
     "StoryDeleted": (404, None),
     "ContentFiltered": (422, None),
+    "InvalidNotes": (422, None),
     "ChannelClosed": (403, None),
     "GenreDisabled": (403, None),
     "InvalidSetting": (422, None),

@@ -244,6 +244,32 @@ async def test_the_built_in_filter_refuses_a_prompt_without_naming_the_word(
     assert response.status == 404  # nothing was stored
 
 
+async def test_memory_and_authors_note_are_kept_and_changed_by_continue(
+    client: TestClient[Any, Any],
+) -> None:
+    first = await client.post(
+        "/", json={"input": "The rain fell.", "memory": "Ada, a detective.", "max_new_tokens": 8}
+    )
+    assert first.status == 200, await first.text()
+    story_id = (await first.json())["story_id"]
+    later = await client.post(
+        f"/stories/{story_id}/continue", json={"authors_note": "Someone lies.", "max_new_tokens": 8}
+    )
+    assert later.status == 200, await later.text()
+    story = await (await client.get(f"/stories/{story_id}")).json()
+    check(story, "/stories/{id}", "get", 200)
+    assert story["story"]["memory"] == "Ada, a detective."
+    assert story["story"]["authors_note"] == "Someone lies."
+    parts = story["parts"]
+    assert parts[1]["authors_note"] == "" and parts[2]["authors_note"] == "Someone lies."
+    assert parts[2]["memory"] == "Ada, a detective."
+    too_long = await client.post("/", json={"input": "x", "memory": "m" * 501})
+    assert too_long.status == 422
+    assert (await too_long.json())["error"]["code"] == "invalid_notes"
+    wrong = await client.post("/", json={"input": "x", "authors_note": 5})
+    assert wrong.status == 422 and (await wrong.json())["error"]["code"] == "wrong_type"
+
+
 async def test_oversized_body_unknown_story_and_method(client: TestClient[Any, Any]) -> None:
     big = json.dumps({"input": "x" * 70_000})
     response = await client.post("/", data=big, headers={"Content-Type": "application/json"})

@@ -45,6 +45,16 @@ def _ending(task: asyncio.Future[Any]) -> str:
     return "cancelled" if task.cancelled() else repr(task.exception())
 
 
+def _text_inputs(component: dict[str, Any]) -> Any:
+    """Every text input in a modal, in rows or in labels, in order."""
+    if component.get("type") == 4:
+        yield component
+    for child in component.get("components", []):
+        yield from _text_inputs(child)
+    if isinstance(component.get("component"), dict):  # a label (type 18) holds one
+        yield from _text_inputs(component["component"])
+
+
 class InteractionHandle:
     def __init__(self, fake: FakeDiscord, state: dict[str, Any]) -> None:
         self.fake = fake
@@ -377,6 +387,39 @@ class FakeDiscord:
             payload["message"] = self.server._public(message)
         await self.server.dispatch("INTERACTION_CREATE", payload)
         return InteractionHandle(self, state)
+
+    async def submit_modal(
+        self, opened: InteractionHandle, values: dict[str, str], *, user: User
+    ) -> InteractionHandle:
+        """The member fills in the modal the bot answered `opened` with and sends
+        it (a type 5 interaction). `values`: text input label -> what they typed;
+        inputs not named are sent with the text they were prefilled with."""
+        await self.wait_until(lambda: opened.state["responded"] == 9)
+        modal = opened.state["modal"]
+        inputs = list(_text_inputs(modal))
+        unknown = set(values) - {i.get("label") for i in inputs}
+        if unknown:
+            raise AssertionError(f"no text input labelled {sorted(unknown)} in the modal")
+        rows = [
+            {
+                "type": 1,
+                "components": [
+                    {
+                        "type": 4,
+                        "custom_id": i["custom_id"],
+                        "value": values.get(i.get("label", ""), i.get("value") or ""),
+                    }
+                ],
+            }
+            for i in inputs
+        ]
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        channel = next(
+            c["name"]
+            for c in self.server.channels.values()
+            if c["id"] == opened.state["channel_id"]
+        )
+        return await self._interaction(5, data, user, channel)
 
     async def react(self, message: dict[str, Any], emoji: str, *, user: User) -> None:
         message.setdefault("user_reactions", []).append((user.id, emoji))

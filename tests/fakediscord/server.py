@@ -719,6 +719,9 @@ class FakeDiscordServer:
         if body.get("type") == 8:  # autocomplete suggestions
             state["choices"] = data.get("choices", [])
             return respond({"interaction": {"id": state["id"], "type": state["type"]}})
+        if body.get("type") == 9:  # a modal, shown to the member who clicked
+            state["modal"] = data
+            return respond({"interaction": {"id": state["id"], "type": state["type"]}})
         ephemeral = bool((data.get("flags") or 0) & 64)
         kind = body.get("type")
         message = None
