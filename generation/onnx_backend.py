@@ -39,6 +39,10 @@ from generation.modelfiles import check_model_dir, load_fast_tokenizer, model_id
 log = logging.getLogger(__name__)
 
 TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
+# Prompts are run in groups of about this many tokens (rows x longest prompt):
+# attention's scratch is rows x heads x prompt x context floats (8 rows of 300
+# tokens at once held 118 MB), and one long group saves nothing over several.
+PREFILL_TOKENS = 512
 
 EXPORT_VERSION = 3  # bump when the graph changes (3: written by hand, KV cache in place)
 
@@ -211,18 +215,34 @@ class OnnxStepModel:
         lengths = np.array([len(row) for row in rows], dtype=np.int32)
         if lengths.min() < 1 or lengths.max() > self.context:
             raise ValueError("every prompt needs 1 to context tokens")
+        logits = np.empty((len(rows), self.vocab), dtype=np.float32)
+        tops: list[npt.NDArray[np.int64]] = []
+        first = 0
+        while first < len(rows):  # in groups: attention's scratch grows with rows x width
+            stop = first + 1
+            while stop < len(rows) and (stop + 1 - first) * int(
+                lengths[first : stop + 1].max()
+            ) <= max(PREFILL_TOKENS, int(lengths[first])):
+                stop += 1
+            logits[first:stop] = self._prefill_group(start + first, rows[first:stop])
+            if self._last_top is not None:
+                tops.append(self._last_top.copy())
+            first = stop
+        self._last_top = np.concatenate(tops) if tops else None
+        return self._new(lengths, start), logits
+
+    def _prefill_group(self, start: int, rows: Sequence[Sequence[int]]) -> Logits:
+        lengths = np.array([len(row) for row in rows], dtype=np.int64)
         width = int(lengths.max())
-        ids = np.zeros((len(rows), width), dtype=np.int64)  # right-padded; padding unused
-        for index, row in enumerate(rows):
-            ids[index, : len(row)] = row
         bound = self._binding(start, len(rows), width)
-        bound.ids[:] = ids
+        bound.ids[:] = 0  # right-padded; the padding is never attended to
+        for index, row in enumerate(rows):
+            bound.ids[index, : len(row)] = row
         bound.pos[:] = np.arange(width, dtype=np.int64)
         bound.seqlens[:] = lengths - 1
         bound.total[0] = width  # a first prompt: GroupQueryAttention's right-padded batch
         bound.last[:] = np.arange(len(rows), dtype=np.int64) * width + lengths - 1
-        logits = self._run(bound)
-        return self._new(lengths, start), logits
+        return self._run(bound)
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
         self._check(state)

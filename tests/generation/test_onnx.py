@@ -112,10 +112,14 @@ def _alone(steps: Any, prompt: list[int], count: int) -> tuple[list[int], list[A
     return tokens, rows
 
 
-def test_rows_leave_and_join_in_place(model_copy: Path) -> None:
+def test_rows_leave_and_join_in_place(model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The KV cache stays in place: rows that leave are compacted away (also
-    out of order), new prompts are written after the running rows, and every
-    row's logits stay the ones it gets alone (fp32, greedy)."""
+    out of order), new prompts are written after the running rows (here in
+    groups of a few tokens), and every row's logits stay the ones it gets alone
+    (fp32, greedy)."""
+    import generation.onnx_backend
+
+    monkeypatch.setattr(generation.onnx_backend, "PREFILL_TOKENS", 6)
     fast = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=4)
     steps = fast.steps
     texts = {
