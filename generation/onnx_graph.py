@@ -41,7 +41,20 @@ MS_DOMAIN = "com.microsoft"
 def read_weights(model_dir: Path) -> dict[str, npt.NDArray[np.float32]]:
     from safetensors.numpy import load_file
 
-    raw = load_file(str(model_dir / "model.safetensors"))
+    from generation.errors import ModelLoadError
+
+    index = model_dir / "model.safetensors.index.json"
+    try:
+        if index.is_file() and not (model_dir / "model.safetensors").is_file():
+            shards = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+            raw = {k: v for shard in shards for k, v in load_file(str(model_dir / shard)).items()}
+        else:
+            raw = load_file(str(model_dir / "model.safetensors"))
+    except Exception as error:  # safetensors raises its own errors for damaged files
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ModelLoadError(f"model in {model_dir} could not be loaded: {first}") from error
     # transformers writes GPT2LMHeadModel's names with "transformer."; a bare
     # GPT2Model folder has none. The output head is tied to the embedding.
     return {
