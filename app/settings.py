@@ -62,9 +62,12 @@ class Settings(BaseSettings):
     # Where BACKEND=transformers runs: auto (a GPU when there is one), cpu, cuda,
     # cuda:1... (int8 is for CPUs: a GPU runs fp32).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    # ONNX Runtime threads spin-wait between runs: faster for a lone request,
-    # slower when many people ask at once (bench/RESULTS.md). Off by default.
-    onnx_allow_spinning: bool = False
+    # ONNX Runtime's threads spin-wait up to ONNX_SPIN_US microseconds for the
+    # next op before sleeping: awake through one step, asleep between steps, so
+    # a lone story is about 30 % faster and nothing collapses when another
+    # process wants the cores (bench/RESULTS.md). false: never spin.
+    onnx_allow_spinning: bool = True
+    onnx_spin_us: int = Field(default=20, ge=1, le=1_000_000)
     # BACKEND=openai: a remote OpenAI-compatible server (vLLM, TGI, llama.cpp,
     # transformers serve) does the generating over /v1/completions. The base URL
     # is the API root, like http://vllm:8000/v1.

@@ -43,6 +43,7 @@ TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
 # attention's scratch is rows x heads x prompt x context floats (8 rows of 300
 # tokens at once held 118 MB), and one long group saves nothing over several.
 PREFILL_TOKENS = 512
+SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
 
 EXPORT_VERSION = 3  # bump when the graph changes (3: written by hand, KV cache in place)
 
@@ -357,7 +358,8 @@ class OnnxBackend(LocalBackend):
         max_batch_size: int = 8,
         threads: int | None = None,
         precision: str = "int8",
-        allow_spinning: bool = False,
+        allow_spinning: bool = True,
+        spin_us: int = SPIN_US,
     ) -> None:
         import onnxruntime as ort
 
@@ -371,15 +373,18 @@ class OnnxBackend(LocalBackend):
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime picks (all cores)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # ONNX Runtime's threads spin-wait between runs by default. Between our
-        # steps the worker samples in Python and the event loop streams text, so
-        # spinning steals the CPU they need: a batch-8 step measured 19.6 ms
-        # without spinning against 22-26 ms with it, on 2 cores. Spinning does
-        # help a lone request (200 tokens in 1.8 s instead of 2.1 s), so quiet
-        # deployments can turn it back on (ONNX_ALLOW_SPINNING).
+        # ONNX Runtime's threads spin-wait for the next op. Unbounded (its
+        # default), they also spin between steps, while the worker samples in
+        # Python, and collapse when another process wants the cores: a batch-1
+        # step took 20.5 ms instead of 11.6 with one busy process beside it. A
+        # short spin keeps the threads awake between the ops of one step and
+        # lets them sleep between steps: 6.2 ms instead of 8.1 on a quiet
+        # machine, 11.5 beside a busy process (spinning off: 8.1 and 11.6).
         options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+            "session.intra_op.allow_spinning", "1" if allow_spinning and spin_us > 0 else "0"
         )
+        if allow_spinning and spin_us > 0:
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
