@@ -53,16 +53,16 @@ def test_conversion_is_cached(model_copy: Path) -> None:
     assert path.stat().st_mtime_ns == made
 
 
-def test_int8_keeps_quality_on_a_trained_model(model_copy: Path) -> None:
-    """Teacher-forced through the int8 graph's own KV cache (prefill, then one
-    step per token): top-1 agreement >= 97 % and perplexity within 2 % of fp32."""
-    model, tokenizer = load_causal_lm(model_copy)
-    steps = OnnxBackend(model_copy, threads=1).steps
+def _teacher_forced(model_dir: Path, precision: str) -> tuple[float, float]:
+    """Top-1 agreement with fp32 torch and the perplexity ratio, teacher-forced
+    through the graph's own KV cache (prefill, then one step per token)."""
+    model, tokenizer = load_causal_lm(model_dir)
+    steps = OnnxBackend(model_dir, threads=1, precision=precision).steps
     held_out = " ".join(corpus(sentences=300, seed=1234))
     ids = tokenizer.encode(held_out)[:600]
     with torch.inference_mode():
         reference = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1).numpy()
-    agree, nll_fp32, nll_int8 = 0, 0.0, 0.0
+    agree, nll_fp32, nll_ours = 0, 0.0, 0.0
     count = min(len(ids) - 1, 300)
     state, logits = steps.prefill([ids[:1]])
     for t in range(count):
@@ -71,11 +71,25 @@ def test_int8_keeps_quality_on_a_trained_model(model_copy: Path) -> None:
         row = logits[0].astype(np.float64)
         logprobs = row - row.max() - np.log(np.exp(row - row.max()).sum())
         agree += int(np.argmax(row) == np.argmax(reference[t]))
-        nll_int8 -= logprobs[ids[t + 1]]
+        nll_ours -= logprobs[ids[t + 1]]
         nll_fp32 -= reference[t][ids[t + 1]]
-    ppl_fp32, ppl_int8 = math.exp(nll_fp32 / count), math.exp(nll_int8 / count)
-    assert agree / count >= 0.97, agree / count
-    assert abs(ppl_int8 / ppl_fp32 - 1) <= 0.02, (ppl_fp32, ppl_int8)
+    assert math.exp(nll_fp32 / count) < 20, "the tiny model should have learned its corpus"
+    return agree / count, math.exp((nll_ours - nll_fp32) / count)
+
+
+def test_int8_keeps_quality_on_a_trained_model(model_copy: Path) -> None:
+    """The default precision: top-1 agreement >= 97 % and perplexity within 2 %."""
+    agreement, ppl_ratio = _teacher_forced(model_copy, "int8")
+    assert agreement >= 0.97, agreement
+    assert abs(ppl_ratio - 1) <= 0.02, ppl_ratio
+
+
+def test_int4_is_close_but_below_the_bar(model_copy: Path) -> None:
+    """The int4 option (README: below the quality bar, so not the default)
+    stays close: measured 95.7 % agreement and perplexity within 1 %."""
+    agreement, ppl_ratio = _teacher_forced(model_copy, "int4")
+    assert agreement >= 0.90, agreement
+    assert abs(ppl_ratio - 1) <= 0.05, ppl_ratio
 
 
 async def test_int8_serves_stories_through_the_pool(model_copy: Path) -> None:
@@ -201,3 +215,17 @@ def test_the_onnx_backend_needs_neither_transformers_nor_torch(model_copy: Path)
         assert fast.decode(ids) == slow.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
+
+
+def test_rows_that_leave_give_their_memory_back(model_copy: Path) -> None:
+    """A finished row's cache pages are handed back to the system (they read
+    as zeros again), so resident memory follows the rows still running."""
+    steps = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=4).steps
+    state, _ = steps.prefill([[5] * 40, [6] * 30, [7] * 20])
+    state, _ = steps.step(state, [1, 2, 3])
+    assert np.count_nonzero(steps.cache[:, :, 1:3]) > 0
+    state = steps.select(state, [1])  # the second row moves to row 0; rows 1 and 2 leave
+    assert np.count_nonzero(steps.cache[:, :, 0]) > 0
+    assert np.count_nonzero(steps.cache[:, :, 1:]) == 0
+    steps.select(state, [])
+    assert np.count_nonzero(steps.cache) == 0
