@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 BackendName = Literal["onnx", "transformers", "openai"]
 SamplingFields = Literal["auto", "extra", "generation_config", "none"]
-Precision = Literal["int8", "fp32"]
+Precision = Literal["int8", "fp32", "int4"]
 
 
 # An API key this short can be guessed off loopback.
@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
     # onnx: ONNX Runtime, the fastest on CPU (bench/RESULTS.md); transformers: the
-    # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference.
+    # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference;
+    # int4 (onnx only): faster, below the quality bar (README, "Speed").
     backend: BackendName = "onnx"
     precision: Precision = "int8"
     # Where BACKEND=transformers runs: auto (a GPU when there is one), cpu, cuda,
@@ -191,6 +192,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BACKEND=openai needs OPENAI_BASE_URL, the server's API root, like http://host:8000/v1"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _int4_is_onnx_only(self) -> Settings:
+        if self.precision == "int4" and self.backend != "onnx":
+            raise ValueError("PRECISION=int4 is for BACKEND=onnx only")
         return self
 
     @model_validator(mode="after")

@@ -198,7 +198,7 @@ async def pooled(
                 sampling_fields="none",
             )
     else:
-        precision = "int8" if backend.endswith("int8") else "fp32"
+        precision = backend.rsplit("-", 1)[1] if backend.endswith(("-int8", "-int4")) else "fp32"
         kind: Any
         if backend.startswith("onnx"):  # imported alone: torch is no part of its footprint
             from generation.onnx_backend import OnnxBackend as kind
@@ -293,7 +293,8 @@ def main() -> None:
         "--backend",
         required=True,
         choices=[
-            *["hf-generate", "transformers", "transformers-int8", "onnx", "onnx-int8", "remote"],
+            *["hf-generate", "transformers", "transformers-int8", "remote"],
+            *["onnx", "onnx-int8", "onnx-int4"],
             *["llama-q8_0", "llama-q4_0"],
         ],
     )

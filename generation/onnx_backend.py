@@ -363,7 +363,7 @@ class OnnxBackend(LocalBackend):
     ) -> None:
         import onnxruntime as ort
 
-        if precision not in ("fp32", "int8"):
+        if precision not in ("fp32", "int8", "int4"):
             raise ValueError(f"unknown precision {precision!r}")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")

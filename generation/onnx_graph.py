@@ -23,6 +23,9 @@ Weights, by precision:
   weights (symmetric) and int8 activations quantized per call; the embedding
   is stored as int8 rows with one scale per token, the same numbers the output
   head (tied to it in GPT-2) uses.
+- int4 (an option, below the quality bar: README): the blocks' matmuls are
+  MatMulNBits, 4-bit weights in blocks of 32 with int8 activations (accuracy
+  level 4); the embedding and output head stay int8.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int4")
+INT4_BLOCK = 32  # weights per 4-bit block, each with its own scale
 MS_DOMAIN = "com.microsoft"
 
 
@@ -69,6 +73,18 @@ def quantize_columns(weight: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.in
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
     q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
     return q, scale
+
+
+def quantize_blocks_4bit(weight: npt.NDArray[np.float32]) -> tuple[Any, Any]:
+    """MatMulNBits' 4-bit layout for a [out, in] weight: symmetric blocks of
+    INT4_BLOCK along `in`, values 0..15 around 8, two to a byte (low first)."""
+    rows, cols = weight.shape
+    blocks = weight.reshape(rows, cols // INT4_BLOCK, INT4_BLOCK)
+    scale = np.abs(blocks).max(axis=-1) / 7.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    blob = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return blob, scale.reshape(-1)
 
 
 class _Builder:
@@ -123,6 +139,26 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
             (y,) = g.node("MatMul", [x, g.const(f"{prefix}.w", weight)])
             if with_bias:
                 (y,) = g.node("Add", [y, g.const(f"{prefix}.b", bias)])
+            return y
+        if precision == "int4":
+            blob, scales = quantize_blocks_4bit(weight.T)  # MatMulNBits wants [out, in]
+            (y,) = g.node(
+                "MatMulNBits",
+                [
+                    x,
+                    g.const(f"{prefix}.w4", blob),
+                    g.const(f"{prefix}.s4", scales),
+                    "",
+                    "",
+                    g.const(f"{prefix}.b", bias) if with_bias else "",
+                ],
+                domain=MS_DOMAIN,
+                K=weight.shape[0],
+                N=weight.shape[1],
+                bits=4,
+                block_size=INT4_BLOCK,
+                accuracy_level=4,  # int8 activations: the fast kernels on x86
+            )
             return y
         q, scale = quantize_columns(weight)
         inputs = [x, g.const(f"{prefix}.wq", q), g.const(f"{prefix}.ws", scale), ""]
