@@ -383,8 +383,10 @@ def main() -> int:
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2)
     )
     (OUT / "results.md").write_text(text)
-    if args.write:
-        RESULTS.write_text(text)
+    if args.write:  # other benchmarks' sections (python -m bench.http_load) stay
+        old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+        kept = old[old.index("\n## ") :] if "\n## " in old else ""
+        RESULTS.write_text(text + kept)
     print(text)
     return 0
 
