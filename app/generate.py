@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # Only the standard library above: `--help` answers before torch, ONNX Runtime or
 # the settings are imported. The backend's libraries load once it is chosen.
 BACKENDS = ("onnx", "transformers", "openai")  # app.settings.BackendName
-PRECISIONS = ("int8", "fp32")  # app.settings.Precision
+PRECISIONS = ("int8", "fp32", "int4")  # app.settings.Precision
 FALLBACK_MODEL = Path("models/tiny-gpt2")
 
 
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="int8 (faster on CPU) or fp32 (the reference; a GPU always runs fp32) "
-        "(default: PRECISION, else int8)",
+        help="int8 (faster on CPU), fp32 (the reference; a GPU always runs fp32) or int4 "
+        "(onnx only; below the quality bar) (default: PRECISION, else int8)",
     )
     parser.add_argument(
         "--device",

@@ -62,6 +62,7 @@ def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPo
             return OnnxBackend(
                 model_dir,
                 allow_spinning=settings.onnx_allow_spinning,
+                spin_us=settings.onnx_spin_us,
                 **options,  # type: ignore[arg-type]
             )
         from generation.torch_backend import TransformersBackend

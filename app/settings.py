@@ -21,7 +21,7 @@ BackendName = Literal["onnx", "transformers", "openai"]
 SamplingFields = Literal[
     "auto", "llamacpp", "vllm", "tgi", "transformers", "extra", "generation_config", "none"
 ]
-Precision = Literal["int8", "fp32"]
+Precision = Literal["int8", "fp32", "int4"]
 
 
 # An API key this short can be guessed off loopback.
@@ -63,15 +63,19 @@ class Settings(BaseSettings):
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
     # onnx: ONNX Runtime, the fastest on CPU (bench/RESULTS.md); transformers: the
-    # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference.
+    # torch reference. int8 keeps quality (a test holds it to fp32); fp32: reference;
+    # int4 (onnx only): faster, below the quality bar (README, "Speed").
     backend: BackendName = "onnx"
     precision: Precision = "int8"
     # Where BACKEND=transformers runs: auto (a GPU when there is one), cpu, cuda,
     # cuda:1... (int8 is for CPUs: a GPU runs fp32).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    # ONNX Runtime threads spin-wait between runs: faster for a lone request,
-    # slower when many people ask at once (bench/RESULTS.md). Off by default.
-    onnx_allow_spinning: bool = False
+    # ONNX Runtime's threads spin-wait up to ONNX_SPIN_US microseconds for the
+    # next op before sleeping: awake through one step, asleep between steps, so
+    # a lone story is about 30 % faster and nothing collapses when another
+    # process wants the cores (bench/RESULTS.md). false: never spin.
+    onnx_allow_spinning: bool = True
+    onnx_spin_us: int = Field(default=20, ge=1, le=1_000_000)
     # BACKEND=openai: a remote OpenAI-compatible server (vLLM, TGI, llama.cpp,
     # transformers serve) does the generating over /v1/completions. The base URL
     # is the API root, like http://vllm:8000/v1.
@@ -96,15 +100,19 @@ class Settings(BaseSettings):
     # that ship inside the package are used.
     genres_path: Path = DEFAULT_GENRES
     # Genre models (fine-tuned) load at their genre's first story; idle ones are
-    # unloaded to keep all loaded models within this (GPT-2 small int8 with a
-    # full batch: about 820 MB each).
-    model_memory_budget_mb: float = Field(default=3000.0, gt=0)
+    # unloaded to keep all loaded models within this. A model counts its worst
+    # case, every row of a full batch at full context (GPT-2 small int8, 32
+    # rows: about 2.6 GB; the KV cache is resident only as far as it is used).
+    model_memory_budget_mb: float = Field(default=8000.0, gt=0)
     # Threads for generation, torch's and ONNX Runtime's alike; None: all cores.
     generation_threads: int | None = Field(default=None, ge=1, le=256)
     # The old name of GENERATION_THREADS (it set ONNX Runtime's threads too):
     # still read, with a warning at start-up.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
-    max_batch_size: int = Field(default=8, ge=1, le=64)
+    # Requests generated together: a batch grows with the requests waiting, up to
+    # this. 32 at random arrivals: 1.35x the throughput of 8 and a third of its
+    # p95 latency (bench/RESULTS.md); a lone request still runs at batch 1.
+    max_batch_size: int = Field(default=32, ge=1, le=64)
     queue_size: int = Field(default=32, ge=1, le=10_000)
     max_new_tokens_limit: int = Field(default=400, ge=1, le=1000)
     generation_timeout_s: float = Field(default=600.0, gt=0)
@@ -202,6 +210,12 @@ class Settings(BaseSettings):
     def _packaged_genres(self) -> Settings:
         if self.genres_path == DEFAULT_GENRES and not self.genres_path.exists():
             self.genres_path = BUILTIN_GENRES
+        return self
+
+    @model_validator(mode="after")
+    def _int4_is_onnx_only(self) -> Settings:
+        if self.precision == "int4" and self.backend != "onnx":
+            raise ValueError("PRECISION=int4 is for BACKEND=onnx only")
         return self
 
     @model_validator(mode="after")

@@ -27,8 +27,9 @@ import numpy as np
 
 OUT = Path(__file__).parent / "out"
 RESULTS = Path(__file__).parent / "RESULTS.md"
-BACKENDS = ["hf-generate", "transformers", "transformers-int8", "onnx-int8"]
+BACKENDS = ["hf-generate", "transformers", "transformers-int8", "onnx-int8", "llama-q8_0"]
 REFERENCE = "hf-generate"
+LLAMA = "llama-q8_0"  # the engine the default one is compared with, when installed
 MEAN_GAP_S = 0.25  # requests arrive as a Poisson process with this mean gap
 BYTES_PER_PARAM = {
     "hf-generate": 4.0,
@@ -36,9 +37,18 @@ BYTES_PER_PARAM = {
     "transformers-int8": 1.0,
     "onnx": 4.0,
     "onnx-int8": 1.0,
+    # 4-bit blocks of 32 with a float scale (0.625 bytes) for the 85 M block
+    # weights; the 39 M of the int8 output head: 0.74 bytes a parameter read.
+    "onnx-int4": (85 * 0.625 + 39) / 124,
     "remote": 4.0,  # transformers serve, fp32
+    "llama-q8_0": 34 / 32,  # blocks of 32 int8 weights and one fp16 scale
+    "llama-q4_0": 18 / 32,
 }
 LOCAL = "onnx-int8"  # the default engine, which the remote row is compared with
+
+
+def _precision(backend: str) -> str:
+    return backend.rsplit("-", 1)[1] if backend.endswith(("-int8", "-int4")) else "fp32"
 
 
 def progress(message: str) -> None:
@@ -91,6 +101,7 @@ def run_worker(backend: str, model: Path, tokens: int, concurrency: str) -> dict
         "--concurrency",
         concurrency,
     ]
+    busy_before, children_before, started = _cpu_busy_s(), _children_cpu_s(), time.monotonic()
     done = subprocess.run(
         command,
         capture_output=True,
@@ -98,17 +109,41 @@ def run_worker(backend: str, model: Path, tokens: int, concurrency: str) -> dict
         check=False,
         cwd=Path(__file__).resolve().parents[1],
     )
+    wall = time.monotonic() - started
+    others = (_cpu_busy_s() - busy_before) - (_children_cpu_s() - children_before)
     if done.returncode != 0:
         raise RuntimeError(f"{backend} failed:\n{done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # What other processes took of the machine meanwhile: this machine is shared,
+    # and an engine whose threads spin-wait loses most when it is not alone.
+    result["others_cpu"] = max(0.0, others) / (wall * len(os.sched_getaffinity(0)))
     return result
 
 
+def _cpu_busy_s() -> float:
+    """Seconds of CPU time all processes have used (/proc/stat), for all cores."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(value) for value in fields]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def median_of(runs: list[dict[str, Any]], *path: str) -> float:
+    """The median over runs; NaN where a backend does not measure it (llama.cpp
+    has no pool, so no arrivals at random)."""
     values = []
     for run in runs:
         value: Any = run
         for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return float("nan")
             value = value[key]
         values.append(float(value))
     return statistics.median(values)
@@ -127,6 +162,7 @@ def summarise(
             "peak_rss_mb": median_of(results, "peak_rss_mb"),
             "busy_rss_mb": median_of(results, "busy_rss_mb"),
         }
+        row["others_cpu"] = median_of(results, "others_cpu")
         row["batch1_tok_s"] = tokens / row["batch1_s"]
         ceiling = gbs * 1e9 / (params * BYTES_PER_PARAM[backend])
         row["ceiling_tok_s"] = ceiling
@@ -152,6 +188,11 @@ def summarise(
         for row in summary.values():
             for n in levels:
                 row[f"c{n}_vs_local"] = row[f"c{n}_tok_s"] / summary[LOCAL][f"c{n}_tok_s"]
+    if LLAMA in summary:
+        llama = summary[LLAMA]
+        for row in summary.values():
+            row["batch1_vs_llama"] = llama["batch1_s"] / row["batch1_s"]
+            row["burst8_vs_llama"] = row["burst8_tok_s"] / llama["burst8_tok_s"]
     return summary
 
 
@@ -165,19 +206,24 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
         f"{meta['rounds']} round(s), medians, each backend in a fresh process, order alternating.",
         "",
         "Ratios are against `hf-generate`: transformers fp32 `model.generate`, measured in the "
-        "same run (for concurrency: one left-padded `generate` batch of all requests).",
+        "same run (for concurrency: one left-padded `generate` batch of all requests)"
+        + (f", and against `{LLAMA}` (llama.cpp) where it ran." if LLAMA in summary else "."),
         "",
-        "| backend | batch-1 s | tokens/s | speed-up | first token | of ceiling | load s "
-        "| RSS MB loaded / busy / peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "The machine is shared: *others' CPU* is the share of all cores that other "
+        "processes used while each backend ran (median of its runs).",
+        "",
+        "| backend | batch-1 s | tokens/s | speed-up | vs llama.cpp | first token | of ceiling "
+        "| load s | RSS MB loaded / busy / peak | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         lines.append(
             f"| {name} | {row['batch1_s']:.2f} | {row['batch1_tok_s']:.1f} | "
-            f"{row['batch1_speedup']:.2f}× | "
+            f"{row['batch1_speedup']:.2f}× | {_ratio(row.get('batch1_vs_llama'))} | "
             f"{_ms(row['ttft_ms'])} | {100 * row['ceiling_fraction']:.0f} % of "
             f"{row['ceiling_tok_s']:.0f} | {row['load_s']:.1f} | {row['rss_mb']:.0f} / "
-            f"{row['busy_rss_mb']:.0f} / {row['peak_rss_mb']:.0f} |"
+            f"{row['busy_rss_mb']:.0f} / {row['peak_rss_mb']:.0f} | "
+            f"{100 * row['others_cpu']:.0f} % |"
         )
     for n in levels:
         lines += [
@@ -188,6 +234,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             "|---|---|---|---|---|",
         ]
         for name, row in summary.items():
+            if row[f"c{n}_tok_s"] != row[f"c{n}_tok_s"]:  # NaN: not measured (llama.cpp)
+                continue
             lines.append(
                 f"| {name} | {row[f'c{n}_tok_s']:.1f} | {row[f'c{n}_throughput_ratio']:.2f}× | "
                 f"{row[f'c{n}_p50_s']:.1f} | {row[f'c{n}_p95_s']:.1f} |"
@@ -196,13 +244,13 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
         "",
         "8 requests at once (a burst, as the reference's single batch gets them):",
         "",
-        "| backend | aggregate tokens/s | ratio | p50 latency s |",
-        "|---|---|---|---|",
+        "| backend | aggregate tokens/s | ratio | vs llama.cpp | p50 latency s |",
+        "|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         lines.append(
             f"| {name} | {row['burst8_tok_s']:.1f} | {row['burst8_ratio']:.2f}× | "
-            f"{row['burst8_p50_s']:.1f} |"
+            f"{_ratio(row.get('burst8_vs_llama'))} | {row['burst8_p50_s']:.1f} |"
         )
     lagged = {name: row for name, row in summary.items() if "lag_p99_ms" in row}
     if lagged:
@@ -230,6 +278,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             )
             + ". Its RSS adds the server's process to ours.",
         ]
+    if meta.get("llama_build"):
+        lines += ["", f"llama.cpp as built here: {meta['llama_build']}"]
+    if meta.get("llama_note"):
+        lines += ["", f"llama.cpp: {meta['llama_note']}"]
     check = meta.get("greedy_check")
     if check:
         verdict = "identical" if check["identical"] else "NOT identical"
@@ -240,6 +292,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             f"{check['rows']} prompts batched together).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}×"
 
 
 def _ms(value: float) -> str:
@@ -296,13 +352,25 @@ def main(argv: list[str] | None = None) -> int:
         backends.append("remote")
     if REFERENCE not in backends:
         backends.insert(0, REFERENCE)
+    llama_note = None
+    if any(name.startswith("llama-") for name in backends):
+        from bench.llama_cpp import available
+
+        llama_note = available()
+        if llama_note is not None:
+            progress(f"skipping llama.cpp: {llama_note}")
+            backends = [name for name in backends if not name.startswith("llama-")]
     OUT.mkdir(exist_ok=True)
     model, params = build_model(OUT / "gpt2-small-random")
     from generation.onnx_backend import convert
 
     for name in backends:  # convert once, outside the timed loads
         if name.startswith("onnx"):
-            convert(model, "int8" if name.endswith("int8") else "fp32", progress=progress)
+            convert(model, _precision(name), progress=progress)
+        if name.startswith("llama-"):
+            from bench.llama_cpp import quantized_model
+
+            quantized_model(model, name.removeprefix("llama-"))
     gbs = bandwidth_gb_s()
     progress(f"memory bandwidth {gbs:.1f} GB/s; {rounds} round(s) of {', '.join(backends)}")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in backends}
@@ -322,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": tokens,
         "rounds": rounds,
         "mean_gap_s": MEAN_GAP_S,
+        "llama_note": llama_note,
+        "llama_build": next(
+            (run[0]["build"] for name, run in runs.items() if name.startswith("llama-")), None
+        ),
     }
     summary = summarise(runs, tokens, levels, gbs, params)
     if any(name.startswith("onnx") for name in backends):
@@ -340,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2)
     )
     (OUT / "results.md").write_text(text)
-    if args.write:
-        RESULTS.write_text(text)
+    if args.write:  # other benchmarks' sections (python -m bench.http_load) stay
+        old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+        kept = old[old.index("\n## ") :] if "\n## " in old else ""
+        RESULTS.write_text(text + kept)
     print(text)
     return 0
 

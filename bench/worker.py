@@ -94,6 +94,36 @@ def hf_generate(model_dir: Path, tokens: int, concurrency: list[int]) -> dict[st
     return out
 
 
+def llama(model_dir: Path, backend: str, tokens: int) -> dict[str, Any]:
+    """llama.cpp (bench/llama_cpp.py): one story, then eight at once, in one
+    context, each a fresh prompt; its own sampler chain with storybot's settings."""
+    from bench.llama_cpp import LlamaCpp, build_info, quantized_model
+    from generation.modelfiles import load_fast_tokenizer
+
+    kind = backend.removeprefix("llama-")
+    path = quantized_model(model_dir, kind)  # made once, outside the timed load
+    prompt = load_fast_tokenizer(model_dir).encode(PROMPT)
+    threads = len(os.sched_getaffinity(0))
+    started = time.perf_counter()
+    engine = LlamaCpp(path, sequences=8, threads=threads)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - started, "rss_mb": rss_mb()}
+    out["build"] = build_info()
+    one = engine.generate([prompt], tokens)
+    out["ttft_s"], out["batch1_s"] = one["first_s"], one["total_s"]
+    # Eight at once: prompts that differ, as the pool's burst has them.
+    eight = engine.generate([[*prompt, int(prompt[-1]) + i] for i in range(8)], tokens)
+    out["burst8"] = {
+        "aggregate_tok_s": 8 * tokens / eight["total_s"],
+        "p50_s": eight["total_s"],
+        "p95_s": eight["total_s"],
+        "wall_s": eight["total_s"],
+    }
+    out["busy_rss_mb"] = rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
+    engine.close()
+    return out
+
+
 class Server:
     """`transformers serve` on loopback with the benchmark's model, for `remote`."""
 
@@ -144,6 +174,7 @@ async def pooled(
     concurrency: list[int],
     mean_gap_s: float,
     server: Server | None = None,
+    max_batch: int = 8,
 ) -> dict[str, Any]:
     from generation.pool import GenerationPool
     from generation.types import GenerationParams, GenerationRequest
@@ -167,15 +198,16 @@ async def pooled(
                 sampling_fields="none",
             )
     else:
-        from generation.onnx_backend import OnnxBackend
-        from generation.torch_backend import TransformersBackend
-
-        precision = "int8" if backend.endswith("int8") else "fp32"
-        kind: Any = OnnxBackend if backend.startswith("onnx") else TransformersBackend
-        width = 8
+        precision = backend.rsplit("-", 1)[1] if backend.endswith(("-int8", "-int4")) else "fp32"
+        kind: Any
+        if backend.startswith("onnx"):  # imported alone: torch is no part of its footprint
+            from generation.onnx_backend import OnnxBackend as kind
+        else:
+            from generation.torch_backend import TransformersBackend as kind
+        width = max_batch
 
         def engine() -> Any:
-            return kind(model_dir, precision=precision, max_batch_size=8)
+            return kind(model_dir, precision=precision, max_batch_size=max_batch)
 
     pool = GenerationPool(engine, max_batch=width, max_queue=1000, max_new_tokens_limit=1000)
     await pool.start()
@@ -260,16 +292,29 @@ def main() -> None:
     parser.add_argument(
         "--backend",
         required=True,
-        choices=["hf-generate", "transformers", "transformers-int8", "onnx", "onnx-int8", "remote"],
+        choices=[
+            *["hf-generate", "transformers", "transformers-int8", "remote"],
+            *["onnx", "onnx-int8", "onnx-int4"],
+            *["llama-q8_0", "llama-q4_0"],
+        ],
     )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--concurrency", default="8,32")
     parser.add_argument("--mean-gap", type=float, default=0.25)
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="rows a batch may grow to (MAX_BATCH_SIZE)"
+    )
     args = parser.parse_args()
+    if args.max_batch is None:  # what a deployment gets by default
+        from app.settings import Settings
+
+        args.max_batch = int(Settings.model_fields["max_batch_size"].default)
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
     if args.backend == "hf-generate":
         result = hf_generate(args.model, args.tokens, concurrency)
+    elif args.backend.startswith("llama-"):
+        result = llama(args.model, args.backend, args.tokens)
     elif args.backend == "remote":
         server = Server(args.model)
         try:
@@ -280,8 +325,16 @@ def main() -> None:
             server.stop()
     else:
         result = asyncio.run(
-            pooled(args.model, args.backend, args.tokens, concurrency, args.mean_gap)
+            pooled(
+                args.model,
+                args.backend,
+                args.tokens,
+                concurrency,
+                args.mean_gap,
+                max_batch=args.max_batch,
+            )
         )
+        result["max_batch"] = args.max_batch
     print(json.dumps({"backend": args.backend, **result}))
 
 

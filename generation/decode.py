@@ -27,13 +27,21 @@ Logits = npt.NDArray[np.float32]
 class StepModel(Protocol):
     forward_calls: int
 
-    def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[Any, Logits]: ...
+    def prefill(self, rows: Sequence[Sequence[int]], after: Any = None) -> tuple[Any, Logits]:
+        """Start these prompts; `after`, the running batch's state, if any (an
+        engine that keeps rows in place puts the new ones after its rows)."""
+        ...
 
     def step(self, state: Any, tokens: Sequence[int]) -> tuple[Any, Logits]: ...
 
     def select(self, state: Any, keep: Sequence[int]) -> Any: ...
 
     def merge(self, first: Any, second: Any) -> Any: ...
+
+    def expect_top(self, width: int) -> None:
+        """The next prefill or step will be asked for `top_ids(width)` (0: not at
+        all): an engine that ranks inside its own run can do it there."""
+        ...
 
     def top_ids(self, width: int) -> Any:
         """Each row's `width` highest-scoring ids from the last logits, or None."""
@@ -61,12 +69,18 @@ def _need(job: Job) -> int:
         return 0  # the whole vocabulary; the row's own sampling reports the fault
 
 
-def _tops(model: StepModel, jobs: list[Job]) -> list[Any]:
-    """Ask the engine once per step for each row's best candidates."""
+def _width(model: StepModel, jobs: list[Job]) -> int:
+    """How many best candidates every row needs (0: some row needs them all);
+    told to the engine before its run."""
     needs = [_need(job) for job in jobs]
-    if not needs or min(needs) == 0:
-        return [None] * len(jobs)
-    top = model.top_ids(max(needs))
+    width = 0 if not needs or min(needs) == 0 else max(needs)
+    model.expect_top(width)
+    return width
+
+
+def _tops(model: StepModel, jobs: list[Job], width: int) -> list[Any]:
+    """Ask the engine once per step for each row's best candidates."""
+    top = model.top_ids(width) if width else None
     return [None] * len(jobs) if top is None else list(top)
 
 
@@ -80,8 +94,9 @@ def run_decode_loop(
         if pending:
             for job in pending:
                 job.start()
-            new_state, logits = model.prefill([job.prompt_ids for job in pending])
-            tops = _tops(model, pending)
+            width = _width(model, pending)
+            new_state, logits = model.prefill([job.prompt_ids for job in pending], state)
+            tops = _tops(model, pending, width)
             for row, job in enumerate(pending):
                 if not job.check_stop():
                     _advance(job, logits[row], tops[row])
@@ -90,8 +105,9 @@ def run_decode_loop(
             pending = []
         active, state = _drop_finished(model, active, state)
         if active:
+            width = _width(model, active)
             state, logits = model.step(state, [job.generated[-1] for job in active])
-            tops = _tops(model, active)
+            tops = _tops(model, active, width)
             for row, job in enumerate(active):
                 _advance(job, logits[row], tops[row])
             active, state = _drop_finished(model, active, state)
@@ -105,9 +121,8 @@ def _drop_finished(model: StepModel, active: list[Job], state: Any) -> tuple[lis
     keep = [row for row, job in enumerate(active) if not job.check_stop()]
     if len(keep) == len(active):
         return active, state
-    if not keep:
-        return [], None
-    return [active[row] for row in keep], model.select(state, keep)
+    state = model.select(state, keep)  # also when none is kept: the engine may free memory
+    return [active[row] for row in keep] if keep else [], state if keep else None
 
 
 class LocalBackend:

@@ -1,22 +1,25 @@
 """The fast backend: GPT-2 on ONNX Runtime, int8, under our decoding loop.
 
-Measured on 2 cores for GPT-2 small (bench/RESULTS.md), it writes 200 tokens
-several times faster than transformers fp32 `generate`. It plugs in as a
-`StepModel`, so batching, continuous admission, per-request seeds, streaming
-and cancellation are the ones the reference backend has, and its fp32 graph
-gives the reference's greedy tokens exactly (a test).
+It plugs in as a `StepModel`, so batching, continuous admission, per-request
+seeds, streaming and cancellation are the ones the reference backend has, and
+its fp32 graph gives the reference's greedy tokens exactly (a test). Figures:
+bench/RESULTS.md.
 
 Conversion from a Hugging Face model folder is automatic and cached in
-`<model>/onnx/`: one graph that takes the KV cache as inputs (zero-length for
-the prompt) and returns the grown cache, exported with torch's TorchScript
-exporter, with ONNX Runtime's fused kernels put in (`_fuse`), then quantized by
-ONNX Runtime (dynamic int8, per-channel weights).
+`<model>/onnx/`: one graph for the prompt and for each step, written node by
+node from the weights (generation/onnx_graph.py). The KV cache lives in
+buffers allocated once and updated in place by the graph; inputs and outputs
+are bound to arrays (I/O binding), so a step copies nothing but its logits.
+The tokenizer is `tokenizer.json` through `tokenizers` alone: neither
+transformers nor torch is imported.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -31,21 +34,18 @@ import numpy.typing as npt
 
 from generation.decode import LocalBackend, Logits
 from generation.errors import ModelLoadError
-from generation.modelfiles import check_model_dir, load_tokenizer, model_id_of
+from generation.modelfiles import check_model_dir, load_fast_tokenizer, model_id_of
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2  # bump when the exported graph changes (2: fused kernels)
+TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
+# Prompts are run in groups of about this many tokens (rows x longest prompt):
+# attention's scratch is rows x heads x prompt x context floats (8 rows of 300
+# tokens at once held 118 MB), and one long group saves nothing over several.
+PREFILL_TOKENS = 512
+SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
 
-
-class _DropMessage(logging.Filter):
-    def __init__(self, *texts: str) -> None:
-        super().__init__()
-        self.texts = texts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in self.texts)
+EXPORT_VERSION = 3  # bump when the graph changes (3: written by hand, KV cache in place)
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -75,7 +75,12 @@ def _is_current(path: Path, model_dir: Path) -> bool:
 def convert(
     model_dir: Path, precision: str = "int8", progress: Callable[[str], None] | None = None
 ) -> Path:
-    """Export (and quantize) the model folder to ONNX once; later calls reuse it."""
+    """Write the model folder's decoding graph once (generation/onnx_graph.py);
+    later calls reuse it while the weights are unchanged."""
+    from generation.onnx_graph import PRECISIONS, build_graph
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
     target = onnx_path(model_dir, precision)
     if _is_current(target, model_dir):
         return target
@@ -86,31 +91,8 @@ def convert(
     try:
         started = time.monotonic()
         say(f"converting {model_dir} to ONNX ({precision}); this happens once ...")
-        exported = staging / "exported.onnx"
-        _export(model_dir, exported)
-        fp32 = staging / "model-fp32.onnx"
-        _fuse(exported, fp32, _config(model_dir))
-        produced = fp32
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            produced = staging / "model-int8.onnx"
-            root = logging.getLogger()
-            # The fused ops' outputs are untyped to its shape inference: float, as said.
-            quiet = _DropMessage("pre-processing before quantization", "Failed to infer data type")
-            root.addFilter(quiet)  # the quantizer's advice is for model authors, not operators
-            try:
-                quantize_dynamic(
-                    str(fp32),
-                    str(produced),
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    # The fused kernels are ONNX Runtime's own ops, which the
-                    # quantizer's shape inference cannot type: they are float.
-                    extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
-                )
-            finally:
-                root.removeFilter(quiet)
+        produced = staging / f"model-{precision}.onnx"
+        build_graph(model_dir, precision, produced)
         weights = model_dir / "model.safetensors"
         meta = {
             "version": EXPORT_VERSION,
@@ -129,176 +111,239 @@ def convert(
     return target
 
 
-def _export(model_dir: Path, out: Path) -> None:
-    import warnings
-
-    import torch
-    from transformers import DynamicCache
-
-    from generation.modelfiles import load_causal_lm
-
-    model, _ = load_causal_lm(model_dir)
-    config = model.config
-    layers, heads = config.n_layer, config.n_head
-    head_dim = config.n_embd // heads
-
-    class Step(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(
-            self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any
-        ) -> Any:
-            cache = DynamicCache(
-                ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)]
-            )
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            present = []
-            for layer in out.cache.layers:
-                present += [layer.keys, layer.values]
-            return (out.logits[:, -1, :], *present)
-
-    batch, new, old = 2, 3, 4
-    example = (
-        torch.ones(batch, new, dtype=torch.long),
-        torch.ones(batch, old + new, dtype=torch.long),
-        torch.arange(old, old + new).repeat(batch, 1),
-        *(torch.zeros(batch, heads, old, head_dim) for _ in range(2 * layers)),
-    )
-    past = [f"past_{i}" for i in range(2 * layers)]
-    dynamic = {
-        "input_ids": {0: "batch", 1: "new"},
-        "attention_mask": {0: "batch", 1: "total"},
-        "position_ids": {0: "batch", 1: "new"},
-        **{name: {0: "batch", 2: "old"} for name in past},
-    }
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # tracer chatter about Python branches it folds
-        torch.onnx.export(
-            Step(),
-            example,
-            str(out),
-            input_names=["input_ids", "attention_mask", "position_ids", *past],
-            output_names=["logits", *(f"present_{i}" for i in range(2 * layers))],
-            dynamic_axes=dynamic,
-            dynamo=False,
-            opset_version=17,
-        )
-
-
-def _fuse(source: Path, target: Path, config: dict[str, Any]) -> None:
-    """Fuse what ONNX Runtime has kernels for: each block's residual add and
-    layer norm into one SkipLayerNormalization, and GPT-2's tanh GELU into
-    FastGelu (the same formula). Measured on GPT-2 small, int8, batch 1: 8.0 ms
-    a token instead of 9.1 (bench/RESULTS.md); the fp32 greedy tokens stay the
-    reference's (a test). Graph-level only (opt_level=0): the session applies
-    its own optimisations when it loads."""
-    from onnxruntime.transformers import optimizer
-
-    model = optimizer.optimize_model(
-        str(source),
-        model_type="gpt2",
-        num_heads=int(config["n_head"]),
-        hidden_size=int(config["n_embd"]),
-        opt_level=0,
-    )
-    model.save_model_to_file(str(target), use_external_data_format=False)
-
-
 @dataclass
 class _State:
-    past: list[npt.NDArray[np.float32]]  # 2 per layer: [batch, heads, time, head_dim]
-    mask: npt.NDArray[np.int64]  # [batch, time]; 0 marks left padding
-    next_pos: npt.NDArray[np.int64]  # [batch]
+    """Rows [start, start + len(lengths)) of the model's KV buffers; row i holds
+    lengths[i] tokens. `start` is 0 except for a prefill placed after other rows."""
+
+    lengths: npt.NDArray[np.int32]
+    version: int  # the model's version when made: a state is used at most once
+    start: int = 0
 
 
 class OnnxStepModel:
-    def __init__(self, session: Any, layers: int, heads: int, head_dim: int) -> None:
+    """Steps the graph with its KV cache in preallocated buffers, in place.
+
+    One buffer per layer for keys and one for values, [rows, heads, context,
+    head_dim], allocated zeroed (pages become resident only when written); the
+    active rows are always the first ones, so the graph runs on a view of the
+    first n rows. Inputs and outputs are bound once per batch size (I/O
+    binding): a step writes a few integers and reads back the logits, and
+    nothing of the cache is copied. Rows are compacted when some finish.
+    States are used at most once: each call returns the state to use next.
+    """
+
+    def __init__(
+        self, session: Any, layers: int, heads: int, head_dim: int, context: int, max_rows: int
+    ) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
         self.session = session
         self.layers, self.heads, self.head_dim = layers, heads, head_dim
+        self.context, self.max_rows = context, max_rows
+        self.vocab = int(session.get_outputs()[0].shape[1])
         self.forward_calls = 0
-        self._last: Logits | None = None
+        # [layer, key/value, row, head, position, dim], in anonymous memory of our
+        # own: its pages are zero and become resident only when written, in 4 KB
+        # pages (numpy would ask for 2 MB huge pages, which made a 50-token prompt
+        # resident as 94 MB), and rows that leave are handed back (`_release`).
+        shape = (layers, 2, max_rows, heads, context, head_dim)
+        self._memory = mmap.mmap(
+            -1, int(np.prod(shape)) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        )
+        self.cache = np.frombuffer(self._memory, dtype=np.float32).reshape(shape)
+        # Two logits buffers, used in turn: a step's logits stay valid through the next step.
+        self._logits = [np.empty((max_rows, self.vocab), dtype=np.float32) for _ in range(2)]
+        self._tops: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+        self._flip = 0
+        self._version = 0
+        self._steps: dict[int, _Binding] = {}  # decoding bindings by batch size
+        self._top_k = 0
+        self._last_top: npt.NDArray[np.int64] | None = None
 
-    def _run(
-        self,
-        ids: npt.NDArray[np.int64],
-        mask: npt.NDArray[np.int64],
-        pos: npt.NDArray[np.int64],
-        past: list[npt.NDArray[np.float32]],
-    ) -> tuple[list[npt.NDArray[np.float32]], Logits]:
+    # ------------------------------------------------------------------ running
+    def _binding(self, start: int, rows: int, width: int) -> _Binding:
+        if start + rows > self.max_rows:
+            raise RuntimeError(f"{start + rows} rows do not fit the cache's {self.max_rows}")
+        return _Binding(self, start, rows, width)
+
+    def _run(self, bound: _Binding) -> Logits:
+        rows = bound.rows
+        k = 0
+        if self._top_k:  # rounded up, so one binding serves many widths
+            k = min(self.vocab, -(-self._top_k // TOP_STEP) * TOP_STEP)
+        bound.top_k[0] = max(k, 1)
+        self._flip ^= 1
+        logits = self._logits[self._flip][:rows]
+        top = self._tops.get((max(k, 1), self._flip))
+        if top is None:
+            top = np.empty((self.max_rows, max(k, 1)), dtype=np.int64)
+            self._tops[(max(k, 1), self._flip)] = top
+        bound.bind_outputs(logits, top[:rows])
+        self.session.run_with_iobinding(bound.binding)
         self.forward_calls += 1
-        feed: dict[str, npt.NDArray[Any]] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": pos,
-        }
-        feed.update({f"past_{i}": array for i, array in enumerate(past)})
-        logits, *present = self.session.run(None, feed)
-        self._last = logits
-        return present, logits
+        self._last_top = top[:rows] if k else None
+        return logits
+
+    def expect_top(self, width: int) -> None:
+        """The next call's rows will want their `width` best ids (0: none)."""
+        self._top_k = width if 0 < width < self.vocab else 0
 
     def top_ids(self, width: int) -> Any:
-        if self._last is None or width >= self._last.shape[-1]:
+        top = self._last_top
+        if top is None or width > top.shape[1] or width >= self.vocab:
             return None
-        try:  # torch's topk is several times faster than a partial sort per row
-            import torch
-        except ImportError:
-            return np.argpartition(-self._last, width - 1, axis=-1)[:, :width]
-        logits = torch.from_numpy(self._last)  # a view, no copy
-        return torch.topk(logits, width, dim=-1, sorted=False).indices.numpy()
+        return top
 
-    def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
-        width = max(len(row) for row in rows)
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
+    # ---------------------------------------------------------------- the state
+    def _check(self, state: _State) -> None:
+        if state.version != self._version:
+            raise RuntimeError("stale decoding state: the cache has moved on since it was made")
+
+    def _new(self, lengths: npt.NDArray[np.int32], start: int = 0) -> _State:
+        self._version += 1
+        return _State(lengths, self._version, start)
+
+    def prefill(
+        self, rows: Sequence[Sequence[int]], after: _State | None = None
+    ) -> tuple[_State, Logits]:
+        """Write the prompts into the rows after `after`'s (or from row 0)."""
+        start = 0
+        if after is not None:
+            self._check(after)
+            start = len(after.lengths)
+        lengths = np.array([len(row) for row in rows], dtype=np.int32)
+        if lengths.min() < 1 or lengths.max() > self.context:
+            raise ValueError("every prompt needs 1 to context tokens")
+        logits = np.empty((len(rows), self.vocab), dtype=np.float32)
+        tops: list[npt.NDArray[np.int64]] = []
+        first = 0
+        while first < len(rows):  # in groups: attention's scratch grows with rows x width
+            stop = first + 1
+            while stop < len(rows) and (stop + 1 - first) * int(
+                lengths[first : stop + 1].max()
+            ) <= max(PREFILL_TOKENS, int(lengths[first])):
+                stop += 1
+            logits[first:stop] = self._prefill_group(start + first, rows[first:stop])
+            if self._last_top is not None:
+                tops.append(self._last_top.copy())
+            first = stop
+        self._last_top = np.concatenate(tops) if tops else None
+        return self._new(lengths, start), logits
+
+    def _prefill_group(self, start: int, rows: Sequence[Sequence[int]]) -> Logits:
+        lengths = np.array([len(row) for row in rows], dtype=np.int64)
+        width = int(lengths.max())
+        bound = self._binding(start, len(rows), width)
+        bound.ids[:] = 0  # right-padded; the padding is never attended to
         for index, row in enumerate(rows):
-            ids[index, width - len(row) :] = row
-            mask[index, width - len(row) :] = 1
-        pos = np.clip(mask.cumsum(-1) - 1, 0, None)
-        empty = np.zeros((len(rows), self.heads, 0, self.head_dim), dtype=np.float32)
-        present, logits = self._run(ids, mask, pos, [empty] * (2 * self.layers))
-        return _State(present, mask, mask.sum(-1)), logits
+            bound.ids[index, : len(row)] = row
+        bound.pos[:] = np.arange(width, dtype=np.int64)
+        bound.seqlens[:] = lengths - 1
+        bound.total[0] = width  # a first prompt: GroupQueryAttention's right-padded batch
+        bound.last[:] = np.arange(len(rows), dtype=np.int64) * width + lengths - 1
+        return self._run(bound)
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
-        ids = np.asarray(tokens, dtype=np.int64)[:, None]
-        mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=np.int64)], 1)
-        present, logits = self._run(ids, mask, state.next_pos[:, None], state.past)
-        return _State(present, mask, state.next_pos + 1), logits
+        self._check(state)
+        lengths = state.lengths
+        if int(lengths.max()) >= self.context:
+            raise ValueError("a row is at the end of the model's context")
+        rows = len(lengths)
+        bound = self._steps.get(rows)
+        if bound is None:
+            bound = self._steps[rows] = self._binding(0, rows, 1)
+            bound.last[:] = np.arange(rows)
+        bound.ids[:, 0] = tokens
+        bound.pos[:, 0] = lengths
+        bound.seqlens[:] = lengths  # each row's length after this token, less one
+        bound.total[0] = max(2, int(lengths.max()) + 1)  # >1: never read as a first prompt
+        logits = self._run(bound)
+        return self._new(lengths + 1), logits
 
     def select(self, state: _State, keep: Sequence[int]) -> _State:
-        index = np.asarray(keep, dtype=np.int64)
-        mask = state.mask[index]
-        used = np.flatnonzero(mask.any(0))
-        first = int(used[0]) if len(used) else 0
-        past = [np.ascontiguousarray(array[index, :, first:]) for array in state.past]
-        return _State(past, mask[:, first:], state.next_pos[index])
+        """Keep these rows, in this order, as rows 0.. (moving only what must move)."""
+        self._check(state)
+        order = [int(row) for row in keep]
+        if any(later <= earlier for earlier, later in itertools.pairwise(order)):
+            # Not in increasing order: moving in place could overwrite a source.
+            self.cache[:, :, : len(order)] = self.cache[:, :, order]
+        else:  # each row moves down (or stays), so in order nothing is overwritten early
+            for target, source in enumerate(order):
+                if source != target:
+                    used = int(state.lengths[source])
+                    self.cache[:, :, target, :, :used] = self.cache[:, :, source, :, :used]
+        self._release(len(order), len(state.lengths))
+        return self._new(state.lengths[order])
+
+    def _release(self, start: int, stop: int) -> None:
+        """Give the pages of rows [start, stop) back to the system (they read as zeros)."""
+        if stop <= start:
+            return
+        row = self.cache[0, 0, 0].nbytes
+        page = mmap.PAGESIZE
+        for layer in range(self.layers):
+            for kind in range(2):
+                begin = self.cache[layer, kind, start].ctypes.data - self.cache.ctypes.data
+                end = begin + (stop - start) * row
+                begin = -(-begin // page) * page  # whole pages inside the rows only
+                end = end // page * page
+                if end > begin:
+                    self._memory.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
     def merge(self, first: _State, second: _State) -> _State:
-        width = max(first.mask.shape[1], second.mask.shape[1])
+        """`second` was prefilled after `first`: the rows are in place already."""
+        self._check(second)
+        if first.version != second.version - 1 or second.start != len(first.lengths):
+            raise RuntimeError("merge takes a state and the prefill placed right after it")
+        return self._new(np.concatenate([first.lengths, second.lengths]))
 
-        def pad(state: _State) -> tuple[list[npt.NDArray[np.float32]], npt.NDArray[np.int64]]:
-            extra = width - state.mask.shape[1]
-            if extra == 0:
-                return state.past, state.mask
-            past = [np.pad(a, ((0, 0), (0, 0), (extra, 0), (0, 0))) for a in state.past]
-            return past, np.pad(state.mask, ((0, 0), (extra, 0)))
 
-        a_past, a_mask = pad(first)
-        b_past, b_mask = pad(second)
-        past = [np.concatenate([a, b]) for a, b in zip(a_past, b_past, strict=True)]
-        return _State(
-            past,
-            np.concatenate([a_mask, b_mask]),
-            np.concatenate([first.next_pos, second.next_pos]),
-        )
+class _Binding:
+    """One run's inputs and outputs bound to arrays (I/O binding): the cache rows
+    [start, start + rows) serve as both past and present, and the small inputs
+    are arrays written in place before each run."""
+
+    def __init__(self, model: OnnxStepModel, start: int, rows: int, width: int) -> None:
+        ort = model._ort
+        self.rows = rows
+        self.binding = model.session.io_binding()
+        for layer in range(model.layers):
+            for index, kind in enumerate(("key", "value")):
+                view = ort.OrtValue.ortvalue_from_numpy(
+                    model.cache[layer, index, start : start + rows]
+                )
+                self.binding.bind_ortvalue_input(f"past_{kind}_{layer}", view)
+                self.binding.bind_ortvalue_output(f"present_{kind}_{layer}", view)
+        self.ids = np.zeros((rows, width), dtype=np.int64)
+        self.pos = np.zeros((rows, width), dtype=np.int64)
+        self.seqlens = np.zeros(rows, dtype=np.int32)
+        self.total = np.zeros(1, dtype=np.int32)
+        self.last = np.zeros(rows, dtype=np.int64)
+        self.top_k = np.zeros(1, dtype=np.int64)
+        for name, array in (
+            ("input_ids", self.ids),
+            ("position_ids", self.pos),
+            ("seqlens_k", self.seqlens),
+            ("total_seq_len", self.total),
+            ("last_index", self.last),
+            ("top_k", self.top_k),
+        ):  # the OrtValues share the arrays' memory: writing an array changes the input
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        self._ort = ort
+        self._outputs: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+    def bind_outputs(self, logits: Logits, top: npt.NDArray[np.int64]) -> None:
+        key = (logits.ctypes.data, top.ctypes.data)
+        values = self._outputs.get(key)
+        if values is None:
+            values = self._outputs[key] = (
+                self._ort.OrtValue.ortvalue_from_numpy(logits),
+                self._ort.OrtValue.ortvalue_from_numpy(top),
+            )
+        self.binding.bind_ortvalue_output("logits", values[0])
+        self.binding.bind_ortvalue_output("top_ids", values[1])
 
 
 class OnnxBackend(LocalBackend):
@@ -313,27 +358,33 @@ class OnnxBackend(LocalBackend):
         max_batch_size: int = 8,
         threads: int | None = None,
         precision: str = "int8",
-        allow_spinning: bool = False,
+        allow_spinning: bool = True,
+        spin_us: int = SPIN_US,
     ) -> None:
         import onnxruntime as ort
 
-        if precision not in ("fp32", "int8"):
+        if precision not in ("fp32", "int8", "int4"):
             raise ValueError(f"unknown precision {precision!r}")
-        self.tokenizer = load_tokenizer(model_dir)
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.tokenizer = load_fast_tokenizer(model_dir)
         path = convert(model_dir, precision)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime picks (all cores)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # ONNX Runtime's threads spin-wait between runs by default. Between our
-        # steps the worker samples in Python and the event loop streams text, so
-        # spinning steals the CPU they need: a batch-8 step measured 19.6 ms
-        # without spinning against 22-26 ms with it, on 2 cores. Spinning does
-        # help a lone request (200 tokens in 1.8 s instead of 2.1 s), so quiet
-        # deployments can turn it back on (ONNX_ALLOW_SPINNING).
+        # ONNX Runtime's threads spin-wait for the next op. Unbounded (its
+        # default), they also spin between steps, while the worker samples in
+        # Python, and collapse when another process wants the cores: a batch-1
+        # step took 20.5 ms instead of 11.6 with one busy process beside it. A
+        # short spin keeps the threads awake between the ops of one step and
+        # lets them sleep between steps: 6.2 ms instead of 8.1 on a quiet
+        # machine, 11.5 beside a busy process (spinning off: 8.1 and 11.6).
         options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+            "session.intra_op.allow_spinning", "1" if allow_spinning and spin_us > 0 else "0"
         )
+        if allow_spinning and spin_us > 0:
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
@@ -347,7 +398,12 @@ class OnnxBackend(LocalBackend):
         self.max_batch_size = max_batch_size
         heads = int(config["n_head"])
         self.steps = OnnxStepModel(
-            session, int(config["n_layer"]), heads, int(config["n_embd"]) // heads
+            session,
+            int(config["n_layer"]),
+            heads,
+            int(config["n_embd"]) // heads,
+            self.context_size,
+            max_batch_size,
         )
         log.info("loaded %s from %s on ONNX Runtime (%s)", self.model_id, path, precision)
 

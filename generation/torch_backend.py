@@ -64,13 +64,16 @@ class TorchStepModel:
         result: Logits = self._last.float().cpu().numpy()
         return result
 
+    def expect_top(self, width: int) -> None:
+        """Nothing to prepare: `top_ids` ranks the kept logits when asked."""
+
     def top_ids(self, width: int) -> Any:
         """Each row's `width` best token ids, for all rows in one call."""
         if self._last is None or width >= self._last.shape[-1]:
             return None
         return torch.topk(self._last, width, dim=-1, sorted=False).indices.cpu().numpy()
 
-    def prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
+    def prefill(self, rows: Sequence[Sequence[int]], after: Any = None) -> tuple[_State, Logits]:
         from transformers import DynamicCache
 
         width = max(len(row) for row in rows)

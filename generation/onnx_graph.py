@@ -1,0 +1,292 @@
+"""GPT-2's decoding step as an ONNX graph, written node by node from the weights.
+
+Why by hand and not exported from torch: the exported graph had about 1,500
+nodes (shape arithmetic, mask building, a concatenation that copied the whole
+KV cache every step), so a batch-1 step cost about 10 ms where reading the
+int8 weights needs about 5. This graph has about ten nodes a layer, all of them
+ONNX Runtime's fused CPU kernels:
+
+    LayerNorm / SkipLayerNorm -> QKV matmul -> GroupQueryAttention
+    -> output matmul -> SkipLayerNorm -> matmul + FastGelu -> matmul
+
+GroupQueryAttention (with as many KV heads as query heads: GPT-2's plain
+attention) reads and writes the KV cache in place: `past_*` and `present_*`
+are bound to the same preallocated buffers, one slot (row) per sequence, and
+each row has its own length (`seqlens_k`), so rows never need padding once
+their prompt is in. The final layer norm and the output head run only on each
+row's last position, and the graph also returns each row's best `top_k` ids,
+so sampling never sorts 50,257 logits in Python.
+
+Weights, by precision:
+- fp32: as trained; its greedy tokens are the reference's (a test).
+- int8: every matmul is DynamicQuantizeMatMul with per-output-channel int8
+  weights (symmetric) and int8 activations quantized per call; the embedding
+  is stored as int8 rows with one scale per token, the same numbers the output
+  head (tied to it in GPT-2) uses.
+- int4 (an option, below the quality bar: README): the blocks' matmuls are
+  MatMulNBits, 4-bit weights in blocks of 32 with int8 activations (accuracy
+  level 4); the embedding and output head stay int8.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+PRECISIONS = ("fp32", "int8", "int4")
+INT4_BLOCK = 32  # weights per 4-bit block, each with its own scale
+MS_DOMAIN = "com.microsoft"
+
+
+def read_weights(model_dir: Path) -> dict[str, npt.NDArray[np.float32]]:
+    from safetensors.numpy import load_file
+
+    from generation.errors import ModelLoadError
+
+    index = model_dir / "model.safetensors.index.json"
+    try:
+        if index.is_file() and not (model_dir / "model.safetensors").is_file():
+            shards = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+            raw = {k: v for shard in shards for k, v in load_file(str(model_dir / shard)).items()}
+        else:
+            raw = load_file(str(model_dir / "model.safetensors"))
+    except Exception as error:  # safetensors raises its own errors for damaged files
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ModelLoadError(f"model in {model_dir} could not be loaded: {first}") from error
+    # transformers writes GPT2LMHeadModel's names with "transformer."; a bare
+    # GPT2Model folder has none. The output head is tied to the embedding.
+    return {
+        name.removeprefix("transformer."): np.asarray(value, dtype=np.float32)
+        for name, value in raw.items()
+    }
+
+
+def quantize_columns(weight: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], Any]:
+    """Symmetric int8 with one scale per output column of a [in, out] weight."""
+    scale = np.abs(weight).max(axis=0) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_blocks_4bit(weight: npt.NDArray[np.float32]) -> tuple[Any, Any]:
+    """MatMulNBits' 4-bit layout for a [out, in] weight: symmetric blocks of
+    INT4_BLOCK along `in`, values 0..15 around 8, two to a byte (low first)."""
+    rows, cols = weight.shape
+    blocks = weight.reshape(rows, cols // INT4_BLOCK, INT4_BLOCK)
+    scale = np.abs(blocks).max(axis=-1) / 7.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    blob = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return blob, scale.reshape(-1)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._count = 0
+
+    def const(self, name: str, value: npt.NDArray[Any]) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        outputs: int | list[str] = 1,
+        domain: str = "",
+        **attrs: Any,
+    ) -> list[str]:
+        self._count += 1
+        if isinstance(outputs, int):
+            outputs = [f"{op.lower()}_{self._count}_{i}" for i in range(outputs)]
+        self.nodes.append(
+            self.helper.make_node(
+                op, inputs, outputs, name=f"{op}_{self._count}", domain=domain or None, **attrs
+            )
+        )
+        return outputs
+
+
+def build_graph(model_dir: Path, precision: str, target: Path) -> None:
+    """Write the decoding-step graph for the model folder at `target`."""
+    from onnx import TensorProto, helper, save_model
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    layers, heads, width = int(config["n_layer"]), int(config["n_head"]), int(config["n_embd"])
+    head_dim = width // heads
+    eps = float(config.get("layer_norm_epsilon", 1e-5))
+    w = read_weights(model_dir)
+    vocab = w["wte.weight"].shape[0]
+    g = _Builder()
+
+    def linear(x: str, prefix: str, with_bias: bool = True) -> str:
+        weight, bias = w[f"{prefix}.weight"], w[f"{prefix}.bias"]  # [in, out] (Conv1D)
+        if precision == "fp32":
+            (y,) = g.node("MatMul", [x, g.const(f"{prefix}.w", weight)])
+            if with_bias:
+                (y,) = g.node("Add", [y, g.const(f"{prefix}.b", bias)])
+            return y
+        if precision == "int4":
+            blob, scales = quantize_blocks_4bit(weight.T)  # MatMulNBits wants [out, in]
+            (y,) = g.node(
+                "MatMulNBits",
+                [
+                    x,
+                    g.const(f"{prefix}.w4", blob),
+                    g.const(f"{prefix}.s4", scales),
+                    "",
+                    "",
+                    g.const(f"{prefix}.b", bias) if with_bias else "",
+                ],
+                domain=MS_DOMAIN,
+                K=weight.shape[0],
+                N=weight.shape[1],
+                bits=4,
+                block_size=INT4_BLOCK,
+                accuracy_level=4,  # int8 activations: the fast kernels on x86
+            )
+            return y
+        q, scale = quantize_columns(weight)
+        inputs = [x, g.const(f"{prefix}.wq", q), g.const(f"{prefix}.ws", scale), ""]
+        if with_bias:
+            inputs.append(g.const(f"{prefix}.b", bias))
+        (y,) = g.node("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
+        return y
+
+    # Embeddings: token rows + position rows.
+    wte = w["wte.weight"]
+    if precision == "fp32":
+        (tok,) = g.node("Gather", [g.const("wte", wte), "input_ids"])
+    else:
+        row_scale = np.abs(wte).max(axis=1) / 127.0
+        row_scale = np.where(row_scale == 0, 1.0, row_scale).astype(np.float32)
+        wte_q = np.clip(np.rint(wte / row_scale[:, None]), -127, 127).astype(np.int8)
+        (rows,) = g.node("Gather", [g.const("wte.q", wte_q), "input_ids"])
+        (rows,) = g.node("Cast", [rows], to=TensorProto.FLOAT)
+        (scales,) = g.node("Gather", [g.const("wte.s", row_scale), "input_ids"])
+        (scales,) = g.node("Unsqueeze", [scales, g.const("axis_last", np.array([-1], np.int64))])
+        (tok,) = g.node("Mul", [rows, scales])
+    (pos,) = g.node("Gather", [g.const("wpe", w["wpe.weight"]), "position_ids"])
+    (residual,) = g.node("Add", [tok, pos])
+
+    x = g.node(
+        "LayerNormalization",
+        [
+            residual,
+            g.const("h.0.ln_1.g", w["h.0.ln_1.weight"]),
+            g.const("h.0.ln_1.b", w["h.0.ln_1.bias"]),
+        ],
+        axis=-1,
+        epsilon=eps,
+    )[0]
+    presents: list[str] = []
+    mlp_out = ""
+    for i in range(layers):
+        p = f"h.{i}"
+        if i > 0:  # the previous block's MLP output joins the residual, then ln_1
+            x, _, _, residual = g.node(
+                "SkipLayerNormalization",
+                [
+                    mlp_out,
+                    residual,
+                    g.const(f"{p}.ln_1.g", w[f"{p}.ln_1.weight"]),
+                    g.const(f"{p}.ln_1.b", w[f"{p}.ln_1.bias"]),
+                ],
+                4,
+                domain=MS_DOMAIN,
+                epsilon=eps,
+            )
+        qkv = linear(x, f"{p}.attn.c_attn")
+        (attn,) = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_seq_len"],
+            [f"attn_{i}", f"present_key_{i}", f"present_value_{i}"],
+            domain=MS_DOMAIN,
+            num_heads=heads,
+            kv_num_heads=heads,
+        )[:1]
+        presents += [f"present_key_{i}", f"present_value_{i}"]
+        proj = linear(attn, f"{p}.attn.c_proj")
+        x, _, _, residual = g.node(
+            "SkipLayerNormalization",
+            [
+                proj,
+                residual,
+                g.const(f"{p}.ln_2.g", w[f"{p}.ln_2.weight"]),
+                g.const(f"{p}.ln_2.b", w[f"{p}.ln_2.bias"]),
+            ],
+            4,
+            domain=MS_DOMAIN,
+            epsilon=eps,
+        )
+        (hidden,) = g.node(
+            "FastGelu",
+            [
+                linear(x, f"{p}.mlp.c_fc", with_bias=False),
+                g.const(f"{p}.mlp.c_fc.b", w[f"{p}.mlp.c_fc.bias"]),
+            ],
+            domain=MS_DOMAIN,
+        )
+        mlp_out = linear(hidden, f"{p}.mlp.c_proj")
+    final, _, _, _ = g.node(
+        "SkipLayerNormalization",
+        [mlp_out, residual, g.const("ln_f.g", w["ln_f.weight"]), g.const("ln_f.b", w["ln_f.bias"])],
+        4,
+        domain=MS_DOMAIN,
+        epsilon=eps,
+    )
+    # Only each row's last position goes on to the output head.
+    (flat,) = g.node("Reshape", [final, g.const("flat_shape", np.array([-1, width], np.int64))])
+    (last,) = g.node("Gather", [flat, "last_index"])
+    if precision == "fp32":
+        g.node("Gemm", [last, "wte"], ["logits"], transB=1)
+    else:
+        # The tied head: the embedding's int8 rows are its columns, one scale each.
+        g.node(
+            "DynamicQuantizeMatMul",
+            [last, g.const("head.wq", np.ascontiguousarray(wte_q.T)), "wte.s", ""],
+            ["logits"],
+            domain=MS_DOMAIN,
+        )
+    g.node("TopK", ["logits", "top_k"], ["top_values", "top_ids"], sorted=0)
+
+    cache: list[str | int] = ["batch", heads, "cache", head_dim]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "new"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "new"]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_seq_len", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("last_index", TensorProto.INT64, ["batch"]),
+        helper.make_tensor_value_info("top_k", TensorProto.INT64, [1]),
+    ]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            inputs.append(
+                helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, cache)
+            )
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]),
+        helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", "k"]),
+    ] + [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache) for name in presents]
+    graph = helper.make_graph(g.nodes, "gpt2-step", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="storybot",
+    )
+    model.ir_version = 9
+    save_model(model, str(target))
