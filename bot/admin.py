@@ -64,6 +64,8 @@ def describe_settings(
         f"- Who may continue: {who} (and the admins)",
         f"- Default length: {settings.default_length or 'medium'}",
         f"- Story notes edited by: {'anyone' if settings.notes_by_anyone else 'the author'}",
+        f"- Votes: {'for every Continue' if settings.vote_by_default else 'by the Vote button'}, "
+        f"{settings.vote_seconds} s",
         f"- Filter: the built-in list and {terms} term{'s' if terms != 1 else ''} of this server",
         f"- Reports that hide a part: {settings.report_threshold} from members, "
         f"{settings.admin_report_threshold} from admins",
@@ -314,6 +316,25 @@ class AdminHandlers:
             else "Only a story's author (and the admins) may edit its notes here now.",
         )
 
+    async def votes(
+        self, interaction: discord.Interaction, by_default: bool | None, seconds: int | None
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if by_default is not None:
+            changes["vote_by_default"] = by_default
+        if seconds is not None:
+            changes["vote_seconds"] = seconds
+        if not changes:
+            await self._answer(interaction, "Say whether voting is the default, or how long.")
+            return
+        settings = await self._set(interaction, **changes)
+        how = (
+            "Continue and ➕ start a vote here"
+            if settings.vote_by_default
+            else "Continue writes the next part at once; the Vote button starts a vote"
+        )
+        await self._answer(interaction, f"{how}; a vote lasts {settings.vote_seconds} s.")
+
     async def hidden(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         found = await self.rules.hidden_parts(interaction.guild_id)
@@ -458,6 +479,18 @@ def admin_group(admin: AdminHandlers) -> app_commands.Group:
     @manage
     async def notes(interaction: discord.Interaction, anyone: bool) -> None:
         await admin.notes(interaction, anyone)
+
+    @group.command(name="votes", description="Voting on what happens next")
+    @app_commands.describe(
+        by_default="On: Continue and ➕ start a vote", seconds="How long a vote lasts"
+    )
+    @manage
+    async def votes(
+        interaction: discord.Interaction,
+        by_default: bool | None = None,
+        seconds: app_commands.Range[int, 10, 600] | None = None,
+    ) -> None:
+        await admin.votes(interaction, by_default, seconds)
 
     @group.command(name="hidden", description="Parts hidden after reports: restore or delete")
     @manage

@@ -25,7 +25,7 @@ from bot import render
 from bot.admin import AdminHandlers
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
-from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView
+from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView, ballot_buttons
 from generation.errors import Busy, GenerationError
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
@@ -42,6 +42,7 @@ from stories.service import (
     StoryOptions,
     StoryService,
 )
+from stories.votes import Vote
 
 log = logging.getLogger(__name__)
 
@@ -288,10 +289,17 @@ class Handlers:
         if action == "notes":
             await self.edit_notes(interaction, id)
             return
+        if action.startswith("pick"):
+            await self.cast(interaction, id, int(action.removeprefix("pick")))
+            return
         await defer(interaction)
         channel = interaction.channel
         who = requester(interaction)
-        if action == "continue":
+        server = await self.service.servers.settings(interaction.guild_id)
+        if action == "vote" or (action == "continue" and server and server.vote_by_default):
+            message = await self._vote(id, who, channel, interaction.message)
+            await tell(interaction, f"The channel votes on what happens next: {message.jump_url}")
+        elif action == "continue":
             show = _Show(self.publisher, channel, reply_to=interaction.message)
             started = await self.service.continue_from(id, who, announce=show)
             await self._answer_started(interaction, show, started, "Writing the next part")
@@ -335,6 +343,40 @@ class Handlers:
             else "."
         )
         await tell(interaction, f"Someone is already writing the next part{where}")
+
+    async def _vote(
+        self, part_id: int, who: Requester, channel: Any, reply_to: Target | None
+    ) -> discord.Message:
+        """Start a vote on what follows `part_id`: its ballot message is posted at
+        once; its options when written."""
+        posted: list[discord.Message] = []
+
+        async def announce(vote: Vote) -> None:
+            posted.append(await self.publisher.post_vote(vote, channel, reply_to=reply_to))
+
+        vote = await self.service.votes.start(part_id, who, announce=announce)
+        self.publisher.follow_vote(
+            vote, channel, posted[0], lambda: self.publisher.sync_soon(self.client)
+        )
+        return posted[0]
+
+    async def cast(self, interaction: discord.Interaction, vote_id: int, number: int) -> None:
+        """A ballot: the vote's message shows the new count, and the voter is told
+        privately what they chose."""
+        record = await self.service.votes.cast(vote_id, requester(interaction), number)
+        numbers = [c.number for c in record.candidates if c.part_id is not None]
+        if record.state == "open":
+            await interaction.response.edit_message(
+                content=render.ballot(record.tally, numbers, record.closes_at),
+                view=ballot_buttons(vote_id, numbers),
+            )
+            await interaction.followup.send(
+                f"Your vote: option {number}. You can change it until the vote closes.",
+                ephemeral=True,
+            )
+        else:  # this ballot decided it: the messages are brought up to date
+            await tell(interaction, f"Your vote for option {number} decided it.")
+            self.publisher.sync_soon(self.client)
 
     async def edit_notes(self, interaction: discord.Interaction, part_id: int) -> None:
         """The Notes button: a modal with the story's memory and author's note
@@ -404,6 +446,10 @@ class Handlers:
         message = channel.get_partial_message(payload.message_id)
         show = _Show(self.publisher, channel, reply_to=message)
         try:
+            server = await self.service.servers.settings(payload.guild_id)
+            if server and server.vote_by_default and record.part_id is not None:
+                await self._vote(record.part_id, who, channel, message)
+                return
             started = await self._continue_message(record.part_id, record.run_id, who, show)
         except (StoryError, GenerationError, StorageError, discord.HTTPException) as error:
             reason = describe(error) or "That could not be continued."

@@ -23,19 +23,21 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 
 from bot import render
-from bot.views import cancel_button, part_buttons, retry_button
+from bot.views import ballot_buttons, cancel_button, part_buttons, retry_button
 from generation.errors import Cancelled
 from storage.errors import NotFound
 from storage.models import MessageRecord
+from storage.votes import VoteRecord
 from stories.errors import StoryDeleted
-from stories.message_book import GONE, MessageBook, part_key, run_key
+from stories.message_book import GONE, MessageBook, part_key, run_key, vote_key
 from stories.service import PartView, Run, RunView, StoryService
+from stories.votes import Vote
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,115 @@ class Publisher:
         elif edited is not Edit.FAILED:
             await self.book.confirmed(message.id, run_key(run.id, run.state))
 
+    # ------------------------------------------------------------------- votes
+    async def post_vote(
+        self, vote: Vote, channel: discord.abc.Messageable, *, reply_to: Target | None
+    ) -> discord.Message:
+        """The ballot message, posted while the options are written."""
+        message = await self._send(channel, render.ballot_writing(len(vote.runs)), None, reply_to)
+        await self.book.showing_vote(
+            message.id, message.channel.id, story_id=vote.story.id, vote_id=vote.id, state="writing"
+        )
+        return message
+
+    def follow_vote(
+        self,
+        vote: Vote,
+        channel: discord.abc.Messageable,
+        message: discord.Message,
+        refresh: Callable[[], None],
+    ) -> None:
+        """Show the options once written, with ballot buttons; once decided,
+        `refresh` brings every message of the vote up to date (the winner's
+        become the story's part, with its buttons)."""
+        self._spawn(
+            self._follow_vote(vote, channel, message, refresh), f"vote-{vote.id}", message.id
+        )
+
+    async def _follow_vote(
+        self,
+        vote: Vote,
+        channel: discord.abc.Messageable,
+        message: discord.Message,
+        refresh: Callable[[], None],
+    ) -> None:
+        record = await asyncio.shield(vote.opened)
+        if record.state == "open":
+            after: Target = message
+            for candidate in record.candidates:
+                if candidate.part_id is None:
+                    continue
+                view = await self.service.describe_part(candidate.part_id)
+                body = render.story_body(None, view.part.text)
+                for chunk, text in enumerate(render.split_text(body)):
+                    sent = await self._send(
+                        channel, render.option(candidate.number, text, chunk, "open"), None, after
+                    )
+                    await self.book.showing_candidate(
+                        sent.id,
+                        sent.channel.id,
+                        story_id=vote.story.id,
+                        part_id=candidate.part_id,
+                        chunk=chunk,
+                        vote_state="open",
+                    )
+                    after = sent
+            await self._show_ballot(message, record)
+        await asyncio.shield(vote.closed)
+        refresh()
+
+    async def _show_ballot(self, message: Target, record: VoteRecord) -> None:
+        numbers = [c.number for c in record.candidates if c.part_id is not None]
+        if record.state == "open":
+            content = render.ballot(record.tally, numbers, record.closes_at)
+            buttons: discord.ui.View | None = ballot_buttons(record.id, numbers)
+        else:
+            content = render.vote_result(record.state, record.winner, record.tally)
+            buttons = None
+        edited = await self._final_edit(message, content=content, view=buttons)
+        if edited is Edit.GONE:
+            await self.book.forget(message.id)
+        elif edited is not Edit.FAILED:
+            await self.book.confirmed(message.id, vote_key(record.id, record.state))
+
+    async def _sync_vote(self, client: discord.Client, record: MessageRecord) -> None:
+        assert record.vote_id is not None
+        if record.message_id in self._live:
+            return  # its vote's own task keeps it up to date
+        channel = await self._channel(client, record)
+        if channel is None:
+            return
+        view = await self.service.describe_vote(record.vote_id)
+        await self._show_ballot(self._partial(channel, record.message_id), view.record)
+        if view.record.state == "closed" and view.record.winner is not None:
+            winner = view.record.candidate(view.record.winner).part_id
+            if winner is not None and not await self.book.of_part(winner):
+                # Decided before its options were shown (one written, or a
+                # restart): the winner is posted as the story's part.
+                part = await self.service.describe_part(winner)
+                await self.show_part(part, channel, [])
+
+    async def _sync_option(self, client: discord.Client, record: MessageRecord) -> None:
+        assert record.part_id is not None
+        channel = await self._channel(client, record)
+        if channel is None:
+            return
+        found = await self.service.describe_option(record.part_id)
+        if found is None:
+            return
+        number, vote = found
+        part = await self.service.describe_part(record.part_id)
+        chunks = render.split_text(render.story_body(None, part.part.text))
+        text = chunks[record.chunk] if record.chunk < len(chunks) else ""
+        content = render.option(number, text, record.chunk, vote.record.state)
+        edited = await self._final_edit(
+            self._partial(channel, record.message_id), content=content or "-#", view=None
+        )
+        if edited is Edit.GONE:
+            await self.book.forget(record.message_id)
+        elif edited is not Edit.FAILED:
+            await self.book.confirmed(record.message_id, record.wants)
+
     # ----------------------------------------------------------------- showing
     async def show_part(
         self,
@@ -430,6 +541,10 @@ class Publisher:
                     parts.setdefault(int(rest.split(":")[0]), []).append(record)
                 elif kind == "hidden":
                     await self._hide(client, record)
+                elif kind == "vote":
+                    await self._sync_vote(client, record)
+                elif kind == "candidate":
+                    await self._sync_option(client, record)
                 elif kind == "run":
                     await self._sync_run(client, record, int(rest.split(":")[0]))
                 elif record.wants == GONE:

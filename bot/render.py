@@ -107,6 +107,44 @@ def tombstone(whole_story: bool) -> str:
     return "-# 🗑️ This story was deleted." if whole_story else "-# 🗑️ This part was deleted."
 
 
+def ballot_writing(count: int) -> str:
+    return f"🗳️ Writing {count} versions of what happens next, to vote on…"
+
+
+def ballot(tally: dict[int, int], numbers: list[int], closes_at: float | None) -> str:
+    """An open vote: the options' counts and when it closes."""
+    counts = " · ".join(f"option {n}: {tally.get(n, 0)}" for n in numbers)
+    ballots = sum(tally.values())
+    closes = f"closes <t:{int(closes_at)}:R>" if closes_at else "open"
+    return (
+        "🗳️ **What happens next?** Read the options above and vote below "
+        "(you can change your vote until it closes).\n"
+        f"-# {counts} · {ballots} vote{'s' if ballots != 1 else ''} · {closes}"
+    )
+
+
+def vote_result(state: str, winner: int | None, tally: dict[int, int]) -> str:
+    if state != "closed" or winner is None:
+        return "🗳️ The vote could not be held: no option could be written. Press Vote to try again."
+    ballots = sum(tally.values())
+    if not ballots:
+        return f"🗳️ Nobody voted: option {winner} continues the story."
+    return (
+        f"🗳️ Option {winner} won ({tally.get(winner, 0)} of {ballots} vote"
+        f"{'s' if ballots != 1 else ''}). The other options stay in the story as alternatives."
+    )
+
+
+def option(number: int, body: str, chunk: int, state: str) -> str:
+    """A chunk of a vote's option: headed while the vote is open, marked once
+    it was not chosen."""
+    if chunk:
+        return body
+    if state == "open":
+        return f"**Option {number}**\n{body}"
+    return f"-# Option {number} · not chosen\n{body}"
+
+
 def removed() -> str:
     """What a message of a part hidden after reports shows instead."""
     return "-# 🚩 This part was removed after reports. The server's admins can restore it."

@@ -46,8 +46,8 @@ class ButtonLook:
     style: discord.ButtonStyle
 
 
-# What each action's button looks like; the id is a part id for continue, reroll,
-# report and notes, a run id for cancel and retry.
+# What each action's button looks like; the id is a part id for continue, vote,
+# reroll, notes and report, a run id for cancel and retry, a vote id for pick1-3.
 BUTTONS = {
     "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
     "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
@@ -55,6 +55,10 @@ BUTTONS = {
     "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
     "report": ButtonLook("Report", "🚩", discord.ButtonStyle.secondary),
     "notes": ButtonLook("Notes", "📝", discord.ButtonStyle.secondary),
+    "vote": ButtonLook("Vote", "🗳️", discord.ButtonStyle.secondary),
+    "pick1": ButtonLook("1", None, discord.ButtonStyle.primary),
+    "pick2": ButtonLook("2", None, discord.ButtonStyle.primary),
+    "pick3": ButtonLook("3", None, discord.ButtonStyle.primary),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -118,8 +122,16 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
 
 def part_buttons(part_id: int) -> discord.ui.View:
     return buttons(
-        ("continue", part_id), ("reroll", part_id), ("notes", part_id), ("report", part_id)
+        ("continue", part_id),
+        ("vote", part_id),
+        ("reroll", part_id),
+        ("notes", part_id),
+        ("report", part_id),
     )
+
+
+def ballot_buttons(vote_id: int, numbers: list[int]) -> discord.ui.View:
+    return buttons(*((f"pick{number}", vote_id) for number in numbers))
 
 
 class NotesModal(discord.ui.Modal):

@@ -75,6 +75,7 @@ class Part:
     hidden: bool = False  # hidden after reports, until an admin restores it
     memory: str | None = None  # the story's notes when this part was written
     authors_note: str | None = None
+    candidate: bool = False  # a vote's option not (or not yet) chosen: never followed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +96,7 @@ class Part:
             "masked": self.masked,
             "memory": self.memory,
             "authors_note": self.authors_note,
+            "candidate": self.candidate,
         }
 
 
@@ -132,6 +134,7 @@ class MessageRecord:
     chunk: int  # which piece of a long part
     shows: str  # what Discord displays now, as last confirmed
     wants: str  # what the database says it should display
+    vote_id: int | None = None  # the vote whose ballot it holds
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ class GuildSettings:
     report_threshold: int = 3  # members' reports that hide a part
     admin_report_threshold: int = 1  # admins' reports that hide a part
     notes_by_anyone: bool = False  # anyone in the channel may edit a story's notes
+    vote_by_default: bool = False  # Continue and ➕ start a vote on what happens next
+    vote_seconds: int = 60  # how long a vote is open
     left_at: float | None = None  # when the bot left the server
 
 
@@ -190,6 +195,8 @@ GUILD_SETTINGS_FIELDS = (
     "report_threshold",
     "admin_report_threshold",
     "notes_by_anyone",
+    "vote_by_default",
+    "vote_seconds",
 )
 
 
@@ -270,6 +277,7 @@ def part_from_row(row: Any) -> Part:
         hidden=bool(row["hidden"]),
         memory=row["memory"],
         authors_note=row["authors_note"],
+        candidate=bool(row["candidate"]),
     )
 
 
@@ -290,6 +298,8 @@ def guild_settings_from_row(row: Any) -> GuildSettings:
         report_threshold=row["report_threshold"],
         admin_report_threshold=row["admin_report_threshold"],
         notes_by_anyone=bool(row["notes_by_anyone"]),
+        vote_by_default=bool(row["vote_by_default"]),
+        vote_seconds=int(row["vote_seconds"]),
         left_at=row["left_at"],
     )
 
@@ -321,6 +331,7 @@ def message_from_row(row: Any) -> MessageRecord:
         chunk=row["chunk"],
         shows=row["shows"],
         wants=row["wants"],
+        vote_id=row["vote_id"],
     )
 
 

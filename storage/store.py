@@ -373,9 +373,11 @@ class Store:
         return [part_from_row(row) for row in rows]
 
     async def latest_part(self, story_id: int) -> Part:
-        """The newest part of a story: the end of the branch last written."""
+        """The newest part of a story: the end of the branch last written (a vote's
+        options not chosen, or not yet, are never it)."""
         row = await self._one(
-            "SELECT * FROM parts WHERE story_id = ? ORDER BY id DESC LIMIT 1", (story_id,)
+            "SELECT * FROM parts WHERE story_id = ? AND candidate = 0 ORDER BY id DESC LIMIT 1",
+            (story_id,),
         )
         if row is None:
             raise NotFound(f"story {story_id} does not exist")
@@ -518,8 +520,9 @@ class Store:
             cursor = await conn.execute(
                 "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
                 " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
-                " masked, memory, authors_note, created_at)"
-                " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " masked, memory, authors_note, candidate, created_at)"
+                " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " EXISTS (SELECT 1 FROM vote_candidates WHERE run_id = ?), ?)",
                 (
                     run.story_id,
                     run.parent_id,
@@ -536,6 +539,7 @@ class Store:
                     int(part.masked),
                     part.memory,
                     part.authors_note,
+                    run_id,
                     now,
                 ),
             )
@@ -591,17 +595,30 @@ class Store:
         part_id: int | None = None,
         chunk: int = 0,
         shows: str,
+        vote_id: int | None = None,
     ) -> None:
         """Record a message the bot posted (or took over) and what it shows."""
         now = time.time()
         async with self._transaction() as conn:
             await conn.execute(
                 "INSERT INTO messages (message_id, channel_id, story_id, run_id, part_id, chunk,"
-                " shows, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " shows, vote_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (message_id) DO UPDATE SET story_id = excluded.story_id,"
                 " run_id = excluded.run_id, part_id = excluded.part_id, chunk = excluded.chunk,"
-                " shows = excluded.shows, updated_at = excluded.updated_at",
-                (message_id, channel_id, story_id, run_id, part_id, chunk, shows, now, now),
+                " shows = excluded.shows, vote_id = excluded.vote_id,"
+                " updated_at = excluded.updated_at",
+                (
+                    message_id,
+                    channel_id,
+                    story_id,
+                    run_id,
+                    part_id,
+                    chunk,
+                    shows,
+                    vote_id,
+                    now,
+                    now,
+                ),
             )
 
     async def get_message(self, message_id: int) -> MessageRecord | None:
@@ -679,12 +696,24 @@ _STATUS = (
 # A message with what it should show: its part's chunk ('hidden:' instead of
 # 'part:' while the part is hidden after reports); else its run's part once the
 # run is done, or the run's state; else nothing ('gone').
-_SHOWN_PART = "(CASE WHEN p.hidden THEN 'hidden:' ELSE 'part:' END)"
+_SHOWN_PART = (
+    "(CASE WHEN p.hidden THEN 'hidden:' WHEN p.candidate THEN 'candidate:' ELSE 'part:' END)"
+)
+# A vote's option shows the vote's state too, so closing the vote updates it.
+_CANDIDATE_OF = (
+    "(CASE WHEN p.candidate AND NOT p.hidden THEN ':' || COALESCE((SELECT v.state FROM runs r2"
+    " JOIN vote_candidates vc ON vc.run_id = r2.id JOIN votes v ON v.id = vc.vote_id"
+    " WHERE r2.part_id = p.id), 'gone') ELSE '' END)"
+)
 _MESSAGES = (
     "SELECT m.*, CASE"
+    " WHEN m.vote_id IS NOT NULL THEN 'vote:' || m.vote_id || ':'"
+    "  || COALESCE((SELECT v.state FROM votes v WHERE v.id = m.vote_id), 'gone')"
     f" WHEN m.part_id IS NOT NULL THEN {_SHOWN_PART} || m.part_id || ':' || m.chunk"
+    f"  || {_CANDIDATE_OF}"
     " WHEN r.id IS NULL THEN 'gone'"
-    f" WHEN r.state = 'done' THEN COALESCE({_SHOWN_PART} || r.part_id || ':' || m.chunk, 'gone')"
+    f" WHEN r.state = 'done' THEN COALESCE({_SHOWN_PART} || r.part_id || ':' || m.chunk"
+    f"  || {_CANDIDATE_OF}, 'gone')"
     " ELSE 'run:' || r.id || ':' || r.state"
     " END AS wants"
     " FROM messages m LEFT JOIN runs r ON r.id = m.run_id"

@@ -23,6 +23,16 @@ def part_key(part_id: int, chunk: int) -> str:
     return f"part:{part_id}:{chunk}"
 
 
+def vote_key(vote_id: int, state: str) -> str:
+    return f"vote:{vote_id}:{state}"
+
+
+def candidate_key(part_id: int, chunk: int, vote_state: str) -> str:
+    """A vote's option: shown as an option while the vote is undecided, then as
+    not chosen (the winner's messages show it as a part)."""
+    return f"candidate:{part_id}:{chunk}:{vote_state}"
+
+
 def run_key(run_id: int, state: Status) -> str:
     return f"run:{run_id}:{state}"
 
@@ -58,6 +68,38 @@ class MessageBook:
             part_id=part_id,
             chunk=chunk,
             shows=part_key(part_id, chunk),
+        )
+
+    async def showing_vote(
+        self, message_id: int, channel_id: int, *, story_id: int, vote_id: int, state: str
+    ) -> None:
+        """The message holds a vote's ballot."""
+        await self._store.add_message(
+            message_id,
+            channel_id,
+            story_id=story_id,
+            vote_id=vote_id,
+            shows=vote_key(vote_id, state),
+        )
+
+    async def showing_candidate(
+        self,
+        message_id: int,
+        channel_id: int,
+        *,
+        story_id: int,
+        part_id: int,
+        chunk: int,
+        vote_state: str,
+    ) -> None:
+        """A message posted for a chunk of a vote's option."""
+        await self._store.add_message(
+            message_id,
+            channel_id,
+            story_id=story_id,
+            part_id=part_id,
+            chunk=chunk,
+            shows=candidate_key(part_id, chunk, vote_state),
         )
 
     async def should_show_part(self, part_id: int, message_ids: list[int]) -> None:

@@ -37,6 +37,7 @@ MAX_DAILY_QUOTA = 100_000
 MAX_REPORT_THRESHOLD = 100
 MAX_CHANNELS = 100
 MAX_FILTER_TERMS = 500
+MIN_VOTE_S, MAX_VOTE_S = 10, 600
 
 
 @dataclass(frozen=True)
@@ -269,8 +270,12 @@ class ServerRules:
                     f"A report threshold must be between 1 and {MAX_REPORT_THRESHOLD}."
                 )
             return int(value)
-        if name == "notes_by_anyone":
+        if name in ("notes_by_anyone", "vote_by_default"):
             return bool(value)
+        if name == "vote_seconds":
+            if not MIN_VOTE_S <= value <= MAX_VOTE_S:
+                raise InvalidSetting(f"A vote lasts between {MIN_VOTE_S} and {MAX_VOTE_S} seconds.")
+            return int(value)
         if name == "filter_terms":
             if len(value) > MAX_FILTER_TERMS:
                 raise InvalidSetting(f"At most {MAX_FILTER_TERMS} filter terms per server.")

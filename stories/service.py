@@ -27,6 +27,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
@@ -48,6 +49,7 @@ from storage.models import (
     StoryPage,
 )
 from storage.store import Store
+from storage.votes import VoteRecord, VoteStore
 from stories import export
 from stories.errors import (
     AgeRestricted,
@@ -67,6 +69,7 @@ from stories.errors import (
 from stories.genres import Genre, GenreRegistry
 from stories.moderation import ContentFilter
 from stories.servers import Limits, Member, ServerRules
+from stories.votes import Votes
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +248,27 @@ class RunView:
     prompt: str | None
 
 
+@dataclass(frozen=True)
+class VoteView:
+    """A vote with what a front-end needs to show it."""
+
+    record: VoteRecord
+    story: Story
+    genre_title: str
+
+
 Announce = Callable[[Run], Awaitable[None]]
+
+
+ClaimKind = Literal["start", "continue", "reroll", "vote"]
 
 
 @dataclass
 class _Claim:
-    """The one run acting on a part: a continuation of it, or a reroll of it."""
+    """The one action on a part: a continuation of it, a reroll of it, or a vote
+    on what follows it."""
 
-    kind: RunKind
+    kind: ClaimKind
     ready: asyncio.Future[Run]
     run: Run | None = None
 
@@ -292,6 +308,7 @@ class StoryService:
         # there (their server's) ends
         self._last_start: dict[int, tuple[float, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.votes = Votes(self, VoteStore(store))
         self._missing_models: set[str] = set()
         self._closing = False
 
@@ -483,6 +500,11 @@ class StoryService:
                 raise Conflict(
                     "That part is being rerolled: continue it once its new version is shown."
                 )
+            if claim.kind == "vote":
+                raise Conflict(
+                    "The channel is voting on what happens next: vote, and continue the "
+                    "winning option once the vote is over."
+                )
             try:
                 return Started(await asyncio.shield(claim.ready), new=False)
             except Exception:
@@ -625,23 +647,27 @@ class StoryService:
         self._closing = True
 
     async def recover_interrupted(self) -> list[RunRecord]:
-        """At start-up: runs left unfinished by the last process are interrupted."""
+        """At start-up: runs left unfinished by the last process are interrupted;
+        votes are closed, failed or resumed (stories.votes)."""
         runs = await self.store.interrupt_unfinished(INTERRUPTED)
         if runs:
             log.warning("%d parts were interrupted by the last shutdown", len(runs))
+        await self.votes.recover()
         return runs
 
     async def wait_idle(self, within: float | None = None) -> None:
-        """Wait until every run's outcome is stored (at shutdown, with a bound)."""
+        """Wait until every run's outcome is stored (at shutdown, with a bound);
+        then stop the votes' timers (open votes resume at the next start)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=within)
+        await self.votes.aclose()
 
     @property
     def in_flight(self) -> int:
         return len(self._runs)
 
     # ---------------------------------------------------------------- running
-    def _claim(self, part_id: int, kind: RunKind) -> _Claim:
+    def _claim(self, part_id: int, kind: ClaimKind) -> _Claim:
         claim = _Claim(kind, asyncio.get_running_loop().create_future())
         self._claims[part_id] = claim
         return claim
@@ -666,6 +692,8 @@ class StoryService:
         options: StoryOptions | None,
         replaces: Part | None,
         announce: Announce | None,
+        *,
+        slot: bool = True,  # False: another run of the same action holds the person's slot
     ) -> Run:
         server = await self.servers.settings(who.guild_id)
         self.servers.check_channel(server, who.channel_id)
@@ -685,6 +713,10 @@ class StoryService:
         path = await self.store.path_to(parent.id)
         if any(part.hidden for part in path):
             raise PartHidden()
+        if any(part.candidate for part in path):
+            raise NothingToContinue(
+                "That option was not chosen by the vote: continue the story's chosen part."
+            )
         previous_text = "".join(part.text for part in path)
         request = GenerationRequest(
             previous_text,
@@ -695,7 +727,7 @@ class StoryService:
         )
         reservation = pool.reserve(request)  # validates it, as for a new story
         try:
-            release = self._take_slot(who, self.servers.limits(server))
+            release = self._take_slot(who, self.servers.limits(server)) if slot else (lambda: None)
         except BaseException:
             reservation.release()
             raise
@@ -893,7 +925,9 @@ class StoryService:
             for part in await self.store.story_parts(story_id)
         ]
         by_id = {part.id: part for part in parts}
-        path = [parts[-1]]  # walk up from the newest part: the parts are all loaded
+        # Walk up from the newest part (the parts are all loaded); a vote's options
+        # not chosen are never the story's branch.
+        path = [next(part for part in reversed(parts) if not part.candidate)]
         while path[-1].parent_id is not None:
             path.append(by_id[path[-1].parent_id])
         return story, parts, path[::-1]
@@ -972,6 +1006,19 @@ class StoryService:
             self._title(story),
             path[0].text if len(path) == 2 else None,
         )
+
+    async def describe_vote(self, vote_id: int) -> VoteView:
+        record = await self.votes.store.get(vote_id)
+        story = await self.store.get_story(record.story_id)
+        return VoteView(record, story, self._title(story))
+
+    async def describe_option(self, part_id: int) -> tuple[int, VoteView] | None:
+        """(number, its vote) for a part written as a vote's option."""
+        found = await self.votes.store.of_part(part_id)
+        if found is None:
+            return None
+        vote_id, number = found
+        return number, await self.describe_vote(vote_id)
 
     async def describe_run(self, run_id: int) -> RunView:
         record = await self.store.get_run(run_id)

@@ -143,7 +143,9 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
             if f"seed {part['seed']}" in body:  # the last chunk carries the buttons
                 assert buttons(message) == [
                     f"story:continue:{part['id']}",
+                    f"story:vote:{part['id']}",
                     f"story:reroll:{part['id']}",
+                    f"story:notes:{part['id']}",
                     f"story:report:{part['id']}",
                 ], message
         else:

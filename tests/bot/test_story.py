@@ -34,7 +34,9 @@ async def test_story_from_deferral_to_final_message(env: BotEnv) -> None:
     assert re.search(r"-# Crime · by <@\d+> · part 1 · seed 7$", content)
     assert buttons(story) == [
         f"story:continue:{_part_id(env, story)}",
+        f"story:vote:{_part_id(env, story)}",
         f"story:reroll:{_part_id(env, story)}",
+        f"story:notes:{_part_id(env, story)}",
         f"story:report:{_part_id(env, story)}",
     ]
     await fake.wait_until(lambda: story.get("reactions_by"))

@@ -85,6 +85,11 @@ def test_the_label_table() -> None:
         "cancel": ("Cancel", None, discord.ButtonStyle.danger),
         "retry": ("Retry", "🔁", discord.ButtonStyle.primary),
         "report": ("Report", "🚩", discord.ButtonStyle.secondary),
+        "notes": ("Notes", "📝", discord.ButtonStyle.secondary),
+        "vote": ("Vote", "🗳️", discord.ButtonStyle.secondary),
+        "pick1": ("1", None, discord.ButtonStyle.primary),
+        "pick2": ("2", None, discord.ButtonStyle.primary),
+        "pick3": ("3", None, discord.ButtonStyle.primary),
     }
 
 
@@ -155,7 +160,13 @@ async def test_part_cancel_and_retry_buttons() -> None:
     def ids(view: discord.ui.View) -> list[str | None]:
         return [getattr(item, "custom_id", None) for item in view.children]
 
-    assert ids(views.part_buttons(7)) == ["story:continue:7", "story:reroll:7", "story:report:7"]
+    assert ids(views.part_buttons(7)) == [
+        "story:continue:7",
+        "story:vote:7",
+        "story:reroll:7",
+        "story:notes:7",
+        "story:report:7",
+    ]
     assert ids(views.cancel_button(8)) == ["story:cancel:8"]
     assert ids(views.retry_button(9)) == ["story:retry:9"]
 
