@@ -164,6 +164,7 @@ class GuildSettings:
     report_threshold: int = 3  # members' reports that hide a part
     admin_report_threshold: int = 1  # admins' reports that hide a part
     left_at: float | None = None  # when the bot left the server
+    sharing: bool = True  # stories may get a public web page (a share link)
 
 
 GUILD_SETTINGS_FIELDS = (
@@ -178,6 +179,7 @@ GUILD_SETTINGS_FIELDS = (
     "filter_terms",
     "report_threshold",
     "admin_report_threshold",
+    "sharing",
 )
 
 
@@ -276,6 +278,7 @@ def guild_settings_from_row(row: Any) -> GuildSettings:
         report_threshold=row["report_threshold"],
         admin_report_threshold=row["admin_report_threshold"],
         left_at=row["left_at"],
+        sharing=bool(row["sharing"]),
     )
 
 
