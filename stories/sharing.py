@@ -6,11 +6,13 @@ interface (`POST /stories/{id}/share`, `DELETE /s/{token}`, the page at
 
 - Only a story's author shares it (over HTTP, the API key holder may share any
   story); a story has at most one live link, so sharing again gives the same.
-- The author, whoever made the link, and the admins of the story's server may
-  revoke it; from then on the page is gone (404), and sharing again makes a new
-  link.
+- The author (over HTTP, the key holder) may revoke it; from then on the page
+  is gone (404), and sharing again makes a new link.
 - A server's admins may turn sharing off: no new links, and the pages of the
   server's stories answer 404 while it is off (they come back when it is on).
+  A part hidden after reports reads as removed on the page too.
+- Stories of age-restricted (18+) genres are never shared: Discord keeps them
+  behind its age gate, a public page would not.
 - The page shows the story's chosen branch (the path `StoryService.story`
   returns), hidden parts as `REMOVED_TEXT`, masked text as stored, and who wrote
   each part by the name the bot last saw, or "someone" (a person who used
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from storage.errors import NotFound
 from storage.models import Story
 from storage.shares import ShareLink, ShareStore
-from stories.errors import NotAllowed
+from stories.errors import AgeRestricted, NotAllowed
 from stories.service import REMOVED_TEXT, Requester, StoryService
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ class Sharing:
         story = await self.service.store.get_story(story_id)
         if who.user_id is not None and story.author_id != who.user_id:
             raise NotAllowed("Only the story's author can share it.")
+        if self._age_restricted(story):
+            raise AgeRestricted("Stories in 18+ genres cannot be shared as web pages.")
         self.service.servers.check_sharing(await self.service.servers.settings(story.guild_id))
         link, made = await self.links.share(story_id, who.user_id, new_token)
         if made:
@@ -151,7 +155,7 @@ class Sharing:
         if link is None or not link.live:
             raise NotFound("There is no such share link (or it was revoked).")
         story = await self.service.store.get_story(link.story_id)
-        self._check_may_revoke(story, who, link.created_by)
+        self._check_may_revoke(story, who)
         revoked = await self.links.revoke(token)
         log.info("share link of story %d revoked by %s", story.id, who.user_id or "HTTP")
         return revoked
@@ -159,20 +163,20 @@ class Sharing:
     async def revoke_story(self, story_id: int, who: Requester) -> int:
         """Revoke the story's live link; how many there were (0 or 1)."""
         story = await self.service.store.get_story(story_id)
-        link = await self.links.live_link(story_id)
-        self._check_may_revoke(story, who, link.created_by if link else None)
+        self._check_may_revoke(story, who)
         revoked = await self.links.revoke_story(story_id)
         if revoked:
             log.info("share link of story %d revoked by %s", story_id, who.user_id or "HTTP")
         return revoked
 
+    def _age_restricted(self, story: Story) -> bool:
+        genres = self.service.genres
+        return story.genre in genres and genres.get(story.genre).age_restricted
+
     @staticmethod
-    def _check_may_revoke(story: Story, who: Requester, created_by: int | None) -> None:
-        if who.user_id is None or who.user_id in (story.author_id, created_by):
-            return
-        if who.member.admin and who.guild_id is not None and who.guild_id == story.guild_id:
-            return
-        raise NotAllowed("Only the story's author or this server's admins can revoke its link.")
+    def _check_may_revoke(story: Story, who: Requester) -> None:
+        if who.user_id is not None and who.user_id != story.author_id:
+            raise NotAllowed("Only the story's author can revoke its link.")
 
     async def remember_name(self, user_id: int, name: str) -> None:
         """The name a share page shows for this person's parts."""
@@ -191,8 +195,8 @@ class Sharing:
         except NotFound:
             return None
         settings = await self.service.servers.settings(story.guild_id)
-        if settings is not None and not settings.sharing:
-            return None
+        if (settings is not None and not settings.sharing) or self._age_restricted(story):
+            return None  # (18+: the genre was made so after the link)
         names = await self.links.names(p.requested_by for p in path if p.requested_by)
         siblings: dict[int | None, list[int]] = {}
         for part in parts:
