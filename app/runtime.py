@@ -143,6 +143,7 @@ async def start_http(service: StoryService, settings: Settings) -> web.AppRunner
         cors_origins=settings.cors_origins,
         allowed_hosts=settings.allowed_hosts,
         read_timeout_s=settings.http_read_timeout_s,
+        public_base_url=settings.share_base_url,
     )
     # Every request still open at shutdown has its answer by then (the pool fails
     # what waits): a second is plenty, not aiohttp's default of a minute.
@@ -254,6 +255,12 @@ async def run(
                 pool.backend.model_id if pool.backend else "?",
                 pool.backend.name if pool.backend else "?",
             )
+            if settings.public_base_url is None and settings.http_host in ("0.0.0.0", "::"):
+                log.warning(
+                    "share links start with %s, which nobody elsewhere can open: "
+                    "set PUBLIC_BASE_URL to where people reach this server",
+                    settings.share_base_url,
+                )
             if settings.discord_token is None:
                 log.info("no DISCORD_TOKEN set: serving the HTTP interface only")
             else:
