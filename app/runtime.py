@@ -295,6 +295,7 @@ def _discord_app(service: StoryService, store: Store, settings: Settings) -> Dis
         dev_guild_id=settings.discord_dev_guild_id,
         max_new_tokens_limit=settings.max_new_tokens_limit,
         notice_window_s=max(10.0, settings.user_cooldown_s),
+        public_base_url=settings.share_base_url,
     )
     return DiscordApp(bot, settings.discord_token.get_secret_value())
 

@@ -46,14 +46,16 @@ class ButtonLook:
     style: discord.ButtonStyle
 
 
-# What each action's button looks like; the id is a part id for continue, reroll
-# and report, a run id for cancel and retry.
+# What each action's button looks like; the id is a part id for continue, reroll,
+# report and share, a run id for cancel and retry, a story id for unshare.
 BUTTONS = {
     "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
     "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
     "cancel": ButtonLook("Cancel", None, discord.ButtonStyle.danger),
     "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
     "report": ButtonLook("Report", "🚩", discord.ButtonStyle.secondary),
+    "share": ButtonLook("Share", "🔗", discord.ButtonStyle.secondary),
+    "unshare": ButtonLook("Revoke link", None, discord.ButtonStyle.danger),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -116,7 +118,9 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
 
 
 def part_buttons(part_id: int) -> discord.ui.View:
-    return buttons(("continue", part_id), ("reroll", part_id), ("report", part_id))
+    return buttons(
+        ("continue", part_id), ("reroll", part_id), ("report", part_id), ("share", part_id)
+    )
 
 
 def cancel_button(run_id: int) -> discord.ui.View:
@@ -144,6 +148,8 @@ class Library(Protocol):
     ) -> Awaitable[None]: ...
 
     def export_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
+
+    def share_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
     def delete_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
@@ -267,6 +273,10 @@ class StoryDetailView(GuardedView):
         self, interaction: discord.Interaction, button: discord.ui.Button[Any]
     ) -> None:
         await self.library.export_story(interaction, self.story_id)
+
+    @discord.ui.button(label="Share", emoji="🔗", style=discord.ButtonStyle.secondary)
+    async def share(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await self.library.share_story(interaction, self.story_id)
 
     @discord.ui.button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
     async def delete(

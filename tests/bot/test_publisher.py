@@ -31,6 +31,7 @@ from stories.service import PartView
 
 UNKNOWN_MESSAGE, UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS = 10008, 10003, 50001, 50013
 _ids = itertools.count(5000)
+PART_11 = ["story:continue:11", "story:reroll:11", "story:report:11", "story:share:11"]
 
 
 def http_error(cls: type[discord.HTTPException], status: int, code: int) -> discord.HTTPException:
@@ -500,7 +501,7 @@ async def test_a_long_part_fills_the_run_message_then_posts_the_rest(
     assert run_message.edits == [{"content": chunks[0], "view": None}]  # Cancel removed
     (_, view1, ref1), (_, view2, ref2) = channel.sent
     assert view1 is discord.utils.MISSING and ref1 == ("reply-to", run_message.id)
-    assert custom_ids(view2) == ["story:continue:11", "story:reroll:11", "story:report:11"]
+    assert custom_ids(view2) == PART_11
     assert ref2 == ("reply-to", shown[1].id)  # each chunk replies to the one before
     assert [m.reactions for m in shown] == [[], [], [CONTINUE_EMOJI]]
     assert book.calls == [
@@ -520,7 +521,7 @@ async def test_a_shorter_new_version_deletes_what_is_left_over(
     shown = await publisher.show_part(part_view(" Short.", number=2, prompt=None), channel, targets)  # type: ignore[arg-type]
     assert shown == [old[0]] and channel.sent == []
     assert old[0].content == "Short.\n-# Crime · by <@42> · part 2 · seed 1234"
-    assert custom_ids(old[0].view) == ["story:continue:11", "story:reroll:11", "story:report:11"]
+    assert custom_ids(old[0].view) == PART_11
     assert [m.deleted for m in old] == [False, True, True]
     assert ("forget", old[1].id) in book.calls and ("forget", old[2].id) in book.calls
     assert old[0].reactions == [CONTINUE_EMOJI]  # the ➕ was on the old last chunk
@@ -619,7 +620,7 @@ async def test_a_finished_reroll_shows_in_the_old_messages(
     )
     await publisher._follow(run, channel, own)  # type: ignore[arg-type]
     assert old.content.startswith("A new version.") and own.deleted
-    assert custom_ids(old.view) == ["story:continue:11", "story:reroll:11", "story:report:11"]
+    assert custom_ids(old.view) == PART_11
     assert old.reactions == []  # it had the ➕ already
 
 

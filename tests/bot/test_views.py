@@ -85,6 +85,8 @@ def test_the_label_table() -> None:
         "cancel": ("Cancel", None, discord.ButtonStyle.danger),
         "retry": ("Retry", "🔁", discord.ButtonStyle.primary),
         "report": ("Report", "🚩", discord.ButtonStyle.secondary),
+        "share": ("Share", "🔗", discord.ButtonStyle.secondary),
+        "unshare": ("Revoke link", None, discord.ButtonStyle.danger),
     }
 
 
@@ -155,7 +157,12 @@ async def test_part_cancel_and_retry_buttons() -> None:
     def ids(view: discord.ui.View) -> list[str | None]:
         return [getattr(item, "custom_id", None) for item in view.children]
 
-    assert ids(views.part_buttons(7)) == ["story:continue:7", "story:reroll:7", "story:report:7"]
+    assert ids(views.part_buttons(7)) == [
+        "story:continue:7",
+        "story:reroll:7",
+        "story:report:7",
+        "story:share:7",
+    ]
     assert ids(views.cancel_button(8)) == ["story:cancel:8"]
     assert ids(views.retry_button(9)) == ["story:retry:9"]
 
@@ -378,10 +385,11 @@ async def test_next_past_the_last_page_stays_on_the_last_page() -> None:
 async def test_detail_view_without_a_list_has_no_back_button() -> None:
     lib = library()
     detail = views.StoryDetailView(lib, OWNER, 5, back=None)
-    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Delete"]
+    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Share", "Delete"]
     listing = views.MyStoriesView(lib, OWNER, GENRES)
     detail = views.StoryDetailView(lib, OWNER, 5, back=listing)
-    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Delete", "Back"]
+    labels = [getattr(i, "label", None) for i in detail.children]
+    assert labels == ["Export", "Share", "Delete", "Back"]
 
     interaction = click(OWNER)
     await press(detail, detail.back, interaction)
