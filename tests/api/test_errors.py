@@ -63,6 +63,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "ContentFiltered": (422, None),
     "ChannelClosed": (403, None),
     "GenreDisabled": (403, None),
+    "SharingOff": (403, None),
     "InvalidSetting": (422, None),
     "QuotaReached": (429, "12"),
     "PartHidden": (409, None),
