@@ -4,6 +4,9 @@
                                 "stream": true (or Accept: text/event-stream) -> SSE
     POST /stories/{id}/continue continue a stored story
     GET  /stories/{id}          the story as JSON;  GET /stories/{id}.md as Markdown
+    POST /stories/{id}/share    a share link: a read-only web page of the story
+    GET  /s/{token}             that page (HTML; needs no key, answers any Host)
+    DELETE /s/{token}           revoke the link
     GET  /healthz  /readyz      liveness; readiness (model, database, queue)
     GET  /openapi.json          this description, kept true by a test
 
@@ -14,6 +17,7 @@ have no Discord author and the source `api`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -23,10 +27,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from api import share_page
 from api.errors import ApiError, error_body, from_domain, json_errors
 from api.openapi import spec
 from stories import export
 from stories.service import PartOutcome, Requester, Run, StoryOptions, StoryService
+from stories.sharing import Sharing, share_url
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ API_KEY = web.AppKey("api_key", str)
 CORS_KEY = web.AppKey("cors", list)
 HOSTS_KEY = web.AppKey("allowed_hosts", frozenset)
 READ_TIMEOUT_KEY = web.AppKey("read_timeout_s", float)
+SHARING_KEY = web.AppKey("sharing", Sharing)
+PUBLIC_URL_KEY = web.AppKey("public_base_url", str)
 
 # Host names a loopback server answers to by default: a page elsewhere that
 # rebinds its own name to 127.0.0.1 sends its own name, and is refused (421).
@@ -54,6 +62,24 @@ _OPTIONAL = {
 _PUBLIC = {"/healthz", "/openapi.json"}
 # Probes (Docker, Kubernetes) send the address they dial as Host.
 _ANY_HOST = {"/healthz", "/readyz"}
+# Share pages are for anyone with the link, wherever it is opened from: no key,
+# any Host. Revoking one (DELETE) needs both; other methods get their 405.
+_SHARE_PAGES = "/s/"
+
+
+def _share_page(method: str, path: str) -> bool:
+    return path.startswith(_SHARE_PAGES) and method != "DELETE"
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether a request needs no API key."""
+    return path in _PUBLIC or _share_page(method, path)
+
+
+def _any_host(method: str, path: str) -> bool:
+    return path in _ANY_HOST or _share_page(method, path)
+
+
 _JSON_TYPES = ("application/json",)
 
 
@@ -252,6 +278,50 @@ async def get_story_markdown(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
 
+async def share_story(request: web.Request) -> web.Response:
+    """A share link for the story: its live one, or a new one (201)."""
+    story_id = _story_id(request)
+    await _read_object(request, required=False)  # no fields; a body must still be JSON
+    shared = await request.app[SHARING_KEY].share(story_id, _API)
+    url = share_url(request.app[PUBLIC_URL_KEY], shared.token)
+    body = {
+        "token": shared.token,
+        "url": url,
+        "story_id": shared.story_id,
+        "created_at": shared.created_at,
+        "new": shared.new,
+    }
+    return _json(body, status=201 if shared.new else 200)
+
+
+async def revoke_share(request: web.Request) -> web.Response:
+    await request.app[SHARING_KEY].revoke(request.match_info["token"], _API)
+    return web.Response(status=204)
+
+
+async def get_share_page(request: web.Request) -> web.Response:
+    """The story as a web page; 404 (a page too) when the link is not live."""
+    token = request.match_info["token"]
+    page = await request.app[SHARING_KEY].page(token)
+    if page is None:
+        return web.Response(
+            status=404,
+            text=share_page.not_found(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={**share_page.HEADERS, "Cache-Control": "no-store"},
+        )
+    url = share_url(request.app[PUBLIC_URL_KEY], token)
+    text = share_page.render(page, url)
+    # Revalidated on every view (no-cache), so a revoked link is gone at once;
+    # an unchanged page costs a 304.
+    etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+    headers = {**share_page.HEADERS, "Cache-Control": "no-cache", "ETag": etag}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(text=text, content_type="text/html", charset="utf-8", headers=headers)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -308,7 +378,7 @@ async def openapi(request: web.Request) -> web.Response:
 @web.middleware
 async def api_key_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     key = request.app[API_KEY]
-    if key and request.path not in _PUBLIC and request.method != "OPTIONS":
+    if key and not is_public(request.method, request.path) and request.method != "OPTIONS":
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         # Header bytes that are not UTF-8 arrive as surrogates: compare them as the
@@ -339,7 +409,7 @@ def host_name(header: str) -> str:
 @web.middleware
 async def allowed_host(request: web.Request, handler: Any) -> web.StreamResponse:
     hosts: frozenset[str] = request.app[HOSTS_KEY]
-    if "*" not in hosts and request.path not in _ANY_HOST:
+    if "*" not in hosts and not _any_host(request.method, request.path):
         name = host_name(request.headers.get("Host", ""))
         if name not in hosts:
             raise ApiError(
@@ -348,9 +418,9 @@ async def allowed_host(request: web.Request, handler: Any) -> web.StreamResponse
                 f"This server does not answer to the host name {name[:60]!r}; "
                 "add it to HTTP_ALLOWED_HOSTS.",
             )
-    if request.method == "POST" and not _origin_allowed(request):
+    if request.method in ("POST", "DELETE") and not _origin_allowed(request):
         # A page on another site may send a POST without asking first; only the
-        # origins CORS allows may write.
+        # origins CORS allows may write (or revoke).
         raise ApiError(403, "cross_origin", "Requests from this web origin are not allowed.")
     return await handler(request)
 
@@ -388,9 +458,11 @@ def create_app(
     cors_origins: list[str] | None = None,
     allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
     read_timeout_s: float = 20.0,
+    public_base_url: str = "http://127.0.0.1:5000",
 ) -> web.Application:
     """The HTTP application. `allowed_hosts` are the names it answers to ("*":
-    any); a request body must arrive within `read_timeout_s`."""
+    any); a request body must arrive within `read_timeout_s`; share links
+    start with `public_base_url` (where people reach this server)."""
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=[cors, json_errors, allowed_host, api_key_auth],
@@ -400,10 +472,15 @@ def create_app(
     app[CORS_KEY] = cors_origins or []
     app[HOSTS_KEY] = frozenset(host_name(host) if host != "*" else host for host in allowed_hosts)
     app[READ_TIMEOUT_KEY] = read_timeout_s
+    app[SHARING_KEY] = Sharing(service)
+    app[PUBLIC_URL_KEY] = public_base_url
     app.router.add_post("/", post_root)
     app.router.add_post("/stories/{id}/continue", continue_story)
     app.router.add_get(r"/stories/{id:[^/]+}.md", get_story_markdown)
     app.router.add_get("/stories/{id}", get_story)
+    app.router.add_post("/stories/{id}/share", share_story)
+    app.router.add_get("/s/{token}", get_share_page)
+    app.router.add_delete("/s/{token}", revoke_share)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

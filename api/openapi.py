@@ -123,6 +123,24 @@ _STORY = {
     },
 }
 
+_SHARE = {
+    "type": "object",
+    "required": ["token", "url", "story_id", "created_at", "new"],
+    "properties": {
+        "token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+        "url": {
+            "type": "string",
+            "description": "the page, for anyone with the link: PUBLIC_BASE_URL/s/{token}",
+        },
+        "story_id": {"type": "integer"},
+        "created_at": {"type": "number"},
+        "new": {
+            "type": "boolean",
+            "description": "false: the story's live link, made before (status 200)",
+        },
+    },
+}
+
 _HEALTH = {
     "type": "object",
     "required": ["status"],
@@ -313,6 +331,20 @@ def _continue_request(max_new_tokens: int) -> dict[str, Any]:
     }
 
 
+def _token_param() -> dict[str, Any]:
+    return {
+        "name": "token",
+        "in": "path",
+        "required": True,
+        "description": "the link's token (URL-safe ASCII)",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+    }
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -404,6 +436,12 @@ _LINKS = {
     "GetStory": {"operationId": "getStory", "parameters": {"id": _STORY_ID}},
     "GetStoryMarkdown": {"operationId": "getStoryMarkdown", "parameters": {"id": _STORY_ID}},
     "ContinueStory": {"operationId": "continueStory", "parameters": {"id": _STORY_ID}},
+    "ShareStory": {"operationId": "shareStory", "parameters": {"id": _STORY_ID}},
+}
+_TOKEN = "$response.body#/token"
+_SHARE_LINKS = {
+    "GetSharePage": {"operationId": "getSharePage", "parameters": {"token": _TOKEN}},
+    "RevokeShare": {"operationId": "revokeShare", "parameters": {"token": _TOKEN}},
 }
 
 
@@ -498,6 +536,63 @@ def spec(
                 503,
             )
         },
+        "/stories/{id}/share": {
+            "post": build.protected(
+                {
+                    "operationId": "shareStory",
+                    "summary": "A share link: a read-only web page of the story",
+                    "description": "The story's live link, or a new one (201). Anyone with "
+                    "the link can read the page, without the API key. In a server whose "
+                    "admins turned sharing off: 403 `sharing_disabled`.",
+                    "parameters": [_id_param()],
+                    "requestBody": _json_body("ShareRequest", required=False),
+                    "responses": {
+                        "200": {**_json("Share", "the story's live link"), "links": _SHARE_LINKS},
+                        "201": {**_json("Share", "a new link"), "links": _SHARE_LINKS},
+                    },
+                },
+                400,
+                404,
+                408,
+                413,
+                415,
+                421,
+                503,
+            )
+        },
+        "/s/{token}": {
+            "get": build.public(
+                {
+                    "operationId": "getSharePage",
+                    "summary": "A shared story as a web page (needs no key; answers whatever "
+                    "the Host)",
+                    "parameters": [_token_param()],
+                    "responses": {
+                        "200": _html("the story: HTML, no script"),
+                        "404": {
+                            "description": "no live link with this token (revoked, the story "
+                            "deleted, sharing turned off in its server): a page saying so; a "
+                            "path that is no token at all: an Error",
+                            "content": {
+                                "text/html": {"schema": {"type": "string"}},
+                                "application/json": {"schema": _ref("Error")},
+                            },
+                        },
+                    },
+                },
+            ),
+            "delete": build.protected(
+                {
+                    "operationId": "revokeShare",
+                    "summary": "Revoke a share link: its page answers 404 from now on",
+                    "parameters": [_token_param()],
+                    "responses": {"204": {"description": "revoked"}},
+                },
+                404,
+                421,
+                503,
+            ),
+        },
         "/healthz": {
             "get": build.public(
                 {
@@ -536,6 +631,13 @@ def spec(
     # Any route answers 503 past the connection cap, before reading the request.
     paths["/healthz"]["get"]["responses"]["503"] = _error(503, _TOO_MANY)
     paths["/openapi.json"]["get"]["responses"]["503"] = _error(503, _TOO_MANY)
+    paths["/s/{token}"]["get"]["responses"]["503"] = _error(503, _TOO_MANY)
+    paths["/stories/{id}/share"]["post"]["responses"]["403"] = _error(
+        403, _REASONS[403] + "; `sharing_disabled`: the story's server turned sharing off"
+    )
+    revoke = paths["/s/{token}"]["delete"]["responses"]
+    revoke["403"] = _error(403, "`cross_origin`: from a web origin the server does not allow")
+    revoke["404"] = _error(404, "`not_found`: no live link with this token")
     ready_503 = _json(
         {"oneOf": [_ref("Ready"), _ref("Error")]},
         "not ready (a Ready object), or " + _TOO_MANY + " (an Error, with Retry-After)",
@@ -548,7 +650,8 @@ def spec(
             "title": "storybot",
             "version": "1.0.0",
             "description": "Stories continued by GPT-2. The old POST / contract is kept. "
-            "Every error is JSON {error: {code, message}}. A method a path does not have "
+            "Every error is JSON {error: {code, message}}, but for a share page's 404, which is a "
+            "page. A method a path does not have "
             "answers 405 (with Allow); a path there is not, 404. Request bodies are JSON "
             "(Content-Type: application/json).",
         },
@@ -560,6 +663,8 @@ def spec(
                 "Answer": _ANSWER,
                 "Part": _PART,
                 "Story": _STORY,
+                "ShareRequest": {"type": "object", "description": "no body, or {}"},
+                "Share": _SHARE,
                 "Health": _HEALTH,
                 "Ready": _READY,
             },

@@ -144,6 +144,7 @@ async def start_http(service: StoryService, settings: Settings) -> web.AppRunner
         cors_origins=settings.cors_origins,
         allowed_hosts=settings.allowed_hosts,
         read_timeout_s=settings.http_read_timeout_s,
+        public_base_url=settings.share_base_url,
     )
     # Every request still open at shutdown has its answer by then (the pool fails
     # what waits): a second is plenty, not aiohttp's default of a minute.
@@ -255,6 +256,12 @@ async def run(
                 pool.backend.model_id if pool.backend else "?",
                 pool.backend.name if pool.backend else "?",
             )
+            if settings.public_base_url is None and settings.http_host in ("0.0.0.0", "::"):
+                log.warning(
+                    "share links start with %s, which nobody elsewhere can open: "
+                    "set PUBLIC_BASE_URL to where people reach this server",
+                    settings.share_base_url,
+                )
             if settings.discord_token is None:
                 log.info("no DISCORD_TOKEN set: serving the HTTP interface only")
             else:
@@ -289,6 +296,7 @@ def _discord_app(service: StoryService, store: Store, settings: Settings) -> Dis
         dev_guild_id=settings.discord_dev_guild_id,
         max_new_tokens_limit=settings.max_new_tokens_limit,
         notice_window_s=max(10.0, settings.user_cooldown_s),
+        public_base_url=settings.share_base_url,
     )
     return DiscordApp(bot, settings.discord_token.get_secret_value())
 

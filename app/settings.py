@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     http_read_timeout_s: float = Field(default=20.0, gt=0, le=600)
     # Open connections at most; past it a new one gets 503 and is closed.
     http_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Where people reach the HTTP interface from outside (a proxy, a domain):
+    # share links start with it. None: http://HTTP_HOST:HTTP_PORT.
+    public_base_url: str | None = None
 
     # Fairness.
     user_max_active: int = Field(default=2, ge=1, le=100)
@@ -153,6 +156,7 @@ class Settings(BaseSettings):
         "openai_base_url",
         "openai_model",
         "openai_tokenizer",
+        "public_base_url",
         mode="before",
     )
     @classmethod
@@ -198,6 +202,18 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8000/v1")
         return value.strip().rstrip("/")
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, like https://stories.example.org")
+        if parts.query or parts.fragment:
+            raise ValueError("must be a URL without ?query or #fragment")
+        return value.strip().rstrip("/")
+
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Settings:
         if self.backend == "openai" and self.openai_base_url is None:
@@ -238,6 +254,14 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [o.strip() for o in self.http_cors_origins.split(",") if o.strip()]
+
+    @property
+    def share_base_url(self) -> str:
+        """PUBLIC_BASE_URL, or the address the HTTP interface listens on."""
+        if self.public_base_url is not None:
+            return self.public_base_url
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"http://{host}:{self.http_port}"
 
     @property
     def allowed_hosts(self) -> list[str]:

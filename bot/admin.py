@@ -69,6 +69,7 @@ def describe_settings(
         f"- Filter: the built-in list and {terms} term{'s' if terms != 1 else ''} of this server",
         f"- Reports that hide a part: {settings.report_threshold} from members, "
         f"{settings.admin_report_threshold} from admins",
+        f"- Share links (a story's web page): {'on' if settings.sharing else 'off'}",
         f"**Moderation** (today / 30 days): prompts refused {today.refused} / {month.refused}, "
         f"parts masked {today.masked} / {month.masked}, reports {today.reports} / "
         f"{month.reports}, parts hidden {today.hidden} / {month.hidden}; hidden now: {hidden}",
@@ -335,6 +336,16 @@ class AdminHandlers:
         )
         await self._answer(interaction, f"{how}; a vote lasts {settings.vote_seconds} s.")
 
+    async def sharing(self, interaction: discord.Interaction, enabled: bool) -> None:
+        await self._set(interaction, sharing=enabled)
+        await self._answer(
+            interaction,
+            "Authors can share their stories here as web pages now (a Share button)."
+            if enabled
+            else "Sharing is off here now: no new links, and the pages of this server's "
+            "stories are gone until it is on again.",
+        )
+
     async def hidden(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         found = await self.rules.hidden_parts(interaction.guild_id)
@@ -491,6 +502,12 @@ def admin_group(admin: AdminHandlers) -> app_commands.Group:
         seconds: app_commands.Range[int, 10, 600] | None = None,
     ) -> None:
         await admin.votes(interaction, by_default, seconds)
+
+    @group.command(name="sharing", description="Whether authors may share stories as web pages")
+    @app_commands.describe(enabled="On or off")
+    @manage
+    async def sharing(interaction: discord.Interaction, enabled: bool) -> None:
+        await admin.sharing(interaction, enabled)
 
     @group.command(name="hidden", description="Parts hidden after reports: restore or delete")
     @manage

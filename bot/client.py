@@ -101,6 +101,7 @@ class StoryBot(discord.Client):
         notice_window_s: float = 10.0,
         notice_lasts_s: float = 10.0,
         retry_base_s: float = 1.0,
+        public_base_url: str = "http://127.0.0.1:5000",
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = False  # never needed: we read reactions and interactions only
@@ -124,6 +125,7 @@ class StoryBot(discord.Client):
             self.publisher,
             Notices(window_s=notice_window_s, delete_after_s=notice_lasts_s),
             max_new_tokens_limit=max_new_tokens_limit,
+            public_base_url=public_base_url,
         )
         self._synced_messages = False
 

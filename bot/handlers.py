@@ -25,6 +25,7 @@ from bot import render
 from bot.admin import AdminHandlers
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
+from bot.sharing import ShareHandlers
 from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView, ballot_buttons
 from generation.errors import Busy, GenerationError
 from storage.errors import NotFound, StorageError
@@ -187,6 +188,7 @@ class Handlers:
         notices: Notices,
         *,
         max_new_tokens_limit: int = 400,
+        public_base_url: str = "http://127.0.0.1:5000",
     ) -> None:
         self.client = client
         self.service = service
@@ -199,6 +201,9 @@ class Handlers:
             on_error=self.on_error,
             requester=requester,
             refresh=lambda: publisher.sync_soon(client),
+        )
+        self.shares = ShareHandlers(
+            service, public_base_url=public_base_url, on_error=self.on_error, requester=requester
         )
         self._busy = 0
         self._idle = asyncio.Event()
@@ -242,6 +247,7 @@ class Handlers:
         authors_note: str | None = None,
     ) -> None:
         await defer(interaction)
+        await self.shares.remember(interaction.user)  # the name its share page shows
         server = await self.service.servers.settings(interaction.guild_id)
         size = self.service.servers.length(server, length)
         options = StoryOptions(
@@ -292,7 +298,14 @@ class Handlers:
         if action.startswith("pick"):
             await self.cast(interaction, id, int(action.removeprefix("pick")))
             return
+        if action == "share":
+            await self.shares.share_part(interaction, id)
+            return
+        if action == "unshare":
+            await self.shares.unshare(interaction, id)
+            return
         await defer(interaction)
+        await self.shares.remember(interaction.user)
         channel = interaction.channel
         who = requester(interaction)
         server = await self.service.servers.settings(interaction.guild_id)
@@ -443,6 +456,7 @@ class Handlers:
             age_restricted_ok=is_age_restricted(channel),
             member=member_of(payload.member),
         )
+        await self.shares.remember(payload.member)
         message = channel.get_partial_message(payload.message_id)
         show = _Show(self.publisher, channel, reply_to=message)
         try:
@@ -524,6 +538,10 @@ class Handlers:
         await interaction.response.send_message(
             f"Story #{story_id} as Markdown:", file=file, ephemeral=True
         )
+
+    @_tracked
+    async def share_story(self, interaction: discord.Interaction, story_id: int) -> None:
+        await self.shares.share_story(interaction, story_id)
 
     @_tracked
     async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None:

@@ -47,7 +47,8 @@ class ButtonLook:
 
 
 # What each action's button looks like; the id is a part id for continue, vote,
-# reroll, notes and report, a run id for cancel and retry, a vote id for pick1-3.
+# reroll, notes, report and share, a run id for cancel and retry, a vote id for
+# pick1-3, a story id for unshare.
 BUTTONS = {
     "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
     "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
@@ -59,6 +60,8 @@ BUTTONS = {
     "pick1": ButtonLook("1", None, discord.ButtonStyle.primary),
     "pick2": ButtonLook("2", None, discord.ButtonStyle.primary),
     "pick3": ButtonLook("3", None, discord.ButtonStyle.primary),
+    "share": ButtonLook("Share", "🔗", discord.ButtonStyle.secondary),
+    "unshare": ButtonLook("Revoke link", None, discord.ButtonStyle.danger),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -127,6 +130,7 @@ def part_buttons(part_id: int) -> discord.ui.View:
         ("reroll", part_id),
         ("notes", part_id),
         ("report", part_id),
+        ("share", part_id),
     )
 
 
@@ -199,6 +203,8 @@ class Library(Protocol):
     ) -> Awaitable[None]: ...
 
     def export_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
+
+    def share_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
     def delete_story(self, interaction: discord.Interaction, story_id: int) -> Awaitable[None]: ...
 
@@ -322,6 +328,10 @@ class StoryDetailView(GuardedView):
         self, interaction: discord.Interaction, button: discord.ui.Button[Any]
     ) -> None:
         await self.library.export_story(interaction, self.story_id)
+
+    @discord.ui.button(label="Share", emoji="🔗", style=discord.ButtonStyle.secondary)
+    async def share(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await self.library.share_story(interaction, self.story_id)
 
     @discord.ui.button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger)
     async def delete(

@@ -180,6 +180,7 @@ class GuildSettings:
     vote_by_default: bool = False  # Continue and ➕ start a vote on what happens next
     vote_seconds: int = 60  # how long a vote is open
     left_at: float | None = None  # when the bot left the server
+    sharing: bool = True  # stories may get a public web page (a share link)
 
 
 GUILD_SETTINGS_FIELDS = (
@@ -197,6 +198,7 @@ GUILD_SETTINGS_FIELDS = (
     "notes_by_anyone",
     "vote_by_default",
     "vote_seconds",
+    "sharing",
 )
 
 
@@ -301,6 +303,7 @@ def guild_settings_from_row(row: Any) -> GuildSettings:
         vote_by_default=bool(row["vote_by_default"]),
         vote_seconds=int(row["vote_seconds"]),
         left_at=row["left_at"],
+        sharing=bool(row["sharing"]),
     )
 
 

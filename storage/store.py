@@ -454,6 +454,11 @@ class Store:
                 "DELETE FROM runs WHERE requested_by = ? AND part_id IS NULL", (user_id,)
             )
             await conn.execute("DELETE FROM stories WHERE author_id = ?", (user_id,))
+            # The name share pages showed for them, and their name on links they made.
+            await conn.execute("DELETE FROM display_names WHERE user_id = ?", (user_id,))
+            await conn.execute(
+                "UPDATE shares SET created_by = NULL WHERE created_by = ?", (user_id,)
+            )
         return Deleted(
             story_counts.stories,
             story_counts.parts + extra_parts,

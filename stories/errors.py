@@ -73,6 +73,17 @@ class GenreDisabled(NotAllowed):
     code = "genre_disabled"
 
 
+class SharingOff(NotAllowed):
+    """The server's admins turned share links off."""
+
+    code = "sharing_disabled"
+
+    def __init__(
+        self, message: str = "This server's admins have turned sharing stories off."
+    ) -> None:
+        super().__init__(message)
+
+
 class InvalidSetting(StoryError):
     """An admin's setting out of its bounds; the message says which bounds."""
 

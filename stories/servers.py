@@ -24,6 +24,7 @@ from stories.errors import (
     InvalidSetting,
     NotAllowed,
     QuotaReached,
+    SharingOff,
 )
 from stories.genres import GenreRegistry
 from stories.moderation import ContentFilter, normalise_term
@@ -178,6 +179,11 @@ class ServerRules:
             return
         raise NotAllowed("Only the story's author can reroll it.")
 
+    def check_sharing(self, settings: GuildSettings | None) -> None:
+        """Share links for the server's stories (always, outside a server)."""
+        if settings is not None and not settings.sharing:
+            raise SharingOff()
+
     async def take_story(self, settings: GuildSettings | None) -> None:
         """Count a new story against the server's daily quota (or refuse it)."""
         if settings is None:
@@ -276,6 +282,10 @@ class ServerRules:
             if not MIN_VOTE_S <= value <= MAX_VOTE_S:
                 raise InvalidSetting(f"A vote lasts between {MIN_VOTE_S} and {MAX_VOTE_S} seconds.")
             return int(value)
+        if name == "sharing":
+            if not isinstance(value, bool):
+                raise InvalidSetting("Sharing is on or off.")
+            return value
         if name == "filter_terms":
             if len(value) > MAX_FILTER_TERMS:
                 raise InvalidSetting(f"At most {MAX_FILTER_TERMS} filter terms per server.")

@@ -64,6 +64,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "InvalidNotes": (422, None),
     "ChannelClosed": (403, None),
     "GenreDisabled": (403, None),
+    "SharingOff": (403, None),
     "InvalidSetting": (422, None),
     "QuotaReached": (429, "12"),
     "PartHidden": (409, None),

@@ -147,6 +147,7 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
                     f"story:reroll:{part['id']}",
                     f"story:notes:{part['id']}",
                     f"story:report:{part['id']}",
+                    f"story:share:{part['id']}",
                 ], message
         else:
             assert row["run_id"] is not None, f"a message shows nothing: {dict(row)}"

@@ -39,6 +39,7 @@ PART_11_BUTTONS = [
     "story:reroll:11",
     "story:notes:11",
     "story:report:11",
+    "story:share:11",
 ]
 
 

@@ -38,6 +38,7 @@ async def test_story_from_deferral_to_final_message(env: BotEnv) -> None:
         f"story:reroll:{_part_id(env, story)}",
         f"story:notes:{_part_id(env, story)}",
         f"story:report:{_part_id(env, story)}",
+        f"story:share:{_part_id(env, story)}",
     ]
     await fake.wait_until(lambda: story.get("reactions_by"))
     assert story["reactions_by"] == [(fake.server.bot_user.id, "➕")]

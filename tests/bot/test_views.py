@@ -90,6 +90,8 @@ def test_the_label_table() -> None:
         "pick1": ("1", None, discord.ButtonStyle.primary),
         "pick2": ("2", None, discord.ButtonStyle.primary),
         "pick3": ("3", None, discord.ButtonStyle.primary),
+        "share": ("Share", "🔗", discord.ButtonStyle.secondary),
+        "unshare": ("Revoke link", None, discord.ButtonStyle.danger),
     }
 
 
@@ -166,6 +168,7 @@ async def test_part_cancel_and_retry_buttons() -> None:
         "story:reroll:7",
         "story:notes:7",
         "story:report:7",
+        "story:share:7",
     ]
     assert ids(views.cancel_button(8)) == ["story:cancel:8"]
     assert ids(views.retry_button(9)) == ["story:retry:9"]
@@ -389,10 +392,11 @@ async def test_next_past_the_last_page_stays_on_the_last_page() -> None:
 async def test_detail_view_without_a_list_has_no_back_button() -> None:
     lib = library()
     detail = views.StoryDetailView(lib, OWNER, 5, back=None)
-    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Delete"]
+    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Share", "Delete"]
     listing = views.MyStoriesView(lib, OWNER, GENRES)
     detail = views.StoryDetailView(lib, OWNER, 5, back=listing)
-    assert [getattr(i, "label", None) for i in detail.children] == ["Export", "Delete", "Back"]
+    labels = [getattr(i, "label", None) for i in detail.children]
+    assert labels == ["Export", "Share", "Delete", "Back"]
 
     interaction = click(OWNER)
     await press(detail, detail.back, interaction)
