@@ -48,7 +48,7 @@ from storage.models import (
     StoryPage,
 )
 from storage.store import Store
-from stories import export
+from stories import export, telemetry
 from stories.errors import (
     AgeRestricted,
     Conflict,
@@ -66,6 +66,7 @@ from stories.errors import (
 from stories.genres import Genre, GenreRegistry
 from stories.moderation import ContentFilter
 from stories.servers import Limits, Member, ServerRules
+from stories.telemetry import NoObserver, StoryObserver, outcome_of, reports_refusals
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class Run:
     )
     release_slot: Callable[[], None] = field(default=lambda: None, repr=False)
     cooldown_s: float = 0.0  # its requester's cooldown where it was asked for
+    source: Source = "discord"  # the front-end that asked for it (for metrics)
     # The content filter of the server it is written in: what it writes is masked
     # before anyone sees it, streamed or stored.
     words: ContentFilter = field(default_factory=ContentFilter.builtin, repr=False)
@@ -266,8 +268,10 @@ class StoryService:
         user_max_active: int = 2,
         user_cooldown_s: float = 0.0,
         models: ModelPools | None = None,
+        observer: StoryObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer or NoObserver()  # told how each request ended
         self.pool = pool  # the default model's
         self.models = models  # genre models, loaded on demand; None: one model for all
         self.genres = genres
@@ -373,6 +377,7 @@ class StoryService:
         return await self.models.pool_for(genre.model)
 
     # --------------------------------------------------------------- use-cases
+    @reports_refusals
     async def start(
         self,
         prompt: str,
@@ -431,11 +436,13 @@ class StoryService:
             await asyncio.shield(self.servers.give_back_story(server))
             raise
         run = Run(record, story, root, genre, prompt, 1, release_slot=release)
+        run.source = who.source
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = words
         await self._launch(run, pool, request, reservation, announce, new_story=True, server=server)
         return run
 
+    @reports_refusals
     async def continue_from(
         self,
         part_id: int,
@@ -467,6 +474,7 @@ class StoryService:
         self._settle_claim(claim, run)
         return Started(run, new=True)
 
+    @reports_refusals
     async def continue_story(
         self, story_id: int, who: Requester, options: StoryOptions | None = None
     ) -> Run:
@@ -483,6 +491,7 @@ class StoryService:
         started = await self.continue_from(latest.id, who, options)
         return started.run
 
+    @reports_refusals
     async def continue_after_run(
         self, run_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Started:
@@ -498,6 +507,7 @@ class StoryService:
             )
         return await self.continue_from(record.part_id, who, announce=announce)
 
+    @reports_refusals
     async def reroll(
         self, part_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Run:
@@ -533,6 +543,7 @@ class StoryService:
         self._settle_claim(claim, run)
         return run
 
+    @reports_refusals
     async def retry(
         self, run_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Started:
@@ -675,6 +686,7 @@ class StoryService:
             raise
         run = Run(record, story, parent, genre, previous_text, len(path), replaces)
         run.release_slot = release
+        run.source = who.source
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = self.servers.content_filter(server)
         await self._launch(run, pool, request, reservation, announce)
@@ -692,6 +704,7 @@ class StoryService:
         server: GuildSettings | None = None,
     ) -> None:
         """Show the run (if the front-end asks to), then queue it and follow it."""
+        telemetry.story_id.set(run.story.id)  # in this request's log lines from here on
         run.predicted_position = pool.predicted_position()
         run.announced = announce is not None
         self._runs[run.id] = run
@@ -804,6 +817,11 @@ class StoryService:
                 state, error = None, StoryDeleted()
             run.state = state or "cancelled"
             self._forget(run)
+            self.observer.request_ended(
+                run.source,
+                "story" if outcome is not None else outcome_of(error or StoryDeleted()),
+                outcome.result if outcome is not None else None,
+            )
             if outcome is not None:
                 run.done.set_result(outcome)
             else:
