@@ -6,6 +6,7 @@
     GET  /stories/{id}          the story as JSON;  GET /stories/{id}.md as Markdown
     GET  /healthz  /readyz      liveness; readiness (model, database, queue)
     GET  /openapi.json          this description, kept true by a test
+    GET  /metrics               Prometheus metrics, when the composition root serves them here
 
 It runs in the bot's event loop on the same pool and storage. Stories made here
 have no Discord author and the source `api`.
@@ -23,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from api import telemetry
 from api.errors import ApiError, error_body, from_domain, json_errors
 from api.openapi import spec
 from stories import export
@@ -35,6 +37,7 @@ API_KEY = web.AppKey("api_key", str)
 CORS_KEY = web.AppKey("cors", list)
 HOSTS_KEY = web.AppKey("allowed_hosts", frozenset)
 READ_TIMEOUT_KEY = web.AppKey("read_timeout_s", float)
+METRICS_KEY = web.AppKey("metrics", bool)  # whether GET /metrics is served here
 
 # Host names a loopback server answers to by default: a page elsewhere that
 # rebinds its own name to 127.0.0.1 sends its own name, and is refused (421).
@@ -51,7 +54,7 @@ _OPTIONAL = {
 }
 _PUBLIC = {"/healthz", "/openapi.json"}
 # Probes (Docker, Kubernetes) send the address they dial as Host.
-_ANY_HOST = {"/healthz", "/readyz"}
+_ANY_HOST = {"/healthz", "/readyz", "/metrics"}
 _JSON_TYPES = ("application/json",)
 
 
@@ -299,6 +302,7 @@ async def openapi(request: web.Request) -> web.Response:
             api_key=bool(request.app[API_KEY]),
             genres=[genre.key for genre in service.genres],
             max_new_tokens=service.pool.max_new_tokens_limit,
+            metrics=request.app[METRICS_KEY],
         )
     )
 
@@ -386,18 +390,31 @@ def create_app(
     cors_origins: list[str] | None = None,
     allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
     read_timeout_s: float = 20.0,
+    observer: telemetry.HttpObserver | None = None,
+    metrics: telemetry.MetricsSource | None = None,
+    access_log: bool = True,
 ) -> web.Application:
     """The HTTP application. `allowed_hosts` are the names it answers to ("*":
-    any); a request body must arrive within `read_timeout_s`."""
+    any); a request body must arrive within `read_timeout_s`. `observer` counts
+    requests; `metrics`, if given, is served at GET /metrics; `access_log`: one
+    INFO line per request."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[cors, json_errors, allowed_host, api_key_auth],
+        middlewares=[
+            telemetry.middleware(observer, access_log=access_log),  # first: ids in every line
+            cors,
+            json_errors,
+            allowed_host,
+            api_key_auth,
+        ],
     )
+    app.on_response_prepare.append(telemetry.add_request_id)
     app[SERVICE_KEY] = service
     app[API_KEY] = api_key or ""
     app[CORS_KEY] = cors_origins or []
     app[HOSTS_KEY] = frozenset(host_name(host) if host != "*" else host for host in allowed_hosts)
     app[READ_TIMEOUT_KEY] = read_timeout_s
+    app[METRICS_KEY] = metrics is not None
     app.router.add_post("/", post_root)
     app.router.add_post("/stories/{id}/continue", continue_story)
     app.router.add_get(r"/stories/{id:[^/]+}.md", get_story_markdown)
@@ -405,4 +422,6 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    if metrics is not None:
+        app.router.add_get("/metrics", telemetry.metrics_handler(metrics))
     return app
