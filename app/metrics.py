@@ -247,12 +247,14 @@ class _EngineCollector(Collector):
             "Models loaded: the default model and each genre model loaded now",
             value=len(models.pools) if models is not None else len(list(self._metrics._pools())),
         )
-        if models is not None:  # estimated only where genre models share a budget
-            yield GaugeMetricFamily(
-                "storybot_model_memory_bytes",
-                "Memory the loaded models may hold, as estimated against MODEL_MEMORY_BUDGET_MB",
-                value=models.used_mb * 1e6,
-            )
+        memory = GaugeMetricFamily(
+            "storybot_model_memory_bytes",
+            "Memory the loaded models may hold, as estimated against MODEL_MEMORY_BUDGET_MB "
+            "(only with genre models, which share the budget)",
+        )
+        if models is not None:
+            memory.add_metric([], models.used_mb * 1e6)
+        yield memory
         yield CounterMetricFamily(
             "storybot_model_evictions",
             "Idle genre models unloaded to stay within MODEL_MEMORY_BUDGET_MB",

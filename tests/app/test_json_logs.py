@@ -91,6 +91,7 @@ def test_the_text_format_stays_readable_with_the_ids_at_the_end() -> None:
 def test_configure_logging_json_writes_json_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    root.handlers[:] = []  # configure_logging closes what it replaces: not pytest's
     try:
         configure_logging("INFO", fmt="json", secrets=[SECRET, "short"])
         with telemetry.bound(guild_id=5):

@@ -150,9 +150,14 @@ async def test_refused_and_cancelled_requests_count_as_such(metered: Metered) ->
     backend.release()
     assert (await first).status == 200
     assert (await second).status == 409
+    # A use-case that calls another (continue_story calls continue_from) counts once.
+    story_id = (await (await first).json())["story_id"]
+    too_long = {"max_new_tokens": 100_000}
+    refused = await client.post(f"/stories/{story_id}/continue", json=too_long, headers=AUTH)
+    assert refused.status == 422
     after = await metered.scrape()
     for outcome, count in {
-        "invalid": 1,
+        "invalid": 2,
         "filtered": 1,
         "busy": 1,
         "cancelled": 1,

@@ -95,6 +95,11 @@ async def test_a_command_logs_with_its_interaction_and_guild(metered: BotEnv) ->
         )
         await fake.wait_for_message(lambda m: is_story(m) and "Logged" in m["content"])
         await metered.service.wait_idle()  # type: ignore[union-attr]
+        # /storyadmin's handlers are the command tree's alone: its check names them.
+        admin = await fake.invoke(
+            "storyadmin", user=fake.dana, subcommand="length", options={"default": "long"}
+        )
+        await admin.reply(lambda m: "unless its author chooses" in m["content"])
     finally:
         root.removeHandler(records)
         root.setLevel(level)
@@ -104,3 +109,6 @@ async def test_a_command_logs_with_its_interaction_and_guild(metered: BotEnv) ->
     assert any("tokens in" in m for m in messages), messages  # the run's own task
     assert {r.guild_id for r in mine} == {int(fake.server.guild_id)}  # type: ignore[attr-defined]
     assert all(r.story_id == 1 for r in mine if r.name.startswith("stories"))  # type: ignore[attr-defined]
+    (setting,) = records.of(admin.id)
+    assert "set to" in setting.getMessage()
+    assert setting.guild_id == int(fake.server.guild_id)  # type: ignore[attr-defined]
