@@ -93,3 +93,30 @@ async def test_logs_and_metrics_of_the_running_application(
     assert discord and all(line["guild_id"] == fake.server.guild_id for line in discord)
     for secret in (TOKEN, KEY, OPENAI_KEY):
         assert secret not in output and secret not in exposition
+
+
+def test_main_sets_up_json_logs_that_hide_the_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    """`python -m bot` (app.runtime.main) configures logging from the settings."""
+    import app.runtime
+
+    async def serve(settings: object) -> None:
+        for secret in (TOKEN, KEY, OPENAI_KEY):
+            logging.getLogger("storybot").info("a careless line: %s", secret)
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setattr(app.runtime, "_serve_until_signal", serve)
+    for name, secret in (
+        ("DISCORD_TOKEN", TOKEN),
+        ("HTTP_API_KEY", KEY),
+        ("OPENAI_API_KEY", OPENAI_KEY),
+        ("LOG_FORMAT", "json"),
+    ):
+        monkeypatch.setenv(name, secret)
+    assert app.runtime.main() == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["message"] for line in lines] == ["a careless line: [redacted]"] * 3
