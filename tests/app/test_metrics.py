@@ -284,3 +284,14 @@ def test_each_hook_is_counted_without_a_server() -> None:
     # A front-end name the metrics do not know is not a new label value.
     assert value(samples, "storybot_requests_total", frontend="other", outcome="error") == 1
     assert json.dumps(sorted(k[0] for k in samples))  # plain names, nothing odd
+
+
+def test_the_description_with_metrics_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    from api.openapi import spec
+
+    for api_key in (True, False):
+        described = spec(api_key=api_key, metrics=True)
+        validate(described)
+        assert "/metrics" in described["paths"]
