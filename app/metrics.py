@@ -15,6 +15,7 @@ operator chose: never text or ids from a request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -40,8 +41,20 @@ _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class Metrics:
     """Every storybot metric, in `registry` (a new one unless given)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        process: bool = True,
+        min_render_interval_s: float = 0.0,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # A scrape within this long of the last rendering gets that text again:
+        # rendering takes about 2 ms of the event loop (and of the GIL the
+        # engine's Python code needs), so a scraper far more eager than
+        # Prometheus's usual 15 s cannot make it cost more than once per interval.
+        self.min_render_interval_s = min_render_interval_s
+        self._rendered: dict[str, tuple[float, bytes]] = {}  # content type -> (when, text)
         r = self.registry
         self.info = Info("storybot", "How this storybot runs", registry=r)
         self.requests = Counter(
@@ -173,7 +186,13 @@ class Metrics:
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The metrics as `accept` asks (Prometheus text, or OpenMetrics)."""
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        now = time.monotonic()
+        last = self._rendered.get(content_type)
+        if last is not None and now - last[0] < self.min_render_interval_s:
+            return last[1], content_type
+        body: bytes = encoder(self.registry)
+        self._rendered[content_type] = (now, body)
+        return body, content_type
 
 
 class _EngineCollector(Collector):

@@ -288,7 +288,7 @@ async def run(
         check_model_dir(settings.model_dir)
     _check_database_path(settings.database_path)
     # Not global: a test (or a second storybot in one process) has its own.
-    metrics = Metrics() if settings.metrics_enabled else None
+    metrics = Metrics(min_render_interval_s=1.0) if settings.metrics_enabled else None
     on_step = metrics.on_step if metrics is not None else None
     async with await Store.open(settings.database_path) as store:
         if metrics is not None:

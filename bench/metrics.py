@@ -13,9 +13,10 @@ one of:
   Prometheus would be) GETs /metrics every `--interval-ms` (100 ms).
 
 Each round's throughput is the tokens its stories got over its wall time.
-Prints the median tokens per second of each configuration and their ratios to
-`on` (scraped / on is the cost of serving /metrics; on / off the cost of the
-hooks), and what one scrape costs: its time as the scraper saw it, its size.
+Prints the median tokens per second of each configuration and the median of
+its ratio to `on` within each round (scraped / on is the cost of serving
+/metrics; on / off the cost of the hooks), and what one scrape costs: its time
+as the scraper saw it, its size.
 `--write` puts the table in bench/RESULTS.md as the section "## Metrics cost".
 The default model has GPT-2 small's shape with random weights (`--tiny`: the
 tiny test model, for a smoke run; `--model-dir`: any model folder).
@@ -196,6 +197,13 @@ async def measure(model_dir: Path, workdir: Path, args: Any) -> dict[str, Any]:
     return {"rates": rates, "scrapes": scrapes}
 
 
+def paired(raw: dict[str, Any], config: str, baseline: str) -> float:
+    """The median over rounds of config / baseline within each round: rounds run
+    their configurations back to back, so this cancels a machine that drifts."""
+    pairs = zip(raw["rates"][config], raw["rates"][baseline], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
 def markdown(raw: dict[str, Any], meta: dict[str, Any]) -> str:
     median = {config: statistics.median(values) for config, values in raw["rates"].items()}
     scrapes = raw["scrapes"]
@@ -208,7 +216,7 @@ def markdown(raw: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['stories']} stories of {meta['max_new_tokens']} tokens at once per round, "
         f"{meta['rounds']} rounds per configuration in rotating order; medians.",
         "",
-        "| configuration | tokens/s, median | rounds, lowest to highest | ratio to unscraped |",
+        "| configuration | tokens/s, median | rounds, lowest to highest | to unscraped, paired |",
         "|---|---|---|---|",
     ]
     labels = {
@@ -220,12 +228,13 @@ def markdown(raw: dict[str, Any], meta: dict[str, Any]) -> str:
         rounds = raw["rates"][config]
         lines.append(
             f"| {labels[config]} | {median[config]:.1f} | {min(rounds):.0f} to {max(rounds):.0f} "
-            f"| {median[config] / median['on']:.3f} |"
+            f"| {paired(raw, config, 'on'):.3f} |"
         )
     lines += [
         "",
-        f"Scraped / unscraped: **{median['scraped'] / median['on']:.3f}**; "
-        f"metrics on / off: {median['on'] / median['off']:.3f}. "
+        f"Scraped / unscraped: **{paired(raw, 'scraped', 'on'):.3f}**; "
+        f"metrics on / off: {paired(raw, 'on', 'off'):.3f} (medians of the ratios within "
+        "each round). "
         f"One scrape: {per_scrape_ms:.1f} ms as the scraper saw it (HTTP included), "
         f"{scrapes['bytes'] / 1000:.1f} kB; {scrapes['count']} scrapes in "
         f"{scrapes['wall']:.0f} s of scraped rounds.",
@@ -260,7 +269,7 @@ def main() -> int:
     parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per configuration")
     parser.add_argument("--stories", type=int, default=8, help="stories at once per round")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--interval-ms", type=float, default=100.0, help="between scrapes")
     parser.add_argument("--threads", type=int, default=None, help="GENERATION_THREADS")
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")

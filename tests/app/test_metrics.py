@@ -295,3 +295,14 @@ def test_the_description_with_metrics_is_valid_openapi() -> None:
         described = spec(api_key=api_key, metrics=True)
         validate(described)
         assert "/metrics" in described["paths"]
+
+
+def test_an_eager_scraper_gets_the_last_rendering_within_the_interval() -> None:
+    eager = Metrics(CollectorRegistry(), process=False, min_render_interval_s=60)
+    fresh = Metrics(CollectorRegistry(), process=False)
+    for metrics in (eager, fresh):
+        first = metrics.exposition()[0]
+        metrics.discord_error(404, 10008)
+        assert (metrics.exposition()[0] == first) is (metrics is eager)
+    # Each format is kept apart.
+    assert eager.exposition("application/openmetrics-text")[0].endswith(b"# EOF\n")
