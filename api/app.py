@@ -9,6 +9,7 @@
     DELETE /s/{token}           revoke the link
     GET  /healthz  /readyz      liveness; readiness (model, database, queue)
     GET  /openapi.json          this description, kept true by a test
+    GET  /metrics               Prometheus metrics, when the composition root serves them here
 
 It runs in the bot's event loop on the same pool and storage. Stories made here
 have no Discord author and the source `api`.
@@ -27,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from api import share_page
+from api import share_page, telemetry
 from api.errors import ApiError, error_body, from_domain, json_errors
 from api.openapi import spec
 from stories import export
@@ -43,6 +44,7 @@ HOSTS_KEY = web.AppKey("allowed_hosts", frozenset)
 READ_TIMEOUT_KEY = web.AppKey("read_timeout_s", float)
 SHARING_KEY = web.AppKey("sharing", Sharing)
 PUBLIC_URL_KEY = web.AppKey("public_base_url", str)
+METRICS_KEY = web.AppKey("metrics", bool)  # whether GET /metrics is served here
 
 # Host names a loopback server answers to by default: a page elsewhere that
 # rebinds its own name to 127.0.0.1 sends its own name, and is refused (421).
@@ -61,7 +63,7 @@ _OPTIONAL = {
 }
 _PUBLIC = {"/healthz", "/openapi.json"}
 # Probes (Docker, Kubernetes) send the address they dial as Host.
-_ANY_HOST = {"/healthz", "/readyz"}
+_ANY_HOST = {"/healthz", "/readyz", "/metrics"}
 # Share pages are for anyone with the link, wherever it is opened from: no key,
 # any Host. Revoking one (DELETE) needs both; other methods get their 405.
 _SHARE_PAGES = "/s/"
@@ -371,6 +373,7 @@ async def openapi(request: web.Request) -> web.Response:
             api_key=bool(request.app[API_KEY]),
             genres=[genre.key for genre in service.genres],
             max_new_tokens=service.pool.max_new_tokens_limit,
+            metrics=request.app[METRICS_KEY],
         )
     )
 
@@ -459,14 +462,26 @@ def create_app(
     allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
     read_timeout_s: float = 20.0,
     public_base_url: str = "http://127.0.0.1:5000",
+    observer: telemetry.HttpObserver | None = None,
+    metrics: telemetry.MetricsSource | None = None,
+    access_log: bool = True,
 ) -> web.Application:
     """The HTTP application. `allowed_hosts` are the names it answers to ("*":
     any); a request body must arrive within `read_timeout_s`; share links
-    start with `public_base_url` (where people reach this server)."""
+    start with `public_base_url` (where people reach this server). `observer` counts
+    requests; `metrics`, if given, is served at GET /metrics; `access_log`: one
+    INFO line per request."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[cors, json_errors, allowed_host, api_key_auth],
+        middlewares=[
+            telemetry.middleware(observer, access_log=access_log),  # first: ids in every line
+            cors,
+            json_errors,
+            allowed_host,
+            api_key_auth,
+        ],
     )
+    app.on_response_prepare.append(telemetry.add_request_id)
     app[SERVICE_KEY] = service
     app[API_KEY] = api_key or ""
     app[CORS_KEY] = cors_origins or []
@@ -474,6 +489,7 @@ def create_app(
     app[READ_TIMEOUT_KEY] = read_timeout_s
     app[SHARING_KEY] = Sharing(service)
     app[PUBLIC_URL_KEY] = public_base_url
+    app[METRICS_KEY] = metrics is not None
     app.router.add_post("/", post_root)
     app.router.add_post("/stories/{id}/continue", continue_story)
     app.router.add_get(r"/stories/{id:[^/]+}.md", get_story_markdown)
@@ -484,4 +500,6 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    if metrics is not None:
+        app.router.add_get("/metrics", telemetry.metrics_handler(metrics))
     return app

@@ -19,6 +19,7 @@ from generation.errors import (
     TimedOut,
 )
 from storage.errors import InvalidData, NotFound, StorageError, StorageUnavailable
+from stories import telemetry
 from stories.errors import (
     AgeRestricted,
     Conflict,
@@ -53,7 +54,10 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+    error = {"code": code, "message": message}
+    if (request_id := telemetry.request_id.get()) is not None:
+        error["request_id"] = request_id  # to quote when reporting it; also X-Request-Id
+    return {"error": error}
 
 
 def error_response(error: ApiError) -> web.Response:

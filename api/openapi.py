@@ -44,6 +44,11 @@ _ERROR = {
             "properties": {
                 "code": {"type": "string", "description": "stable, for programs"},
                 "message": {"type": "string", "description": "for people"},
+                "request_id": {
+                    "type": "string",
+                    "description": "the request's id, as in the X-Request-Id header: "
+                    "quote it when reporting a problem",
+                },
             },
         }
     },
@@ -471,11 +476,12 @@ def spec(
     api_key: bool = True,
     genres: Sequence[str] | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    metrics: bool = False,
 ) -> dict[str, Any]:
     """The description. `api_key`: whether routes other than /healthz and
     /openapi.json need the bearer key; `genres`: the genre keys there are (None:
     any string is described, unknown ones get 422); `max_new_tokens`: the
-    server's limit."""
+    server's limit; `metrics`: whether GET /metrics is served here."""
     build = _Builder(api_key)
     paths = {
         "/": {
@@ -644,6 +650,25 @@ def spec(
     )
     ready_503["headers"] = {"Retry-After": _RETRY_AFTER}
     paths["/readyz"]["get"]["responses"]["503"] = ready_503
+    if metrics:
+        paths["/metrics"] = {
+            "get": build.protected(
+                {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (answers whatever the Host)",
+                    "responses": {
+                        "200": {
+                            "description": "the Prometheus text format (OpenMetrics when "
+                            "the Accept header asks for it)",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        }
+                    },
+                },
+            )
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -653,7 +678,9 @@ def spec(
             "Every error is JSON {error: {code, message}}, but for a share page's 404, which is a "
             "page. A method a path does not have "
             "answers 405 (with Allow); a path there is not, 404. Request bodies are JSON "
-            "(Content-Type: application/json).",
+            "(Content-Type: application/json). Every answer carries an X-Request-Id header: the "
+            "client's own X-Request-Id when it is 1 to 64 letters, digits or . _ : -, else a new "
+            "one; it is in the server's log lines for the request and in an error's body.",
         },
         "components": {
             "schemas": {

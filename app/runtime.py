@@ -22,8 +22,10 @@ from aiohttp import web
 
 from api.app import create_app
 from api.site import LimitedSite, quiet_protocol_errors
+from api.telemetry import metrics_app
 from app.errors import StartupError
 from app.logs import configure_logging
+from app.metrics import Metrics
 from app.settings import Settings, SettingsError, load_settings
 from generation.backend import Backend
 from generation.engines import ModelPools, model_memory_mb
@@ -42,8 +44,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("storybot")
 
 
-def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPool:
-    """A pool for the configured backend on `model_dir` (default: MODEL_DIR)."""
+def make_pool(
+    settings: Settings,
+    model_dir: Path | None = None,
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> GenerationPool:
+    """A pool for the configured backend on `model_dir` (default: MODEL_DIR);
+    a local engine tells `on_step` the rows of each decoding step."""
     model_dir = model_dir or settings.model_dir
 
     def backend() -> Backend:
@@ -71,13 +79,28 @@ def make_pool(settings: Settings, model_dir: Path | None = None) -> GenerationPo
 
     remote = settings.backend == "openai"
     return GenerationPool(
-        backend,
+        _reporting_steps(backend, on_step),
         max_queue=settings.queue_size,
         # A remote server batches for itself: the bound is what we keep in flight.
         max_batch=settings.openai_max_concurrency if remote else settings.max_batch_size,
         default_timeout_s=settings.generation_timeout_s,
         max_new_tokens_limit=settings.max_new_tokens_limit,
     )
+
+
+def _reporting_steps(
+    factory: Callable[[], Backend], on_step: Callable[[int], None] | None
+) -> Callable[[], Backend]:
+    if on_step is None:
+        return factory
+
+    def made() -> Backend:
+        backend = factory()
+        if hasattr(backend, "on_step"):  # a local engine (generation.decode.LocalBackend)
+            backend.on_step = on_step
+        return backend
+
+    return made
 
 
 def _remote_backend(settings: Settings) -> Backend:
@@ -101,7 +124,11 @@ def _remote_backend(settings: Settings) -> Backend:
 
 
 def make_model_pools(
-    settings: Settings, default: GenerationPool, genres: GenreRegistry
+    settings: Settings,
+    default: GenerationPool,
+    genres: GenreRegistry,
+    *,
+    on_step: Callable[[int], None] | None = None,
 ) -> ModelPools | None:
     """Pools for genre models (fine-tuned by `python -m app.finetune`), or
     None when no genre has a model of its own."""
@@ -128,14 +155,18 @@ def make_model_pools(
 
     return ModelPools(
         default,
-        lambda model_dir: make_pool(settings, model_dir),
+        lambda model_dir: make_pool(settings, model_dir, on_step=on_step),
         budget_mb=settings.model_memory_budget_mb,
         estimate_mb=estimate,
         default_mb=estimate(settings.model_dir),
     )
 
 
-async def start_http(service: StoryService, settings: Settings) -> web.AppRunner:
+async def start_http(
+    service: StoryService, settings: Settings, metrics: Metrics | None = None
+) -> web.AppRunner:
+    """The HTTP interface; with `metrics`, it counts its requests and serves
+    GET /metrics (unless METRICS_PORT moves that to a port of its own)."""
     quiet_protocol_errors()
     app = create_app(
         service,
@@ -145,6 +176,9 @@ async def start_http(service: StoryService, settings: Settings) -> web.AppRunner
         allowed_hosts=settings.allowed_hosts,
         read_timeout_s=settings.http_read_timeout_s,
         public_base_url=settings.share_base_url,
+        observer=metrics,
+        metrics=metrics if settings.metrics_port is None else None,
+        access_log=settings.http_access_log,
     )
     # Every request still open at shutdown has its answer by then (the pool fails
     # what waits): a second is plenty, not aiohttp's default of a minute.
@@ -175,6 +209,28 @@ async def start_http(service: StoryService, settings: Settings) -> web.AppRunner
             ) from None
         raise StartupError(
             f"cannot listen on {settings.http_host}:{settings.http_port}: {error}"
+        ) from None
+    return runner
+
+
+async def start_metrics_port(metrics: Metrics, settings: Settings) -> web.AppRunner:
+    """GET /metrics alone on 127.0.0.1:METRICS_PORT."""
+    runner = web.AppRunner(
+        metrics_app(metrics, metrics, access_log=settings.http_access_log),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        keepalive_timeout=settings.http_read_timeout_s,
+    )
+    await runner.setup()
+    site = LimitedSite(runner, "127.0.0.1", settings.metrics_port or 0, max_connections=64)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot serve metrics on 127.0.0.1:{settings.metrics_port}: {error} "
+            "(set METRICS_PORT to a free port, or leave it empty)"
         ) from None
     return runner
 
@@ -233,10 +289,19 @@ async def run(
     if settings.backend != "openai":  # a remote engine holds its own model
         check_model_dir(settings.model_dir)
     _check_database_path(settings.database_path)
+    # Not global: a test (or a second storybot in one process) has its own.
+    metrics = Metrics(min_render_interval_s=1.0) if settings.metrics_enabled else None
+    on_step = metrics.on_step if metrics is not None else None
     async with await Store.open(settings.database_path) as store:
-        pool = make_pool(settings)
+        if metrics is not None:
+            store.on_write = metrics.on_write
+        pool = make_pool(settings, on_step=on_step)
         await pool.start()  # loads the model now, not at the first request
-        models = make_model_pools(settings, pool, genres)  # genre models load on demand
+        # Genre models load on demand.
+        models = make_model_pools(settings, pool, genres, on_step=on_step)
+        if metrics is not None:
+            metrics.watch(pool, models)
+            metrics.describe(backend=settings.backend, precision=settings.precision)
         service = StoryService(
             store,
             pool,
@@ -244,12 +309,17 @@ async def run(
             user_max_active=settings.user_max_active,
             user_cooldown_s=settings.user_cooldown_s,
             models=models,
+            observer=metrics,
         )
         interrupted = await service.recover_interrupted()
         runner: web.AppRunner | None = None
+        metrics_runner: web.AppRunner | None = None
         discord_app = None
         try:
-            runner = await start_http(service, settings)
+            runner = await start_http(service, settings, metrics)
+            if metrics is not None and settings.metrics_port is not None:
+                metrics_runner = await start_metrics_port(metrics, settings)
+                log.info("metrics on %s/metrics", bound_addresses(metrics_runner)[0])
             log.info(
                 "HTTP interface on %s (model %s, backend %s)",
                 ", ".join(bound_addresses(runner)),
@@ -265,7 +335,7 @@ async def run(
             if settings.discord_token is None:
                 log.info("no DISCORD_TOKEN set: serving the HTTP interface only")
             else:
-                discord_app = _discord_app(service, store, settings)
+                discord_app = _discord_app(service, store, settings, metrics)
                 discord_app.start().add_done_callback(lambda _: stop.set())
             if interrupted:
                 log.info("%d interrupted parts can be retried", len(interrupted))
@@ -281,12 +351,16 @@ async def run(
                 runner=runner,
                 front=discord_app,
             )
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
     log.info("stopped cleanly")
     if discord_app is not None:
         discord_app.raise_failure()
 
 
-def _discord_app(service: StoryService, store: Store, settings: Settings) -> DiscordApp:
+def _discord_app(
+    service: StoryService, store: Store, settings: Settings, metrics: Metrics | None = None
+) -> DiscordApp:
     from bot.client import DiscordApp, StoryBot  # discord.py only when there is a token
 
     assert settings.discord_token is not None
@@ -297,6 +371,7 @@ def _discord_app(service: StoryService, store: Store, settings: Settings) -> Dis
         max_new_tokens_limit=settings.max_new_tokens_limit,
         notice_window_s=max(10.0, settings.user_cooldown_s),
         public_base_url=settings.share_base_url,
+        observer=metrics,
     )
     return DiscordApp(bot, settings.discord_token.get_secret_value())
 
@@ -328,7 +403,7 @@ def main() -> int:
     except SettingsError as error:
         print(f"error: configuration: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
     for line in settings.deprecations:
         log.warning("%s", line)
     try:

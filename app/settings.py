@@ -22,6 +22,7 @@ SamplingFields = Literal[
     "auto", "llamacpp", "vllm", "tgi", "transformers", "extra", "generation_config", "none"
 ]
 Precision = Literal["int8", "fp32", "int4"]
+LogFormat = Literal["text", "json"]
 
 
 # An API key this short can be guessed off loopback.
@@ -149,6 +150,19 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "INFO"
 
+    # Logs and metrics (README, "Metrics and logs").
+    # text: readable lines; json: one JSON object a line (time, level, logger,
+    # message, request_id, story_id, guild_id).
+    log_format: LogFormat = "text"
+    # One INFO line per HTTP request (method, path, status, time; never a body).
+    http_access_log: bool = True
+    # GET /metrics in the Prometheus text format, behind HTTP_API_KEY like the
+    # other routes; false: no metrics are kept at all.
+    metrics_enabled: bool = True
+    # Serve /metrics on this port of 127.0.0.1 instead (no key there, loopback
+    # host names only); empty: on the HTTP interface.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
     @field_validator(
         "discord_token",
         "http_api_key",
@@ -165,7 +179,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("discord_dev_guild_id", "generation_threads", "torch_threads", mode="before")
+    @field_validator(
+        "discord_dev_guild_id", "generation_threads", "torch_threads", "metrics_port", mode="before"
+    )
     @classmethod
     def _blank_int_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -176,6 +192,26 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _metrics_port_of_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.http_port:
+            raise ValueError(
+                f"METRICS_PORT={self.metrics_port} is HTTP_PORT too: choose another port, "
+                "or leave METRICS_PORT empty to serve /metrics on the HTTP interface"
+            )
+        return self
+
+    @property
+    def secrets(self) -> list[str]:
+        """The secrets' values, for the log formatter to keep out of every line."""
+        values = (self.discord_token, self.http_api_key, self.openai_api_key)
+        return [value.get_secret_value() for value in values if value is not None]
 
     @model_validator(mode="after")
     def _api_key_off_loopback(self) -> Settings:

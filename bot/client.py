@@ -23,6 +23,7 @@ from bot.admin import admin_group
 from bot.handlers import Handlers
 from bot.notices import Notices
 from bot.publisher import Publisher
+from bot.telemetry import DiscordObserver, instrument, name_interaction
 from bot.views import story_button_type
 from stories.message_book import MessageBook
 from stories.servers import LENGTHS
@@ -102,6 +103,7 @@ class StoryBot(discord.Client):
         notice_lasts_s: float = 10.0,
         retry_base_s: float = 1.0,
         public_base_url: str = "http://127.0.0.1:5000",
+        observer: DiscordObserver | None = None,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = False  # never needed: we read reactions and interactions only
@@ -128,12 +130,15 @@ class StoryBot(discord.Client):
             public_base_url=public_base_url,
         )
         self._synced_messages = False
+        if observer is not None:
+            instrument(self, observer)  # Discord's errors and rate limits, counted
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(story_button_type(self.handlers))
         for command in build_commands(self.handlers):
             self.tree.add_command(command)
         self.tree.on_error = self.handlers.on_error  # type: ignore[method-assign]
+        self.tree.interaction_check = name_interaction  # type: ignore[method-assign]
         if self.dev_guild_id:
             guild = discord.Object(id=self.dev_guild_id)
             self.tree.copy_global_to(guild=guild)

@@ -26,6 +26,7 @@ from bot.admin import AdminHandlers
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
 from bot.sharing import ShareHandlers
+from bot.telemetry import context_of
 from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView, ballot_buttons
 from generation.errors import Busy, GenerationError
 from storage.errors import NotFound, StorageError
@@ -162,14 +163,16 @@ def _tracked(
     method: Callable[Concatenate[Handlers, P], Awaitable[R]],
 ) -> Callable[Concatenate[Handlers, P], Awaitable[R]]:
     """Count the handler while it runs, so shutting down can wait for answers
-    in flight before it closes the Discord session under them."""
+    in flight before it closes the Discord session under them; its log lines
+    name its interaction (or reaction) and guild."""
 
     @functools.wraps(method)
     async def tracked(self: Handlers, *args: P.args, **kwargs: P.kwargs) -> R:
         self._busy += 1
         self._idle.clear()
         try:
-            return await method(self, *args, **kwargs)
+            with context_of(args[0] if args else None):
+                return await method(self, *args, **kwargs)
         finally:
             self._busy -= 1
             if not self._busy:

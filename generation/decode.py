@@ -85,8 +85,14 @@ def _tops(model: StepModel, jobs: list[Job], width: int) -> list[Any]:
 
 
 def run_decode_loop(
-    model: StepModel, jobs: list[Job], admit: Callable[[int], list[Job]], max_batch: int
+    model: StepModel,
+    jobs: list[Job],
+    admit: Callable[[int], list[Job]],
+    max_batch: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> None:
+    """Generate until every job, admitted ones included, is done; `on_step` is
+    told the rows of each decoding step (the batch size, for metrics)."""
     active: list[Job] = []
     state: Any = None
     pending = list(jobs)
@@ -107,6 +113,8 @@ def run_decode_loop(
         if active:
             width = _width(model, active)
             state, logits = model.step(state, [job.generated[-1] for job in active])
+            if on_step is not None:
+                on_step(len(active))
             tops = _tops(model, active, width)
             for row, job in enumerate(active):
                 _advance(job, logits[row], tops[row])
@@ -136,6 +144,9 @@ class LocalBackend:
     eos_token_id: int | None
     tokenizer: Any
     steps: StepModel
+    # Told the rows of each decoding step, on the worker thread (app/metrics.py
+    # sets it): must be quick and must not raise.
+    on_step: Callable[[int], None] | None = None
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
@@ -155,7 +166,7 @@ class LocalBackend:
         """Nothing to do: the decoding loop looks at the queue every token."""
 
     def generate(self, jobs: list[Job], admit: Callable[[int], list[Job]]) -> None:
-        run_decode_loop(self.steps, jobs, admit, self.max_batch_size)
+        run_decode_loop(self.steps, jobs, admit, self.max_batch_size, self.on_step)
 
 
 def greedy_tokens(model: StepModel, rows: Sequence[Sequence[int]], count: int) -> list[list[int]]:

@@ -70,10 +70,16 @@ class ModelPools:
         self._loaded: dict[Path, _Loaded] = {}
         self._loading: dict[Path, asyncio.Future[GenerationPool]] = {}
         self._lock = asyncio.Lock()
+        self.evictions = 0  # idle models unloaded to stay within the budget (for metrics)
 
     @property
     def loaded(self) -> list[Path]:
         return list(self._loaded)
+
+    @property
+    def pools(self) -> list[GenerationPool]:
+        """Every pool: the default model's, then each loaded genre model's."""
+        return [self.default, *(entry.pool for entry in self._loaded.values())]
 
     @property
     def used_mb(self) -> float:
@@ -131,6 +137,7 @@ class ModelPools:
                 raise Busy(30, "this genre's model cannot be loaded until other stories finish")
             _, oldest = min(idle)
             entry = self._loaded.pop(oldest)
+            self.evictions += 1
             log.info("unloading idle genre model %s to stay within the memory budget", oldest)
             await entry.pool.aclose()
 

@@ -143,6 +143,8 @@ class OpenAIBackend:
         self._loop = asyncio.new_event_loop()
         self._wakeup = asyncio.Event()
         self.peak_in_flight = 0
+        self.retried = 0  # requests sent again after a failure (for metrics)
+        self.failed = 0  # stories the engine failed, after any retries (for metrics)
         # `auto` until start-up has found the engine; then the dialect's key.
         self.sampling_fields: str = sampling_fields
         self._dialect: Dialect = dialect("none" if sampling_fields == "auto" else sampling_fields)
@@ -227,6 +229,8 @@ class OpenAIBackend:
             job.fail(EngineUnavailable())
         if not job.finished:
             job.fail(EngineUnavailable())
+        if job.error is not None:
+            self.failed += 1
 
     async def _complete(self, job: Job) -> None:
         """Stream one completion into `job`, retrying while nothing was shown."""
@@ -263,6 +267,7 @@ class OpenAIBackend:
                     job.fail(EngineUnavailable(retry_after=max(delay, 5.0)))
                     return
                 log.info("engine: %s; retry %d in %.1f s", reason, attempt, delay)
+                self.retried += 1
                 await asyncio.sleep(delay)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

@@ -57,6 +57,7 @@ class PoolStats:
     jobs_done: int = 0
     largest_batch: int = 0
     admitted_late: int = 0  # requests that joined a running batch
+    new_tokens: int = 0  # tokens written by the jobs that have ended
 
 
 class Ticket:
@@ -372,6 +373,12 @@ class GenerationPool:
             ahead += self._reserved_tokens
         return min(3600.0, max(1.0, ahead / rate))
 
+    def tokens_per_second(self) -> float | None:
+        """Tokens written per second of generating over the last minute, or None
+        before enough has been measured (for metrics)."""
+        with self._cond:
+            return self.throughput.rate(job.new_tokens for job in self._running)
+
     @property
     def queue_depth(self) -> int:
         with self._cond:
@@ -543,6 +550,7 @@ class GenerationPool:
             self._running.discard(job)
             self.throughput.job_ended(job.new_tokens)
         self.stats.jobs_done += 1
+        self.stats.new_tokens += job.new_tokens
         result: GenerationResult | None = job.result()
         error: GenerationError | None = None
         if job.error is not None:

@@ -20,7 +20,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -125,6 +125,9 @@ class Store:
         # What the last write said: None (it was saved) or why not, and when.
         self._write_error: str | None = None
         self._write_seen = -float("inf")
+        # Told how long each committed write transaction took, BEGIN to COMMIT,
+        # in seconds (app/metrics.py sets it); must be quick and must not raise.
+        self.on_write: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------- opening
     @classmethod
@@ -219,9 +222,12 @@ class Store:
             if self._closed:
                 raise StorageUnavailable("the database is closed")
             try:
+                began = time.perf_counter()
                 await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield self._conn
                 await self._conn.execute("COMMIT")
+                if write and self.on_write is not None:
+                    self.on_write(time.perf_counter() - began)
             except sqlite3.Error as error:
                 await self._rollback()
                 translated = _translate(error)

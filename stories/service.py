@@ -50,7 +50,7 @@ from storage.models import (
 )
 from storage.store import Store
 from storage.votes import VoteRecord, VoteStore
-from stories import export
+from stories import export, telemetry
 from stories.errors import (
     AgeRestricted,
     Conflict,
@@ -69,6 +69,7 @@ from stories.errors import (
 from stories.genres import Genre, GenreRegistry
 from stories.moderation import ContentFilter
 from stories.servers import Limits, Member, ServerRules
+from stories.telemetry import NoObserver, StoryObserver, outcome_of, reports_refusals
 from stories.votes import Votes
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Run:
     cooldown_s: float = 0.0  # its requester's cooldown where it was asked for
     memory: str = ""  # the story's notes it is written with
     authors_note: str = ""
+    source: Source = "discord"  # the front-end that asked for it (for metrics)
     # The content filter of the server it is written in: what it writes is masked
     # before anyone sees it, streamed or stored.
     words: ContentFilter = field(default_factory=ContentFilter.builtin, repr=False)
@@ -290,8 +292,10 @@ class StoryService:
         user_max_active: int = 2,
         user_cooldown_s: float = 0.0,
         models: ModelPools | None = None,
+        observer: StoryObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer or NoObserver()  # told how each request ended
         self.pool = pool  # the default model's
         self.models = models  # genre models, loaded on demand; None: one model for all
         self.genres = genres
@@ -415,6 +419,7 @@ class StoryService:
         return await self.models.pool_for(genre.model)
 
     # --------------------------------------------------------------- use-cases
+    @reports_refusals
     async def start(
         self,
         prompt: str,
@@ -478,12 +483,14 @@ class StoryService:
             await asyncio.shield(self.servers.give_back_story(server))
             raise
         run = Run(record, story, root, genre, prompt, 1, release_slot=release)
+        run.source = who.source
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = words
         run.memory, run.authors_note = memory, note
         await self._launch(run, pool, request, reservation, announce, new_story=True, server=server)
         return run
 
+    @reports_refusals
     async def continue_from(
         self,
         part_id: int,
@@ -520,6 +527,7 @@ class StoryService:
         self._settle_claim(claim, run)
         return Started(run, new=True)
 
+    @reports_refusals
     async def continue_story(
         self, story_id: int, who: Requester, options: StoryOptions | None = None
     ) -> Run:
@@ -538,6 +546,7 @@ class StoryService:
         started = await self.continue_from(latest.id, who, options)
         return started.run
 
+    @reports_refusals
     async def continue_after_run(
         self, run_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Started:
@@ -553,6 +562,7 @@ class StoryService:
             )
         return await self.continue_from(record.part_id, who, announce=announce)
 
+    @reports_refusals
     async def reroll(
         self, part_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Run:
@@ -588,6 +598,7 @@ class StoryService:
         self._settle_claim(claim, run)
         return run
 
+    @reports_refusals
     async def retry(
         self, run_id: int, who: Requester, *, announce: Announce | None = None
     ) -> Started:
@@ -746,6 +757,7 @@ class StoryService:
             raise
         run = Run(record, story, parent, genre, previous_text, len(path), replaces)
         run.release_slot = release
+        run.source = who.source
         run.cooldown_s = self.servers.limits(server).cooldown_s
         run.words = self.servers.content_filter(server)
         run.memory, run.authors_note = story.memory, story.authors_note
@@ -764,6 +776,7 @@ class StoryService:
         server: GuildSettings | None = None,
     ) -> None:
         """Show the run (if the front-end asks to), then queue it and follow it."""
+        telemetry.story_id.set(run.story.id)  # in this request's log lines from here on
         run.predicted_position = pool.predicted_position()
         run.announced = announce is not None
         self._runs[run.id] = run
@@ -878,6 +891,11 @@ class StoryService:
                 state, error = None, StoryDeleted()
             run.state = state or "cancelled"
             self._forget(run)
+            self.observer.request_ended(
+                run.source,
+                "story" if outcome is not None else outcome_of(error or StoryDeleted()),
+                outcome.result if outcome is not None else None,
+            )
             if outcome is not None:
                 run.done.set_result(outcome)
             else:

@@ -111,7 +111,9 @@ def test_compose_files_follow_the_compose_specification() -> None:
     checker = Path(sys.executable).parent / "check-jsonschema"
     if not checker.exists():
         pytest.skip("check-jsonschema is a dev dependency (scripts/setup.sh dev)")
-    files = [str(REPO / "compose.yaml"), str(REPO / "compose.gpu.yaml")]
+    files = [
+        str(REPO / name) for name in ("compose.yaml", "compose.gpu.yaml", "compose.monitoring.yaml")
+    ]
     result = subprocess.run(
         [str(checker), "--builtin-schema", "vendor.compose-spec", *files],
         capture_output=True,

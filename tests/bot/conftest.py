@@ -41,6 +41,7 @@ class BotEnv:
     startup_s: float = 0.0
     stopped: bool = False
     client: TestClient[Any, Any] | None = None
+    observer: Any = None  # app.metrics.Metrics, for the service and the bot
 
     @property
     def backend(self) -> GatedBackend:
@@ -69,6 +70,7 @@ class BotEnv:
             self.genres,
             user_max_active=self.options.get("user_max_active", 5),
             user_cooldown_s=self.options.get("user_cooldown_s", 0),
+            observer=self.observer,
         )
         await self.service.recover_interrupted()
         self.bot = StoryBot(
@@ -80,6 +82,7 @@ class BotEnv:
             notice_window_s=self.options.get("notice_window_s", 10.0),
             notice_lasts_s=self.options.get("notice_lasts_s", 0.3),
             retry_base_s=self.options.get("retry_base_s", 0.05),
+            observer=self.observer,
         )
         started = time.monotonic()
         self.app = DiscordApp(self.bot, "fake-token")
