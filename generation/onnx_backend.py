@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from generation.decode import LocalBackend, Logits
+from generation.decode_loop import LocalBackend, Logits
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir, load_fast_tokenizer, model_id_of
 

@@ -1,7 +1,7 @@
 """The reference backend: transformers + torch on a local model folder.
 
 It runs GPT-2's forward pass with a KV cache under our own decoding loop
-(`generation.decode`) rather than `model.generate`: `generate` applies one set
+(`generation.decode_loop`) rather than `model.generate`: `generate` applies one set
 of sampling parameters and one random stream to a whole batch, which would make
 a seed's text depend on who else was in the batch, and it cannot take a new
 request into a running batch. Batches are left-padded with explicit position
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from generation.backend import Job
-from generation.decode import LocalBackend, Logits
+from generation.decode_loop import LocalBackend, Logits
 from generation.errors import ModelLoadError
+from generation.job import Job
 from generation.modelfiles import load_causal_lm, model_id_of
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from generation.backend import Job
 from generation.errors import GenerationError
+from generation.job import Job
 
 log = logging.getLogger(__name__)
 
