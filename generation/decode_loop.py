@@ -48,6 +48,22 @@ class StepModel(Protocol):
         ...
 
 
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """The distinct prompts among `rows`, in order of first appearance, and for
+    each row the index of its prompt among them (never more than the row's own
+    index). A vote's candidates share one prompt: an engine prefills it once."""
+    first: dict[tuple[int, ...], int] = {}
+    distinct: list[Sequence[int]] = []
+    index: list[int] = []
+    for row in rows:
+        key = tuple(row)
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(row)
+        index.append(first[key])
+    return distinct, index
+
+
 def _advance(job: Job, logits: Logits, top: Any) -> None:
     """Sample, record and stream one row's next token. A failure here is that
     row's alone: it ends with an error and the rest of the batch goes on."""
