@@ -125,13 +125,15 @@ class Metrics:
         )
         self.rate_limits = Counter(
             "storybot_discord_rate_limit_waits",
-            "429 answers from Discord, each waited out (or refused, past a long wait), by scope",
+            "Waits Discord imposed, by scope: 429 answers (user, global, shared, unknown), "
+            "each waited out or refused past a long wait, and answers that emptied a "
+            "route's bucket (bucket: discord.py holds the next request on it)",
             ["scope"],
             registry=r,
         )
         self.rate_limit_seconds = Counter(
             "storybot_discord_rate_limit_wait_seconds",
-            "Seconds Discord's 429 answers asked to wait, by scope",
+            "Seconds those waits lasted at most, by scope (a bucket's: until it resets)",
             ["scope"],
             registry=r,
         )
