@@ -76,8 +76,9 @@ def trace_config(observer: DiscordObserver) -> aiohttp.TraceConfig:
             )
             return
         code = data.get("code")
-        known = isinstance(code, int) and not isinstance(code, bool) and 0 < code < 1_000_000
-        observer.discord_error(response.status, code if known else 0)
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 < code < 1_000_000:
+            code = 0  # none, or not one of Discord's: no label value of its own
+        observer.discord_error(response.status, code)
 
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(on_request_end)
