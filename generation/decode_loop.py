@@ -70,7 +70,12 @@ def _advance(job: Job, logits: Logits, top: Any) -> None:
     try:
         job.accept(job.choose(logits, top))
     except Exception as error:
-        log.exception("one story failed while sampling or decoding; its batch goes on")
+        job.log(
+            log,
+            logging.ERROR,
+            "one story failed while sampling or decoding; its batch goes on",
+            exc_info=True,
+        )
         job.fail(
             GenerationError(
                 f"This story could not be written ({type(error).__name__}); please try again."

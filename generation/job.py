@@ -7,6 +7,8 @@ timings; `prepare` assembles the context (memory, prompt, author's note) and
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -67,11 +69,25 @@ class Job:
     decoder: StreamDecoder | TextStream | None = None
     remote_tokens: int = 0  # tokens a remote engine reports writing (it keeps the ids)
     error: GenerationError | None = None  # why the backend gave up on this job
+    # The context of the code that asked for it, with its log ids (request,
+    # story, guild): the worker thread logs about this job inside a copy of it.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context, repr=False)
 
     # Story text longer than this many characters is cut to its tail before
     # tokenizing (a long story's middle is dropped anyway): far more than 1024
     # tokens ever need, and it bounds the work. Not a limit on what people type.
     MAX_CONTEXT_CHARS = 40_000
+
+    def log(
+        self,
+        logger: logging.Logger,
+        level: int,
+        message: str,
+        *args: object,
+        exc_info: bool = False,
+    ) -> None:
+        """Log about this job with the ids of whoever asked for it, from any thread."""
+        self.context.copy().run(logger.log, level, message, *args, exc_info=exc_info)
 
     def prepare(self, backend: Backend) -> None:
         """Tokenize and fit the context; the worker calls this before generating.

@@ -193,7 +193,8 @@ class OpenAIBackend:
 
         def launch(batch: list[Job]) -> None:
             for job in batch:
-                tasks[asyncio.create_task(self._run(job))] = job
+                # In a copy of the asker's context: its log lines carry the ids.
+                tasks[asyncio.create_task(self._run(job), context=job.context.copy())] = job
 
         launch(jobs)
         while tasks:

@@ -489,7 +489,12 @@ class GenerationPool:
             try:
                 job.prepare(backend)
             except Exception as error:
-                log.exception("could not prepare a request; the rest of its batch goes on")
+                job.log(
+                    log,
+                    logging.ERROR,
+                    "could not prepare a request; the rest of its batch goes on",
+                    exc_info=True,
+                )
                 self._fail(
                     job,
                     GenerationError(
@@ -568,7 +573,7 @@ class GenerationPool:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish_on_loop, job, result, error)
         if job.finish_reason == "timeout":
-            log.warning("request timed out after %d tokens", job.new_tokens)
+            job.log(log, logging.WARNING, "request timed out after %d tokens", job.new_tokens)
 
 
 def _set_result(future: asyncio.Future[Backend], value: Backend) -> None:
