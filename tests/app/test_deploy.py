@@ -53,9 +53,19 @@ def test_grafana_is_provisioned_with_the_dashboard() -> None:
     uids = {
         target["datasource"]["uid"]
         for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
+        for target in [panel, *panel.get("targets", [])]
+        if "datasource" in target
     }
-    assert uids == {source["uid"]}
+    # Every query goes through the dashboard's datasource variable, which
+    # defaults to the provisioned Prometheus and can be any other on import.
+    assert uids == {"${datasource}"}
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource",
+        "datasource",
+        "prometheus",
+    )
+    assert variable["current"]["value"] == source["uid"]
 
 
 def test_the_dashboard_asks_only_for_metrics_storybot_serves() -> None:
