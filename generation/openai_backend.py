@@ -47,6 +47,7 @@ import aiohttp
 from generation.backend import Job
 from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
 from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
+from generation.messages import N_
 from generation.text import ENDOFTEXT, TextStream
 from generation.types import FinishReason, GenerationParams
 
@@ -256,7 +257,10 @@ class OpenAIBackend:
                     )
                     job.fail(
                         EngineUnavailable(
-                            "The story engine stopped in the middle of the story; please try again."
+                            N_(
+                                "The story engine stopped in the middle of the story; "
+                                "please try again."
+                            )
                         )
                     )
                     return
