@@ -197,6 +197,7 @@ async def test_commands_synced_with_german_and_spanish_descriptions(env: BotEnv)
     assert show["description_localizations"]["es-ES"] == (
         "Lo que rige en este servidor, y las cifras de moderación"
     )
+
     # Every localized text is a translation (none left in English) and fits
     # Discord's 100 characters, in every command, subcommand, option and choice.
     def walk(item: dict[str, Any]) -> Any:
@@ -276,6 +277,15 @@ async def test_a_german_member_reads_german_the_channel_reads_the_server_s_langu
     await vote.reply(lambda m: m["content"].startswith("Der Kanal stimmt ab"))
     await fake.wait_for_message(lambda m: "versiones de lo que pasa después" in m["content"])
     assert not any("Writing" in m["content"] for m in bot_messages(fake))
+    # A refused ➕ (the vote is open) has no one to answer privately: its
+    # notice in the channel is in the server's language, the story layer's
+    # refusal included.
+    await fake.react(spanish, "➕", user=fake.bob)
+    notice = await fake.wait_for_message(lambda m: m["content"].startswith(f"-# <@{fake.bob.id}>"))
+    assert notice["content"].endswith(
+        "El canal está votando qué pasa después: vota, y continúa la opción ganadora "
+        "cuando termine la votación."
+    )
 
 
 async def story_id(env: BotEnv) -> int:
