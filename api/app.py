@@ -82,9 +82,7 @@ def is_public(method: str, path: str) -> bool:
 
 
 def _any_host(method: str, path: str, keyed: bool) -> bool:
-    return (
-        path in _ANY_HOST or (keyed and path in _ANY_HOST_WITH_KEY) or _share_page(method, path)
-    )
+    return path in _ANY_HOST or (keyed and path in _ANY_HOST_WITH_KEY) or _share_page(method, path)
 
 
 _JSON_TYPES = ("application/json",)

@@ -47,6 +47,7 @@ import aiohttp
 from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
 from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
 from generation.job import Job
+from generation.messages import N_
 from generation.text import ENDOFTEXT, TextStream
 from generation.types import FinishReason, GenerationParams
 
@@ -257,7 +258,10 @@ class OpenAIBackend:
                     )
                     job.fail(
                         EngineUnavailable(
-                            "The story engine stopped in the middle of the story; please try again."
+                            N_(
+                                "The story engine stopped in the middle of the story; "
+                                "please try again."
+                            )
                         )
                     )
                     return

@@ -43,6 +43,7 @@ from generation.errors import (
     TimedOut,
 )
 from generation.job import Job
+from generation.messages import N_
 from generation.throughput import Throughput
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 
@@ -270,7 +271,7 @@ class GenerationPool:
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequest` for anything the worker could not serve."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise InvalidRequest("The prompt is empty.")
+            raise InvalidRequest(N_("The prompt is empty."))
         request.params.validate(self.max_new_tokens_limit)
         context = self.backend.context_size if self.backend else 1024
         # Byte-level BPE never makes more tokens than UTF-8 bytes: a sound bound
@@ -427,7 +428,7 @@ class GenerationPool:
             if job not in self._waiting:
                 return  # running jobs watch their own deadline
             self._waiting.remove(job)
-        self._finish_on_loop(job, None, TimedOut("The story waited too long in the queue."))
+        self._finish_on_loop(job, None, TimedOut(N_("The story waited too long in the queue.")))
         self._positions_changed()
 
     # ------------------------------------------------------------- loop thread
@@ -470,7 +471,7 @@ class GenerationPool:
                     with self._cond:
                         stranded = [job for job in self._running if not job.finished]
                     for job in stranded:
-                        self._fail(job, GenerationError("Generation failed; please try again."))
+                        self._fail(job, GenerationError(N_("Generation failed; please try again.")))
         finally:
             backend.close()
 
@@ -536,7 +537,7 @@ class GenerationPool:
             with self._cond:
                 stranded = [job for job in self._running if not job.finished]
             for job in stranded:
-                self._fail(job, GenerationError("Generation failed; please try again."))
+                self._fail(job, GenerationError(N_("Generation failed; please try again.")))
         elapsed = time.monotonic() - started
         with self._cond:
             self.throughput.batch_ended()

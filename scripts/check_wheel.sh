@@ -17,14 +17,19 @@ cd "$work"  # not the checkout: the installed package, not the source tree
 for script in storybot storybot-download storybot-generate storybot-finetune storybot-bench; do
   "$work/venv/bin/$script" --help > /dev/null || { echo "error: $script --help failed" >&2; exit 1; }
 done
-# The package data: the built-in genres and the schema files, from a folder with
-# neither; then a story from the installed code, on the tiny model.
+# The package data: the built-in genres, the schema files and the bot's message
+# catalogues, from a folder with none of them; then a story from the installed
+# code, on the tiny model.
 "$work/venv/bin/python" - <<'PY'
 import asyncio, tempfile
 from pathlib import Path
 from app.settings import load_settings
+from bot.i18n import messages
 from stories.genres import GenreRegistry
 from storage.store import Store
+
+assert messages("de")._("Cancelled.") == "Abgebrochen.", "no German catalogue in the wheel"
+assert messages("es-ES")._("Cancelled.") == "Cancelado.", "no Spanish catalogue in the wheel"
 
 settings = load_settings()
 genres = GenreRegistry.load(settings.genres_path)
