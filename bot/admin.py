@@ -191,6 +191,17 @@ class AdminHandlers:
         assert interaction.guild_id is not None  # guild_only
         return await self.rules.update(interaction.guild_id, interaction.user.id, **changes)
 
+    async def _change(
+        self, interaction: discord.Interaction, missing: str, **given: Any
+    ) -> GuildSettings | None:
+        """Set the options the command was given (None: not given); given none,
+        answer `missing`, what to give, and return None."""
+        changes = {name: value for name, value in given.items() if value is not None}
+        if not changes:
+            await self._answer(interaction, missing)
+            return None
+        return await self._set(interaction, **changes)
+
     async def _settings(self, interaction: discord.Interaction) -> GuildSettings:
         settings = await self.rules.settings(interaction.guild_id)
         assert settings is not None  # guild_only
@@ -403,16 +414,15 @@ class AdminHandlers:
     async def reports(
         self, interaction: discord.Interaction, members: int | None, admins: int | None
     ) -> None:
-        changes: dict[str, Any] = {}
-        if members is not None:
-            changes["report_threshold"] = members
-        if admins is not None:
-            changes["admin_report_threshold"] = admins
         t = for_person(interaction)
-        if not changes:
-            await self._answer(interaction, t._("Give how many reports hide a part."))
+        settings = await self._change(
+            interaction,
+            t._("Give how many reports hide a part."),
+            report_threshold=members,
+            admin_report_threshold=admins,
+        )
+        if settings is None:
             return
-        settings = await self._set(interaction, **changes)
         await self._answer(
             interaction,
             t._(
@@ -435,16 +445,15 @@ class AdminHandlers:
     async def votes(
         self, interaction: discord.Interaction, by_default: bool | None, seconds: int | None
     ) -> None:
-        changes: dict[str, Any] = {}
-        if by_default is not None:
-            changes["vote_by_default"] = by_default
-        if seconds is not None:
-            changes["vote_seconds"] = seconds
         t = for_person(interaction)
-        if not changes:
-            await self._answer(interaction, t._("Say whether voting is the default, or how long."))
+        settings = await self._change(
+            interaction,
+            t._("Say whether voting is the default, or how long."),
+            vote_by_default=by_default,
+            vote_seconds=seconds,
+        )
+        if settings is None:
             return
-        settings = await self._set(interaction, **changes)
         await self._answer(
             interaction,
             t._(

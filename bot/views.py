@@ -145,6 +145,18 @@ def ballot_buttons(t: Messages, vote_id: int, numbers: list[int]) -> discord.ui.
     return buttons(t, *((f"pick{number}", vote_id) for number in numbers))
 
 
+def _paragraph(label: str, value: str, max_length: int, example: str) -> discord.ui.TextInput[Any]:
+    """An optional paragraph field of a form, within Discord's lengths."""
+    return discord.ui.TextInput(
+        label=label[:45],
+        style=discord.TextStyle.paragraph,
+        default=value or None,
+        required=False,
+        max_length=max_length,
+        placeholder=example[:100],
+    )
+
+
 class NotesModal(discord.ui.Modal):
     """A story's memory and author's note, to edit (prefilled with the current ones)."""
 
@@ -160,21 +172,17 @@ class NotesModal(discord.ui.Modal):
     ) -> None:
         t = t or messages()
         super().__init__(title=t._("Notes of story #{story}", story=story_id)[:45], timeout=900)
-        self.memory: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t._("Memory: who and where")[:45],
-            style=discord.TextStyle.paragraph,
-            default=memory or None,
-            required=False,
-            max_length=limits[0],
-            placeholder=t._("Ada is a detective in rainy 1920s Glasgow.")[:100],
+        self.memory = _paragraph(
+            t._("Memory: who and where"),
+            memory,
+            limits[0],
+            t._("Ada is a detective in rainy 1920s Glasgow."),
         )
-        self.note: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label=t._("Author's note: tone, what happens next")[:45],
-            style=discord.TextStyle.paragraph,
-            default=note or None,
-            required=False,
-            max_length=limits[1],
-            placeholder=t._("Tense. The storm breaks soon.")[:100],
+        self.note = _paragraph(
+            t._("Author's note: tone, what happens next"),
+            note,
+            limits[1],
+            t._("Tense. The storm breaks soon."),
         )
         self.add_item(self.memory)
         self.add_item(self.note)
