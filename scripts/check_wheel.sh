@@ -17,6 +17,8 @@ cd "$work"  # not the checkout: the installed package, not the source tree
 for script in storybot storybot-download storybot-generate storybot-finetune storybot-bench; do
   "$work/venv/bin/$script" --help > /dev/null || { echo "error: $script --help failed" >&2; exit 1; }
 done
+"$work/venv/bin/python" -m storage.copy --help > /dev/null \
+  || { echo "error: python -m storage.copy --help failed" >&2; exit 1; }
 # The package data: the built-in genres and the schema files, from a folder with
 # neither; then a story from the installed code, on the tiny model.
 "$work/venv/bin/python" - <<'PY'
