@@ -288,11 +288,21 @@ async def run(
     genres = GenreRegistry.load(settings.genres_path)
     if settings.backend != "openai":  # a remote engine holds its own model
         check_model_dir(settings.model_dir)
-    _check_database_path(settings.database_path)
+    where = settings.database
+    if isinstance(where, Path):
+        _check_database_path(where)
     # Not global: a test (or a second storybot in one process) has its own.
     metrics = Metrics(min_render_interval_s=1.0) if settings.metrics_enabled else None
     on_step = metrics.on_step if metrics is not None else None
-    async with await Store.open(settings.database_path) as store:
+    async with await Store.open(
+        where, instance=settings.instance_id, pool_size=settings.database_pool_size
+    ) as store:
+        log.info(
+            "stories in %s (%s), instance %s",
+            store.description,
+            store.dialect,
+            store.instance,
+        )
         if metrics is not None:
             store.on_write = metrics.on_write
         pool = make_pool(settings, on_step=on_step)

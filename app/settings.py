@@ -132,8 +132,17 @@ class Settings(BaseSettings):
     # Docker sends SIGKILL 10 s after SIGTERM (compose: stop_grace_period).
     shutdown_grace_s: float = Field(default=8.0, ge=0, le=600)
 
-    # Storage.
+    # Storage: a SQLite file (the default), or a database that several storybot
+    # processes share: DATABASE_URL=postgresql://user:password@host:5432/storybot
+    # (sqlite:///relative/path and sqlite:////absolute/path name a SQLite file).
+    # DATABASE_URL, when set, wins over DATABASE_PATH.
     database_path: Path = Path("data/storybot.sqlite3")
+    database_url: SecretStr | None = None  # may hold a password
+    database_pool_size: int = Field(default=10, ge=1, le=500)  # PostgreSQL connections
+    # This process's name in the runs it writes: at start-up it recovers only its
+    # own unfinished runs (on PostgreSQL; SQLite has one process). Give each
+    # process its own, stable across restarts; empty: host name and process id.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
 
     # HTTP interface (the old Flask service's contract on port 5000). false: no
     # HTTP interface in this process (another one serves it; needs DISCORD_TOKEN).
@@ -183,6 +192,8 @@ class Settings(BaseSettings):
         "openai_model",
         "openai_tokenizer",
         "public_base_url",
+        "database_url",
+        "instance_id",
         mode="before",
     )
     @classmethod
@@ -266,8 +277,11 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         """The secrets' values, for the log formatter to keep out of every line."""
-        values = (self.discord_token, self.http_api_key, self.openai_api_key)
-        return [value.get_secret_value() for value in values if value is not None]
+        values = (self.discord_token, self.http_api_key, self.openai_api_key, self.database_url)
+        found = [value.get_secret_value() for value in values if value is not None]
+        url = self.database_url.get_secret_value() if self.database_url else ""
+        password = urlsplit(url).password
+        return found + ([password] if password else [])
 
     @model_validator(mode="after")
     def _api_key_off_loopback(self) -> Settings:
@@ -293,6 +307,31 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8000/v1")
         return value.strip().rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        scheme = urlsplit(text).scheme
+        if scheme in ("postgresql", "postgres"):
+            if not urlsplit(text).hostname and "host=" not in text:
+                raise ValueError("a postgresql:// URL names its host: postgresql://user@host/db")
+        elif not (scheme == "sqlite" and text.startswith("sqlite:///") and len(text) > 10):
+            raise ValueError(
+                "must be postgresql://user:password@host:5432/database, or "
+                "sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return SecretStr(text)
+
+    @property
+    def database(self) -> Path | str:
+        """Where the stories are: a SQLite file's path, or a postgresql:// URL."""
+        if self.database_url is None:
+            return self.database_path
+        url = self.database_url.get_secret_value()
+        return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:") else url
 
     @field_validator("public_base_url")
     @classmethod
