@@ -277,8 +277,10 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         """The secrets' values, for the log formatter to keep out of every line."""
-        values = (self.discord_token, self.http_api_key, self.openai_api_key, self.database_url)
+        values = (self.discord_token, self.http_api_key, self.openai_api_key)
         found = [value.get_secret_value() for value in values if value is not None]
+        # DATABASE_URL's password only: the rest says where the stories are, and
+        # storage writes the URL with *** for the password.
         url = self.database_url.get_secret_value() if self.database_url else ""
         password = urlsplit(url).password
         return found + ([password] if password else [])

@@ -8,7 +8,7 @@ booleans). What differs lives here, one class per dialect:
 - connections and transactions: one aiosqlite connection under an asyncio lock
   (SQLite has one writer anyway), or an asyncpg pool, one connection per
   transaction (PostgreSQL runs many at once, from several processes);
-- row locks: `Conn.lock` takes the row with SELECT ... FOR UPDATE on PostgreSQL
+- row locks: `Conn.lock` takes the row with SELECT ... FOR NO KEY UPDATE on PostgreSQL
   and does nothing on SQLite, where a write transaction (BEGIN IMMEDIATE)
   already holds the whole database;
 - errors: each driver's errors become `storage.errors` types;
@@ -364,7 +364,9 @@ def _translate_pg(error: Exception) -> StorageError:
 
 
 class _PgConn(Conn):
-    for_update = " FOR UPDATE"
+    # NO KEY UPDATE: holders queue behind each other, while rows that merely
+    # refer to the locked one (a new part under it) are not held up.
+    for_update = " FOR NO KEY UPDATE"
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn  # an asyncpg connection, inside a transaction
@@ -377,7 +379,7 @@ class _PgConn(Conn):
 
     async def lock(self, table: str, key: int) -> None:
         # The table name comes from the store's own code, never from input.
-        await self._conn.execute(f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", key)
+        await self._conn.execute(f"SELECT 1 FROM {table} WHERE id = $1{self.for_update}", key)
 
 
 class PostgresDatabase(Database):

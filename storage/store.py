@@ -608,11 +608,20 @@ class Store:
         return gone > 0
 
     async def stale_messages(self, limit: int = 1000) -> list[MessageRecord]:
-        """Messages that do not show what the database says they should."""
+        """Messages that do not show what the database says they should. On a
+        database several processes share, not those of a run another instance
+        is still writing: that process shows it."""
+        theirs = (
+            " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.id = known.run_id"
+            f" AND o.state IN {_UNFINISHED} AND o.owner IS NOT NULL AND o.owner <> ?)"
+            if self.shared
+            else ""
+        )
+        args = ((self.instance,) if self.shared else ()) + (limit,)
         rows = await self._all(
-            f"SELECT * FROM ({_MESSAGES}) AS known WHERE wants <> shows"
+            f"SELECT * FROM ({_MESSAGES}) AS known WHERE wants <> shows{theirs}"
             " ORDER BY message_id LIMIT ?",
-            (limit,),
+            args,
         )
         return [message_from_row(row) for row in rows]
 

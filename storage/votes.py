@@ -189,9 +189,19 @@ class VoteStore:
         return await self.get(vote_id)
 
     async def unfinished(self) -> list[VoteRecord]:
-        """Votes being written or open (at start-up: to close, fail or resume)."""
+        """Votes being written or open (at start-up: to close, fail or resume).
+        On a database several processes share, only the votes whose options
+        this instance wrote (or nobody owns): another process's votes are its own."""
+        mine = (
+            " AND EXISTS (SELECT 1 FROM vote_candidates c JOIN runs r ON r.id = c.run_id"
+            " WHERE c.vote_id = votes.id AND (r.owner = ? OR r.owner IS NULL))"
+            if self._store.shared
+            else ""
+        )
+        args = (self._store.instance,) if self._store.shared else ()
         async with self._store._transaction(write=False) as conn:
             rows = await conn.all(
-                "SELECT id FROM votes WHERE state IN ('writing', 'open') ORDER BY id"
+                f"SELECT id FROM votes WHERE state IN ('writing', 'open'){mine} ORDER BY id",
+                args,
             )
         return [await self.get(int(row[0])) for row in rows]

@@ -245,3 +245,39 @@ def test_sampling_fields_are_the_backends_dialects() -> None:
 
     assert get_args(SamplingFields) == get_args(dialects.SamplingFields)
     assert set(get_args(SamplingFields)) == {"auto", *dialects.DIALECTS, *dialects.ALIASES}
+
+
+def test_database_is_a_path_by_default_or_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().database == Path("data/storybot.sqlite3")
+    monkeypatch.setenv("DATABASE_PATH", "/srv/stories.sqlite3")
+    assert load_settings().database == Path("/srv/stories.sqlite3")
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///relative/s.sqlite3")
+    assert load_settings().database == Path("relative/s.sqlite3")
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////absolute/s.sqlite3")
+    assert load_settings().database == Path("/absolute/s.sqlite3")
+    url = "postgresql://storybot:p%40ss-W0rd@db.internal:5432/storybot"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database == url  # wins over DATABASE_PATH
+    assert "p%40ss-W0rd" in settings.secrets
+    assert "p%40ss" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["mysql://u@h/db", "sqlite:relative", "sqlite:///", "postgresql:///nohost", "data/s.sqlite3"],
+)
+def test_a_database_url_that_is_not_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", value)
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL: "):
+        load_settings()
+
+
+def test_instance_id_is_a_short_plain_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSTANCE_ID", "storybot-1")
+    assert load_settings().instance_id == "storybot-1"
+    monkeypatch.setenv("INSTANCE_ID", "two words")
+    with pytest.raises(SettingsError, match=r"^INSTANCE_ID: "):
+        load_settings()

@@ -188,3 +188,39 @@ async def test_runs_nobody_owns_are_recovered_once(postgres_url: str) -> None:
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_another_process_leaves_my_votes_and_messages_alone(postgres_url: str) -> None:
+    async with (
+        await Store.open(postgres_url, instance="a") as a,
+        await Store.open(postgres_url, instance="b") as b,
+    ):
+        story, root, run = await a.create_story(prompt="p", genre="crime", author_id=1)
+        await a.set_run_state(run.id, "generating")
+        # a's message says queued while the run is generating: stale, for a to fix.
+        await a.add_message(7, 1, story_id=story.id, run_id=run.id, shows=f"run:{run.id}:queued")
+        options = [
+            await a.create_run(story.id, root.id, "continue", requested_by=1) for _ in range(2)
+        ]
+        vote = await VoteStore(a).create(story.id, root.id, [r.id for r in options])
+        # b starts: a's vote and a's message are a's to finish.
+        assert [v.id for v in await VoteStore(a).unfinished()] == [vote.id]
+        assert await VoteStore(b).unfinished() == []
+        assert [m.message_id for m in await a.stale_messages()] == [7]
+        assert await b.stale_messages() == []
+        await a.set_run_state(run.id, "failed", "gone")  # finished: anyone may fix it now
+        assert [m.message_id for m in await b.stale_messages()] == [7]
+
+
+async def test_one_sqlite_process_sees_every_vote_and_message(tmp_path: Path) -> None:
+    path = tmp_path / "one.sqlite3"
+    async with await Store.open(path, instance="old") as old:
+        story, root, run = await old.create_story(prompt="p", genre="crime", author_id=1)
+        await old.add_message(7, 1, story_id=story.id, run_id=run.id, shows="run:x")
+        options = [
+            await old.create_run(story.id, root.id, "continue", requested_by=1) for _ in range(2)
+        ]
+        vote = await VoteStore(old).create(story.id, root.id, [r.id for r in options])
+    async with await Store.open(path, instance="new") as new:
+        assert [v.id for v in await VoteStore(new).unfinished()] == [vote.id]
+        assert [m.message_id for m in await new.stale_messages()] == [7]
