@@ -84,9 +84,7 @@ async def one_round(model_dir: Path, count: int, step_s: float, length: str) -> 
     backend.on_step = lambda rows: time.sleep(step_s)
     pool = GenerationPool(lambda: backend, max_batch=32, max_queue=max(64, count))
     await pool.start()
-    service = StoryService(
-        store, pool, GenreRegistry.load(REPO / "genres.toml"), user_cooldown_s=0
-    )
+    service = StoryService(store, pool, GenreRegistry.load(REPO / "genres.toml"), user_cooldown_s=0)
     bot = StoryBot(
         service, MessageBook(store), dev_guild_id=int(fake.server.guild_id), edit_interval=1.0
     )

@@ -292,9 +292,7 @@ class FakeDiscord:
         gateway connection gets it (default: each of the guild's shard)."""
         if command not in self.visible_commands(user):
             raise AssertionError(f"{user.username} cannot see /{command} in Discord")
-        data = self._command_data(
-            command, subcommand, {**named, **(options or {})}, where=channel
-        )
+        data = self._command_data(command, subcommand, {**named, **(options or {})}, where=channel)
         return await self._interaction(2, data, user, channel, to=to)
 
     async def invoke_granted(
