@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from generation.engines import ModelPools
+from generation.model_pools import ModelPools
 from generation.pool import GenerationPool
 from generation.types import GenerationResult
 from stories.telemetry import OUTCOMES, Outcome
@@ -175,7 +175,7 @@ class Metrics:
         self.rate_limit_seconds.labels(scope).inc(seconds)
 
     def on_step(self, rows: int) -> None:
-        """The decoding loop's hook (generation.decode), on the worker thread."""
+        """The decoding loop's hook (generation.decode_loop), on the worker thread."""
         self.batch_rows.observe(rows)
 
     def on_write(self, seconds: float) -> None:

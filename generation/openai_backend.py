@@ -44,9 +44,9 @@ from typing import Any
 
 import aiohttp
 
-from generation.backend import Job
 from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
 from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
+from generation.job import Job
 from generation.text import ENDOFTEXT, TextStream
 from generation.types import FinishReason, GenerationParams
 

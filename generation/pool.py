@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from generation.backend import Backend, Job
+from generation.backend import Backend
 from generation.errors import (
     Busy,
     Cancelled,
@@ -42,6 +42,7 @@ from generation.errors import (
     PromptTooLong,
     TimedOut,
 )
+from generation.job import Job
 from generation.throughput import Throughput
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 

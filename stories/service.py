@@ -34,8 +34,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
+from generation.model_pools import ModelPools
 from generation.pool import GenerationPool, Reservation, Ticket
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 from storage.errors import Claimed, NotFound, StorageError

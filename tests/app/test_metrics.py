@@ -249,7 +249,7 @@ async def test_a_port_of_its_own_answers_loopback_names_only() -> None:
 async def test_loaded_models_and_evictions(tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from tests.generation.test_engines import pools
+    from tests.generation.test_model_pools import pools
 
     folders = []
     for name in ("a", "b", "c"):

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from generation.backend import Job
 from generation.errors import GenerationError
+from generation.job import Job
 from generation.pool import GenerationPool
 from generation.sampling import RowSampler
 from generation.text import StreamDecoder

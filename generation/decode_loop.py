@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from generation.backend import Job
 from generation.errors import GenerationError
+from generation.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,22 @@ class StepModel(Protocol):
     def top_ids(self, width: int) -> Any:
         """Each row's `width` highest-scoring ids from the last logits, or None."""
         ...
+
+
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """The distinct prompts among `rows`, in order of first appearance, and for
+    each row the index of its prompt among them (never more than the row's own
+    index). A vote's candidates share one prompt: an engine prefills it once."""
+    first: dict[tuple[int, ...], int] = {}
+    distinct: list[Sequence[int]] = []
+    index: list[int] = []
+    for row in rows:
+        key = tuple(row)
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(row)
+        index.append(first[key])
+    return distinct, index
 
 
 def _advance(job: Job, logits: Logits, top: Any) -> None:
