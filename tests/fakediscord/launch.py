@@ -25,7 +25,7 @@ from app.runtime import main
 
 
 def slow_steps(seconds: float) -> None:
-    import generation.decode as decode
+    import generation.decode_loop as decode
 
     loop = decode.run_decode_loop
 
