@@ -41,16 +41,23 @@ def settings(tmp_path: Path, model: Path, name: str, **options: Any) -> Settings
 
 @contextlib.asynccontextmanager
 async def serving(fake: FakeDiscord, *configs: Settings) -> AsyncIterator[None]:
-    """Run each configuration as `python -m bot` would (in this loop), until
-    the fake has every shard they asked for connected; stop them cleanly."""
-    stops = [asyncio.Event() for _ in configs]
-    tasks = [asyncio.create_task(run(c, stop)) for c, stop in zip(configs, stops, strict=True)]
-    fake.watch.extend(tasks)
-    wanted = sum(len(c.shards or range(c.shard_count or 1)) for c in configs)
+    """Run each configuration as `python -m bot` would (in this loop), one
+    after the other (two models must not load at once in one process: the
+    loading is not thread-safe), until the fake has every shard they asked for
+    connected; stop them cleanly."""
+    stops: list[asyncio.Event] = []
+    tasks: list[asyncio.Task[None]] = []
     try:
-        await fake.wait_until(
-            lambda: fake.server.commands and len(fake.server.live_sessions()) == wanted, 60
-        )
+        wanted = 0
+        for config in configs:
+            stops.append(asyncio.Event())
+            tasks.append(asyncio.create_task(run(config, stops[-1])))
+            fake.watch.append(tasks[-1])
+            wanted += len(config.shards or range(config.shard_count or 1))
+            await fake.wait_until(
+                lambda n=wanted: fake.server.commands and len(fake.server.live_sessions()) == n,
+                60,
+            )
         yield
     finally:
         for task in tasks:
