@@ -171,3 +171,15 @@ async def test_many_stories_under_a_low_global_limit_arrive_whole_without_a_429(
     assert stream_edits(alone) >= 3, "alone, a long story is edited as it streams"
     assert under_load < stream_edits(alone) / 2, (stream_edits(alone), under_load)
     assert budget.skipped > 0
+
+
+async def test_the_benchmark_counts_requests_per_story(tiny_model_dir: Path) -> None:
+    """bench/discord_budget.py, one small round: what it counts adds up."""
+    from bench.discord_budget import one_round
+
+    measured = await one_round(tiny_model_dir, 3, 0.0, "short")
+    assert measured.rate_limited == 0 and len(measured.edits) == 3
+    # At least its message, its final edit and its ➕ under the limit; the
+    # interaction's deferral and followup outside it.
+    assert measured.limited >= 3 * 3 and measured.exempt == 3 * 2
+    assert "| 3 |" in measured.row()
