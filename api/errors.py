@@ -18,7 +18,7 @@ from generation.errors import (
     PoolClosed,
     TimedOut,
 )
-from storage.errors import InvalidData, NotFound, StorageError, StorageUnavailable
+from storage.errors import Claimed, InvalidData, NotFound, StorageError, StorageUnavailable
 from stories import telemetry
 from stories.errors import (
     AgeRestricted,
@@ -96,7 +96,7 @@ def from_domain(error: BaseException) -> ApiError:
         return ApiError(503, error.code, message, {"Retry-After": "30"})
     if isinstance(error, TimedOut):
         return ApiError(504, error.code, message)
-    if isinstance(error, Cancelled | Conflict | NothingToContinue):
+    if isinstance(error, Cancelled | Conflict | NothingToContinue | Claimed):
         return ApiError(409, error.code, message)
     if isinstance(error, StoryDeleted):
         return ApiError(404, error.code, message)

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     # Discord. Without a token only the HTTP service starts.
     discord_token: SecretStr | None = None
     discord_dev_guild_id: int | None = None
+    # Gateway shards (README, "Several processes"). Empty: Discord says how many
+    # (GET /gateway/bot) and this process runs them all. SHARD_IDS: the shards
+    # this process runs, like 0,1 (needs SHARD_COUNT); empty: all of them.
+    shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    shard_ids: str = ""
+    # REST requests a second this process may send Discord, all stories
+    # together: Discord allows a bot token about 50 over all its processes, so
+    # split this between processes. Stream edits give way to new messages and
+    # final text, and come less often as load rises.
+    discord_requests_per_s: float = Field(default=40.0, gt=0, le=10_000)
 
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
@@ -122,10 +132,21 @@ class Settings(BaseSettings):
     # Docker sends SIGKILL 10 s after SIGTERM (compose: stop_grace_period).
     shutdown_grace_s: float = Field(default=8.0, ge=0, le=600)
 
-    # Storage.
+    # Storage: a SQLite file (the default), or a database that several storybot
+    # processes share: DATABASE_URL=postgresql://user:password@host:5432/storybot
+    # (sqlite:///relative/path and sqlite:////absolute/path name a SQLite file).
+    # DATABASE_URL, when set, wins over DATABASE_PATH.
     database_path: Path = Path("data/storybot.sqlite3")
+    database_url: SecretStr | None = None  # may hold a password
+    database_pool_size: int = Field(default=10, ge=1, le=500)  # PostgreSQL connections
+    # This process's name in the runs it writes: at start-up it recovers only its
+    # own unfinished runs (on PostgreSQL; SQLite has one process). Give each
+    # process its own, stable across restarts; empty: host name and process id.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
 
-    # HTTP interface (the old Flask service's contract on port 5000).
+    # HTTP interface (the old Flask service's contract on port 5000). false: no
+    # HTTP interface in this process (another one serves it; needs DISCORD_TOKEN).
+    http_enabled: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=5000, ge=0, le=65535)
     http_api_key: SecretStr | None = None
@@ -171,6 +192,8 @@ class Settings(BaseSettings):
         "openai_model",
         "openai_tokenizer",
         "public_base_url",
+        "database_url",
+        "instance_id",
         mode="before",
     )
     @classmethod
@@ -180,7 +203,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "discord_dev_guild_id", "generation_threads", "torch_threads", "metrics_port", mode="before"
+        "discord_dev_guild_id",
+        "generation_threads",
+        "torch_threads",
+        "metrics_port",
+        "shard_count",
+        mode="before",
     )
     @classmethod
     def _blank_int_is_none(cls, value: object) -> object:
@@ -207,11 +235,55 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shards(self) -> Settings:
+        ids = self.shards  # raises on a malformed list
+        if ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT, the number of shards in all")
+        wrong = [i for i in ids if i >= self.shard_count]
+        if wrong:
+            raise ValueError(
+                f"SHARD_IDS: shard {wrong[0]} does not exist with SHARD_COUNT={self.shard_count} "
+                f"(shards are numbered 0 to {self.shard_count - 1})"
+            )
+        return self
+
+    @property
+    def shards(self) -> list[int] | None:
+        """SHARD_IDS as a list, or None for every shard."""
+        if not self.shard_ids.strip():
+            return None
+        try:
+            ids = [int(part) for part in self.shard_ids.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(
+                f"SHARD_IDS must be shard numbers separated by commas, like 0,1 "
+                f"(got {self.shard_ids!r})"
+            ) from None
+        if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError("SHARD_IDS must name each shard once, from 0 up")
+        return ids
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> Settings:
+        if not self.http_enabled and self.discord_token is None:
+            raise ValueError(
+                "HTTP_ENABLED=false needs DISCORD_TOKEN: without either there is nothing to serve"
+            )
+        return self
+
     @property
     def secrets(self) -> list[str]:
         """The secrets' values, for the log formatter to keep out of every line."""
         values = (self.discord_token, self.http_api_key, self.openai_api_key)
-        return [value.get_secret_value() for value in values if value is not None]
+        found = [value.get_secret_value() for value in values if value is not None]
+        # DATABASE_URL's password only: the rest says where the stories are, and
+        # storage writes the URL with *** for the password.
+        url = self.database_url.get_secret_value() if self.database_url else ""
+        password = urlsplit(url).password
+        return found + ([password] if password else [])
 
     @model_validator(mode="after")
     def _api_key_off_loopback(self) -> Settings:
@@ -237,6 +309,31 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8000/v1")
         return value.strip().rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        scheme = urlsplit(text).scheme
+        if scheme in ("postgresql", "postgres"):
+            if not urlsplit(text).hostname and "host=" not in text:
+                raise ValueError("a postgresql:// URL names its host: postgresql://user@host/db")
+        elif not (scheme == "sqlite" and text.startswith("sqlite:///") and len(text) > 10):
+            raise ValueError(
+                "must be postgresql://user:password@host:5432/database, or "
+                "sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return SecretStr(text)
+
+    @property
+    def database(self) -> Path | str:
+        """Where the stories are: a SQLite file's path, or a postgresql:// URL."""
+        if self.database_url is None:
+            return self.database_path
+        url = self.database_url.get_secret_value()
+        return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:") else url
 
     @field_validator("public_base_url")
     @classmethod

@@ -23,7 +23,8 @@ All configuration comes from the environment, then from the file .env in the
 current folder (copy .env.example, which describes every variable). The main
 ones: DISCORD_TOKEN, MODEL_DIR (models/gpt2; `python download_model.py` fetches
 it), BACKEND (onnx, transformers or openai) and PRECISION (int8 or fp32),
-DATABASE_PATH, HTTP_HOST, HTTP_PORT and HTTP_API_KEY, GENRES_PATH, LOG_LEVEL.
+DATABASE_PATH (or DATABASE_URL), HTTP_HOST, HTTP_PORT and HTTP_API_KEY, GENRES_PATH,
+LOG_LEVEL.
 A missing or invalid value stops start-up with one line naming the variable
 (exit status 2). See README.md for setting up and running it.
 """

@@ -1,8 +1,8 @@
 """What belongs to one Discord server: its settings, its daily counts, and the
 reports that hide its stories' parts.
 
-It shares the `Store`'s one connection and lock (so its statements never
-interleave with the story store's), each operation in one transaction.
+It uses the `Store`'s database (its transactions, its SQL dialect), each
+operation in one transaction.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def utc_day(at: float | None = None) -> str:
 
 
 def _column(name: str, value: Any) -> Any:
-    """A settings value as stored: tuples become JSON arrays."""
+    """A settings value as stored: tuples become JSON arrays, flags 0 or 1."""
+    if isinstance(value, bool):
+        return int(value)
     if name in ("genres", "channels"):
         return None if value is None else json.dumps(list(value))
     if name == "filter_terms":
@@ -48,10 +50,7 @@ class GuildStore:
     async def settings(self, guild_id: int) -> GuildSettings:
         """The server's settings; the defaults for a server nobody configured."""
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute(
-                "SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            )
-            row = await cursor.fetchone()
+            row = await conn.one("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
         return guild_settings_from_row(row) if row else GuildSettings(guild_id)
 
     async def update(self, guild_id: int, **changes: Any) -> GuildSettings:
@@ -71,10 +70,7 @@ class GuildStore:
                     f"UPDATE guild_settings SET {name} = ?, updated_at = ? WHERE guild_id = ?",
                     (_column(name, value), now, guild_id),
                 )
-            cursor = await conn.execute(
-                "SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            )
-            row = await cursor.fetchone()
+            row = await conn.one("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
         return guild_settings_from_row(row)
 
     async def left(self, guild_id: int, at: float | None = None) -> None:
@@ -95,11 +91,11 @@ class GuildStore:
     async def forget_left_before(self, before: float) -> list[int]:
         """Delete the settings and counts of servers the bot left before `before`."""
         async with self._store._transaction() as conn:
-            cursor = await conn.execute(
+            rows = await conn.all(
                 "SELECT guild_id FROM guild_settings WHERE left_at IS NOT NULL AND left_at < ?",
                 (before,),
             )
-            gone = [int(row[0]) for row in await cursor.fetchall()]
+            gone = [int(row[0]) for row in rows]
             for guild_id in gone:
                 await conn.execute("DELETE FROM guild_settings WHERE guild_id = ?", (guild_id,))
                 await conn.execute("DELETE FROM guild_counts WHERE guild_id = ?", (guild_id,))
@@ -115,30 +111,35 @@ class GuildStore:
             # The column name comes from GUILD_COUNTERS (checked above), never from input.
             await conn.execute(
                 f"INSERT INTO guild_counts (guild_id, day, {counter}) VALUES (?, ?, ?)"
-                f" ON CONFLICT (guild_id, day) DO UPDATE SET {counter} = {counter} + ?",
+                f" ON CONFLICT (guild_id, day) DO UPDATE"
+                f" SET {counter} = guild_counts.{counter} + ?",
                 (guild_id, day, n, n),
             )
-            cursor = await conn.execute(
+            row = await conn.one(
                 f"SELECT {counter} FROM guild_counts WHERE guild_id = ? AND day = ?",
                 (guild_id, day),
             )
-            row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
     async def take_daily_story(self, guild_id: int, quota: int | None) -> bool:
         """Count one story for today unless the quota is used up (in one
-        transaction, so two at once cannot both take the last one)."""
+        transaction, the day's row locked, so two at once, in one process or two,
+        cannot both take the last one)."""
         day = utc_day()
         async with self._store._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT stories FROM guild_counts WHERE guild_id = ? AND day = ?", (guild_id, day)
+            await conn.execute(
+                "INSERT INTO guild_counts (guild_id, day) VALUES (?, ?)"
+                " ON CONFLICT (guild_id, day) DO NOTHING",
+                (guild_id, day),
             )
-            row = await cursor.fetchone()
+            row = await conn.one(
+                "SELECT stories FROM guild_counts WHERE guild_id = ? AND day = ?" + conn.for_update,
+                (guild_id, day),
+            )
             if quota is not None and row is not None and row[0] >= quota:
                 return False
             await conn.execute(
-                "INSERT INTO guild_counts (guild_id, day, stories) VALUES (?, ?, 1)"
-                " ON CONFLICT (guild_id, day) DO UPDATE SET stories = stories + 1",
+                "UPDATE guild_counts SET stories = stories + 1 WHERE guild_id = ? AND day = ?",
                 (guild_id, day),
             )
         return True
@@ -147,7 +148,8 @@ class GuildStore:
         """A story counted today that never started (refused, or not shown)."""
         async with self._store._transaction() as conn:
             await conn.execute(
-                "UPDATE guild_counts SET stories = MAX(0, stories - 1)"
+                "UPDATE guild_counts"
+                " SET stories = CASE WHEN stories > 0 THEN stories - 1 ELSE 0 END"
                 " WHERE guild_id = ? AND day = ?",
                 (guild_id, utc_day()),
             )
@@ -157,11 +159,10 @@ class GuildStore:
         first = utc_day(time.time() - (days - 1) * DAY_S)
         sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in GUILD_COUNTERS)
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute(
+            row = await conn.one(
                 f"SELECT {sums} FROM guild_counts WHERE guild_id = ? AND day >= ?",
                 (guild_id, first),
             )
-            row = await cursor.fetchone()
         values = dict(zip(GUILD_COUNTERS, row or (0,) * len(GUILD_COUNTERS), strict=True))
         return GuildCounts(days=days, **{k: int(v) for k, v in values.items()})
 
@@ -170,24 +171,27 @@ class GuildStore:
         self, part_id: int, user_id: int, *, admin: bool, members_hide: int, admins_hide: int
     ) -> ReportTally:
         """Record one person's report of a part; hide the part when either
-        threshold is reached. Reporting twice counts once."""
+        threshold is reached. Reporting twice counts once. The part's row is
+        locked first, so reports arriving together are counted one after another."""
         async with self._store._transaction() as conn:
-            cursor = await conn.execute("SELECT kind, hidden FROM parts WHERE id = ?", (part_id,))
-            row = await cursor.fetchone()
+            await conn.lock("parts", part_id)
+            row = await conn.one("SELECT kind, hidden FROM parts WHERE id = ?", (part_id,))
             if row is None:
                 raise NotFound(f"part {part_id} does not exist")
-            cursor = await conn.execute(
-                "INSERT INTO reports (part_id, user_id, admin, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (part_id, user_id) DO NOTHING",
-                (part_id, user_id, int(admin), time.time()),
+            new = (
+                await conn.execute(
+                    "INSERT INTO reports (part_id, user_id, admin, created_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (part_id, user_id) DO NOTHING",
+                    (part_id, user_id, int(admin), time.time()),
+                )
+                > 0
             )
-            new = cursor.rowcount > 0
-            cursor = await conn.execute(
-                "SELECT COALESCE(SUM(admin = 0), 0), COALESCE(SUM(admin = 1), 0)"
+            counted = await conn.one(
+                "SELECT COALESCE(SUM(CASE WHEN admin = 0 THEN 1 ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN admin <> 0 THEN 1 ELSE 0 END), 0)"
                 " FROM reports WHERE part_id = ?",
                 (part_id,),
             )
-            counted = await cursor.fetchone()
             members, admins = (int(counted[0]), int(counted[1])) if counted else (0, 0)
             hide = bool(row["hidden"]) or members >= members_hide or admins >= admins_hide
             if hide and not row["hidden"]:
@@ -197,23 +201,21 @@ class GuildStore:
     async def restore(self, part_id: int) -> None:
         """An admin brings a hidden part back; its reports are cleared."""
         async with self._store._transaction() as conn:
-            cursor = await conn.execute("UPDATE parts SET hidden = 0 WHERE id = ?", (part_id,))
-            if cursor.rowcount == 0:
+            if await conn.execute("UPDATE parts SET hidden = 0 WHERE id = ?", (part_id,)) == 0:
                 raise NotFound(f"part {part_id} does not exist")
             await conn.execute("DELETE FROM reports WHERE part_id = ?", (part_id,))
 
     async def hidden_parts(self, guild_id: int, limit: int = 25) -> list[HiddenPart]:
         """The server's parts hidden after reports, newest first."""
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute(
+            rows = await conn.all(
                 "SELECT p.*, (SELECT COUNT(*) FROM reports r WHERE r.part_id = p.id) AS n"
                 " FROM parts p JOIN stories s ON s.id = p.story_id"
                 " WHERE p.hidden = 1 AND s.guild_id = ? ORDER BY p.id DESC LIMIT ?",
                 (guild_id, limit),
             )
-            rows = list(await cursor.fetchall())
             return [
-                HiddenPart(part_from_row(row), await _story(conn, row["story_id"]), row["n"])
+                HiddenPart(part_from_row(row), await _story(conn, row["story_id"]), int(row["n"]))
                 for row in rows
             ]
 
@@ -225,18 +227,16 @@ class GuildStore:
         async with self._store._transaction() as conn:
             part = await _part(conn, part_id)
             if part.parent_id is None:
-                cursor = await conn.execute(
+                row = await conn.one(
                     "SELECT COUNT(*) FROM parts WHERE story_id = ?", (part.story_id,)
                 )
-                row = await cursor.fetchone()
                 await conn.execute("DELETE FROM stories WHERE id = ?", (part.story_id,))
                 return int(row[0]) if row else 1
-            cursor = await conn.execute(
-                "WITH RECURSIVE below(id) AS (SELECT ? UNION ALL"
+            row = await conn.one(
+                "WITH RECURSIVE below(id) AS (SELECT id FROM parts WHERE id = ? UNION ALL"
                 " SELECT p.id FROM parts p JOIN below ON p.parent_id = below.id)"
                 " SELECT COUNT(*) FROM below",
                 (part_id,),
             )
-            row = await cursor.fetchone()
             await conn.execute("DELETE FROM parts WHERE id = ?", (part_id,))
             return int(row[0]) if row else 1

@@ -1,7 +1,7 @@
 """Share links (a story's read-only web page) and the display names those pages show.
 
-It shares the `Store`'s one connection and lock, as `storage.guilds` does, each
-operation in one transaction. Tokens are made by the caller's rules
+It uses the `Store`'s database, as `storage.guilds` does, each operation in one
+transaction. Tokens are made by the caller's rules
 (`stories.sharing`); here they are looked up by primary key, never compared
 character by character in Python.
 """
@@ -51,13 +51,14 @@ class ShareStore:
     ) -> tuple[ShareLink, bool]:
         """The story's live link, made with `new_token()` when it has none.
         Returns (link, made): made is False when the live link was there already.
-        In one transaction, so two people sharing at once get the same link."""
+        In one transaction, the story's row locked, so two people sharing at once
+        (in one process or two) get the same link."""
         async with self._store._transaction() as conn:
+            await conn.lock("stories", story_id)
             await _story(conn, story_id)  # NotFound for a story that is gone
-            cursor = await conn.execute(
+            row = await conn.one(
                 "SELECT * FROM shares WHERE story_id = ? AND revoked_at IS NULL", (story_id,)
             )
-            row = await cursor.fetchone()
             if row is not None:
                 return share_from_row(row), False
             link = ShareLink(new_token(), story_id, created_by, time.time())
@@ -70,16 +71,14 @@ class ShareStore:
     async def get(self, token: str) -> ShareLink | None:
         """The link with this token, live or revoked; None when there is none."""
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute("SELECT * FROM shares WHERE token = ?", (token,))
-            row = await cursor.fetchone()
+            row = await conn.one("SELECT * FROM shares WHERE token = ?", (token,))
         return share_from_row(row) if row else None
 
     async def live_link(self, story_id: int) -> ShareLink | None:
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute(
+            row = await conn.one(
                 "SELECT * FROM shares WHERE story_id = ? AND revoked_at IS NULL", (story_id,)
             )
-            row = await cursor.fetchone()
         return share_from_row(row) if row else None
 
     async def revoke(self, token: str) -> ShareLink:
@@ -89,8 +88,7 @@ class ShareStore:
                 "UPDATE shares SET revoked_at = ? WHERE token = ? AND revoked_at IS NULL",
                 (time.time(), token),
             )
-            cursor = await conn.execute("SELECT * FROM shares WHERE token = ?", (token,))
-            row = await cursor.fetchone()
+            row = await conn.one("SELECT * FROM shares WHERE token = ?", (token,))
         if row is None:
             raise NotFound("there is no such share link")
         return share_from_row(row)
@@ -98,11 +96,10 @@ class ShareStore:
     async def revoke_story(self, story_id: int) -> int:
         """Revoke the story's live links; how many there were."""
         async with self._store._transaction() as conn:
-            cursor = await conn.execute(
+            return await conn.execute(
                 "UPDATE shares SET revoked_at = ? WHERE story_id = ? AND revoked_at IS NULL",
                 (time.time(), story_id),
             )
-            return cursor.rowcount
 
     # ---------------------------------------------------------------- names
     async def remember_name(self, user_id: int, name: str) -> None:
@@ -114,7 +111,7 @@ class ShareStore:
             await conn.execute(
                 "INSERT INTO display_names (user_id, name, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (user_id) DO UPDATE SET name = excluded.name,"
-                " updated_at = excluded.updated_at WHERE name IS NOT excluded.name",
+                " updated_at = excluded.updated_at WHERE display_names.name <> excluded.name",
                 (user_id, name, time.time()),
             )
 
@@ -124,10 +121,9 @@ class ShareStore:
             return {}
         marks = ",".join("?" * len(wanted))
         async with self._store._transaction(write=False) as conn:
-            cursor = await conn.execute(
+            rows = await conn.all(
                 f"SELECT user_id, name FROM display_names WHERE user_id IN ({marks})", wanted
             )
-            rows = await cursor.fetchall()
         return {int(row["user_id"]): str(row["name"]) for row in rows}
 
     async def forget_name(self, user_id: int) -> None:

@@ -1,34 +1,41 @@
-"""Stories and their parts in SQLite, through one aiosqlite connection.
+"""Stories and their parts, in SQLite (the default) or PostgreSQL.
 
-- Schema files `storage/schema/NNNN_*.sql` are applied in order at open, each
-  in one transaction with `PRAGMA user_version`; a newer database is refused.
-- WAL journal, foreign keys on, a busy timeout, synchronous=NORMAL: a killed
-  process loses no committed transaction, and readers never block the writer.
-- One connection is shared by every task, so each operation runs under an
-  asyncio lock in its own transaction: statements of two tasks never interleave
-  and no caller sees "database is locked".
+- The SQL is written once; `storage.db` holds what differs between the two
+  databases (placeholders, transactions, row locks, errors, schema versions).
+- Schema files are applied in order at open, each in one transaction: SQLite's
+  `storage/schema/NNNN_*.sql` with `PRAGMA user_version`; PostgreSQL's
+  `storage/schema/postgresql/` under an advisory lock. A newer database is refused.
+- Each operation runs in its own transaction. Where a decision depends on what
+  was read (who may continue a part, a quota, a report threshold), the row is
+  locked first, so two processes on one PostgreSQL decide it as one would.
+- Runs record the instance that owns them: on PostgreSQL, shared by several
+  processes, each recovers only its own runs at start-up.
 - Every query is parameterised.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
-import re
-import sqlite3
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
-from storage.errors import InvalidData, NotFound, SchemaTooNew, StorageError, StorageUnavailable
+from storage.db import (
+    SCHEMA_DIR,
+    Conn,
+    Database,
+    Row,
+    SQLiteDatabase,
+    migrations,
+    open_database,
+)
+from storage.errors import Claimed, InvalidData, NotFound, StorageUnavailable
 from storage.models import (
     STATUSES,
     Deleted,
@@ -50,23 +57,12 @@ from storage.models import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_DIR = Path(__file__).parent / "schema"
-_SCHEMA_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+__all__ = ["SCHEMA_DIR", "Store", "default_instance_id", "migrations", "title_of"]
+
 TITLE_WORDS = 8
 PROBE_BYTES = 64 * 1024  # a write probe's size: a part of a long story, overflow pages and all
 PROBE_EVERY_S = 10.0  # while writes succeed, /readyz probes the disk at most this often
-
-
-def migrations(schema_dir: Path = SCHEMA_DIR) -> list[tuple[int, Path]]:
-    found = []
-    for path in sorted(schema_dir.iterdir()):
-        match = _SCHEMA_FILE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    numbers = [number for number, _ in found]
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise StorageError(f"schema files must be numbered 0001, 0002, ... without gaps: {numbers}")
-    return found
+_UNFINISHED = "('queued', 'generating')"
 
 
 def title_of(prompt: str) -> str:
@@ -75,53 +71,20 @@ def title_of(prompt: str) -> str:
     return (title + " …" if len(words) > TITLE_WORDS else title)[:100] or "Untitled"
 
 
-def _translate(error: sqlite3.Error) -> StorageError:
-    text = str(error)
-    if isinstance(error, sqlite3.IntegrityError) or "another story" in text:
-        return InvalidData(f"refused by the database: {text}")
-    if "readonly" in text or "read-only" in text:
-        return StorageUnavailable("the database is read-only; nothing was saved")
-    if "full" in text:
-        return StorageUnavailable("the disk is full; nothing was saved")
-    if "unable to open" in text:
-        return StorageUnavailable(f"the database cannot be opened: {text}")
-    return StorageError(f"database error: {text}")
-
-
-def _why_read_only(path: Path) -> str | None:
-    """Why `path` cannot be written, when it is the file system or the file
-    mode (SQLite then says only "unable to open database file")."""
-    folder = path.parent
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return "it is on a read-only file system"
-    except OSError:
-        return None
-    if path.exists() and not os.access(path, os.W_OK):
-        return "the file is read-only"
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is read-only (SQLite writes its journal there)"
-    return None
-
-
-def _open_error(path: Path, error: BaseException) -> StorageUnavailable:
-    reason = _why_read_only(path)
-    if reason is not None:
-        return StorageUnavailable(
-            f"database {path} is read-only: {reason}; storybot must write it, so make it "
-            "writable or set DATABASE_PATH to a writable place"
-        )
-    return StorageUnavailable(f"cannot open database {path}: {error}")
+def default_instance_id() -> str:
+    """This process, as runs record their owner: the host name and the process id
+    (in a container, the container's name and 1: the same after a restart)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Store:
-    """The story store. Open with `await Store.open(path)` or `async with`."""
+    """The story store. Open with `await Store.open(path_or_url)` or `async with`."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self.path = path
+    def __init__(self, db: Database, instance: str | None = None) -> None:
+        self._db = db
+        self.instance = instance or default_instance_id()
+        self.path = db.path if isinstance(db, SQLiteDatabase) else None
+        self.description = db.description  # a path, or the URL without its password
         # What the last write said: None (it was saved) or why not, and when.
         self._write_error: str | None = None
         self._write_seen = -float("inf")
@@ -131,28 +94,38 @@ class Store:
 
     # ------------------------------------------------------------------- opening
     @classmethod
-    async def open(cls, path: Path | str, *, read_only: bool = False) -> Store:
-        path = Path(path)
+    async def open(
+        cls,
+        where: Path | str,
+        *,
+        read_only: bool = False,
+        instance: str | None = None,
+        pool_size: int = 10,
+    ) -> Store:
+        """A SQLite file (a path or sqlite:///path) or a postgresql:// URL.
+        `instance` names this process in the runs it owns (default: host and pid)."""
+        db = await open_database(where, read_only=read_only, pool_size=pool_size)
         try:
-            if read_only:
-                conn = await aiosqlite.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None
-                )
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-                conn = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as error:
-            raise _open_error(path, error) from None
-        conn.row_factory = sqlite3.Row
-        store = cls(conn, path)
-        try:
-            await store._configure(read_only)
-            await store._migrate(read_only)
+            await db.migrate(read_only)
         except BaseException:
-            await conn.close()
+            await db.close()
             raise
-        return store
+        return cls(db, instance)
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    @property
+    def shared(self) -> bool:
+        """Several processes may use this database at once (PostgreSQL)."""
+        return self._db.shared
+
+    @property
+    def _conn(self) -> Any:
+        """SQLite's connection itself, for tests that set a PRAGMA."""
+        assert isinstance(self._db, SQLiteDatabase), "only a SQLite store has one connection"
+        return self._db.conn
 
     async def __aenter__(self) -> Store:
         return self
@@ -161,96 +134,37 @@ class Store:
         await self.close()
 
     async def close(self) -> None:
-        async with self._lock:
-            if not self._closed:
-                self._closed = True
-                await self._conn.close()
-
-    async def _configure(self, read_only: bool) -> None:
-        try:
-            await self._conn.execute("PRAGMA busy_timeout = 10000")
-            await self._conn.execute("PRAGMA foreign_keys = ON")
-            if not read_only:
-                cursor = await self._conn.execute("PRAGMA journal_mode = WAL")
-                row = await cursor.fetchone()
-                if row is None or str(row[0]).lower() != "wal":
-                    log.warning("database %s is not in WAL mode", self.path)
-                await self._conn.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.DatabaseError as error:
-            if not read_only and _why_read_only(self.path) is not None:
-                raise _open_error(self.path, error) from None
-            raise StorageUnavailable(
-                f"{self.path} is not a usable SQLite database: {error}"
-            ) from None
+        await self._db.close()
 
     async def schema_version(self) -> int:
-        cursor = await self._conn.execute("PRAGMA user_version")
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
-    async def _migrate(self, read_only: bool) -> None:
-        steps = migrations()
-        current = await self.schema_version()
-        latest = steps[-1][0] if steps else 0
-        if current > latest:
-            raise SchemaTooNew(
-                f"database {self.path} has schema version {current}, newer than this "
-                f"storybot knows ({latest}): upgrade storybot or use another DATABASE_PATH"
-            )
-        pending = [(n, p) for n, p in steps if n > current]
-        if pending and read_only:
-            raise StorageUnavailable(f"database {self.path} needs an upgrade but is read-only")
-        for number, path in pending:
-            sql = path.read_text(encoding="utf-8")
-            try:
-                await self._conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};\nCOMMIT;"
-                )
-            except sqlite3.Error as error:
-                await self._rollback()
-                raise _translate(error) from None
-            log.info("database %s upgraded to schema %d (%s)", self.path, number, path.name)
+        return await self._db.schema_version()
 
     # --------------------------------------------------------------- plumbing
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # no transaction was open
-            await self._conn.execute("ROLLBACK")
-
     @asynccontextmanager
-    async def _transaction(self, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            if self._closed:
-                raise StorageUnavailable("the database is closed")
-            try:
-                began = time.perf_counter()
-                await self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield self._conn
-                await self._conn.execute("COMMIT")
-                if write and self.on_write is not None:
-                    self.on_write(time.perf_counter() - began)
-            except sqlite3.Error as error:
-                await self._rollback()
-                translated = _translate(error)
-                if write and isinstance(translated, StorageUnavailable):
-                    self._write_error, self._write_seen = str(translated), time.monotonic()
-                raise translated from None
-            except BaseException:
-                await self._rollback()
-                raise
-            if write and self._write_error is None:
+    async def _transaction(self, write: bool = True) -> AsyncIterator[Conn]:
+        began = time.perf_counter()
+        try:
+            async with self._db.transaction(write) as conn:
+                yield conn
+        except StorageUnavailable as failed:
+            if write:
+                self._write_error, self._write_seen = str(failed), time.monotonic()
+            raise
+        if write:
+            if self.on_write is not None:
+                self.on_write(time.perf_counter() - began)
+            if self._write_error is None:
                 # Saved, so the disk took it. Not the all-clear after a failure:
                 # a small update fits where a new part does not; the probe decides.
                 self._write_seen = time.monotonic()
 
-    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Row | None:
         async with self._transaction(write=False) as conn:
-            cursor = await conn.execute(sql, args)
-            return await cursor.fetchone()
+            return await conn.one(sql, args)
 
-    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
         async with self._transaction(write=False) as conn:
-            cursor = await conn.execute(sql, args)
-            return list(await cursor.fetchall())
+            return await conn.all(sql, args)
 
     async def probe_write(self) -> None:
         """Raise `StorageUnavailable` unless the database takes a write now: a
@@ -258,8 +172,9 @@ class Store:
         really reach the disk, not only the page cache)."""
         async with self._transaction() as conn:
             await conn.execute(
-                "INSERT OR REPLACE INTO write_probe (id, data) VALUES (1, zeroblob(?))",
-                (PROBE_BYTES,),
+                "INSERT INTO write_probe (id, data) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                (bytes(PROBE_BYTES),),
             )
         # Only after a saved probe: an empty DELETE would succeed on a full disk
         # and clear the failure just seen. A row left behind is replaced next time.
@@ -280,8 +195,7 @@ class Store:
         return None
 
     async def integrity_check(self) -> str:
-        row = await self._one("PRAGMA integrity_check")
-        return str(row[0]) if row else "no answer"
+        return await self._db.integrity_check()
 
     # ---------------------------------------------------------------- stories
     async def create_story(
@@ -303,10 +217,10 @@ class Store:
             _check_text(text)
         now = time.time()
         async with self._transaction() as conn:
-            cursor = await conn.execute(
+            row = await conn.one(
                 "INSERT INTO stories (author_id, source, guild_id, channel_id, genre, title,"
                 " memory, authors_note, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     author_id,
                     source,
@@ -320,14 +234,13 @@ class Store:
                     now,
                 ),
             )
-            story_id = cursor.lastrowid
-            cursor = await conn.execute(
+            story_id = _id(row)
+            row = await conn.one(
                 "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, created_at)"
-                " VALUES (?, NULL, 'prompt', ?, ?, ?)",
+                " VALUES (?, NULL, 'prompt', ?, ?, ?) RETURNING id",
                 (story_id, prompt, author_id, now),
             )
-            assert story_id is not None and cursor.lastrowid is not None
-            run = await _insert_run(conn, story_id, cursor.lastrowid, "start", author_id, seed)
+            run = await self._insert_run(conn, story_id, _id(row), "start", author_id, seed)
             story = await _story(conn, story_id)
             part = await _part(conn, run.parent_id)
         return story, part, run
@@ -337,11 +250,11 @@ class Store:
         _check_text(memory)
         _check_text(authors_note)
         async with self._transaction() as conn:
-            cursor = await conn.execute(
+            changed = await conn.execute(
                 "UPDATE stories SET memory = ?, authors_note = ?, updated_at = ? WHERE id = ?",
                 (memory, authors_note, time.time(), story_id),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFound(f"story {story_id} does not exist")
             return await _story(conn, story_id)
 
@@ -357,10 +270,8 @@ class Store:
         """Every part of a story, oldest first (for export and the tree)."""
         async with self._transaction(write=False) as conn:
             await _story(conn, story_id)
-            cursor = await conn.execute(
-                "SELECT * FROM parts WHERE story_id = ? ORDER BY id", (story_id,)
-            )
-            return [part_from_row(row) for row in await cursor.fetchall()]
+            rows = await conn.all("SELECT * FROM parts WHERE story_id = ? ORDER BY id", (story_id,))
+            return [part_from_row(row) for row in rows]
 
     async def path_to(self, part_id: int) -> list[Part]:
         """The parts from the root prompt down to `part_id`, in reading order."""
@@ -402,17 +313,13 @@ class Store:
         where = "s.author_id = ?" + (" AND s.genre = ?" if genre else "")
         args: tuple[Any, ...] = (author_id, genre) if genre else (author_id,)
         async with self._transaction(write=False) as conn:
-            total_row = await (
-                await conn.execute(f"SELECT COUNT(*) FROM stories s WHERE {where}", args)
-            ).fetchone()
-            rows = await (
-                await conn.execute(
-                    f"SELECT s.*, {_STATUS}, (SELECT COUNT(*) FROM parts p"
-                    f" WHERE p.story_id = s.id) AS part_count FROM stories s WHERE {where}"
-                    " ORDER BY s.created_at DESC, s.id DESC LIMIT ? OFFSET ?",
-                    (*args, limit, offset),
-                )
-            ).fetchall()
+            total_row = await conn.one(f"SELECT COUNT(*) FROM stories s WHERE {where}", args)
+            rows = await conn.all(
+                f"SELECT s.*, {_STATUS}, (SELECT COUNT(*) FROM parts p"
+                f" WHERE p.story_id = s.id) AS part_count FROM stories s WHERE {where}"
+                " ORDER BY s.created_at DESC, s.id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            )
         items = [StorySummary(story_from_row(row), row["part_count"]) for row in rows]
         return StoryPage(items, int(total_row[0]) if total_row else 0, offset, limit)
 
@@ -421,8 +328,8 @@ class Store:
         nothing, until the front-end clears them."""
         async with self._transaction() as conn:
             counts = await _count(conn, "s.id = ?", (story_id,))
-            cursor = await conn.execute("DELETE FROM stories WHERE id = ?", (story_id,))
-            if cursor.rowcount == 0:
+            changed = await conn.execute("DELETE FROM stories WHERE id = ?", (story_id,))
+            if changed == 0:
                 raise NotFound(f"story {story_id} does not exist")
         return counts
 
@@ -430,31 +337,20 @@ class Store:
         """Delete the stories a user started and the parts they asked for."""
         async with self._transaction() as conn:
             story_counts = await _count(conn, "s.author_id = ?", (user_id,))
-            other_parts = await (
-                await conn.execute(
-                    "SELECT id FROM parts WHERE requested_by = ? AND story_id IN"
-                    " (SELECT id FROM stories WHERE author_id IS NOT ?)",
-                    (user_id, user_id),
-                )
-            ).fetchall()
-            part_ids = [row["id"] for row in other_parts]
-            extra_parts = extra_messages = 0
-            if part_ids:
-                # Their parts in other people's stories go with their subtrees.
-                marks = ",".join("?" * len(part_ids))
-                subtree = (
-                    f"WITH RECURSIVE sub(id) AS (SELECT id FROM parts WHERE id IN ({marks})"
-                    " UNION SELECT p.id FROM parts p JOIN sub ON p.parent_id = sub.id)"
-                )
-                row = await (
-                    await conn.execute(
-                        f"{subtree} SELECT (SELECT COUNT(*) FROM sub),"
-                        " (SELECT COUNT(*) FROM messages WHERE part_id IN (SELECT id FROM sub))",
-                        part_ids,
-                    )
-                ).fetchone()
-                extra_parts, extra_messages = (row[0], row[1]) if row else (0, 0)
-                await conn.execute(f"DELETE FROM parts WHERE id IN ({marks})", part_ids)
+            # Their parts in other people's stories go with their subtrees.
+            theirs = (
+                "SELECT id FROM parts WHERE requested_by = ? AND story_id IN"
+                " (SELECT id FROM stories WHERE author_id IS NULL OR author_id <> ?)"
+            )
+            row = await conn.one(
+                f"WITH RECURSIVE sub(id) AS ({theirs}"
+                " UNION SELECT p.id FROM parts p JOIN sub ON p.parent_id = sub.id)"
+                " SELECT (SELECT COUNT(*) FROM sub),"
+                " (SELECT COUNT(*) FROM messages WHERE part_id IN (SELECT id FROM sub))",
+                (user_id, user_id),
+            )
+            extra_parts, extra_messages = (int(row[0]), int(row[1])) if row else (0, 0)
+            await conn.execute(f"DELETE FROM parts WHERE id IN ({theirs})", (user_id, user_id))
             # Their runs in other people's stories that wrote nothing yet go too.
             await conn.execute(
                 "DELETE FROM runs WHERE requested_by = ? AND part_id IS NULL", (user_id,)
@@ -481,10 +377,21 @@ class Store:
         requested_by: int | None,
         seed: int | None = None,
         replaces_id: int | None = None,
+        claim: bool = False,
     ) -> RunRecord:
         """A run that will write a part under `parent_id` (a reroll: a new version
-        of `replaces_id`, which must be a child of `parent_id`)."""
+        of `replaces_id`, which must be a child of `parent_id`).
+
+        With `claim`, the run also claims the part it acts on (the part it
+        continues; for a reroll, the part it replaces) for as long as it is
+        unfinished: `Claimed` is raised when an unfinished run, or an undecided
+        vote, holds that part already, whichever process started it."""
+        claimed = replaces_id if kind == "reroll" and replaces_id is not None else parent_id
         async with self._transaction() as conn:
+            if claim:
+                # Two processes claiming the same part queue up here; the second
+                # reads what the first wrote.
+                await conn.lock("parts", claimed)
             parent = await _part(conn, parent_id)
             if parent.story_id != story_id:
                 raise InvalidData(f"part {parent_id} belongs to another story")
@@ -492,7 +399,9 @@ class Store:
                 replaced = await _part(conn, replaces_id)
                 if replaced.parent_id != parent_id:
                     raise InvalidData(f"part {replaces_id} is not a child of part {parent_id}")
-            return await _insert_run(
+            if claim:
+                await _check_claim(conn, claimed)
+            return await self._insert_run(
                 conn, story_id, parent_id, kind, requested_by, seed, replaces_id
             )
 
@@ -508,11 +417,11 @@ class Store:
         if state == "done":
             raise InvalidData("a run becomes done with finish_run, which stores its part")
         async with self._transaction() as conn:
-            cursor = await conn.execute(
+            changed = await conn.execute(
                 "UPDATE runs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
                 (state, error, time.time(), run_id),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFound(f"run {run_id} does not exist")
 
     async def finish_run(self, run_id: int, part: GeneratedPart) -> Part:
@@ -522,18 +431,17 @@ class Store:
         values = asdict(part)
         params = json.dumps(values.pop("params")) if part.params is not None else None
         async with self._transaction() as conn:
-            row = await (
-                await conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
-            ).fetchone()
+            row = await conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
             if row is None:
                 raise NotFound(f"run {run_id} does not exist")
             run = run_from_row(row)
-            cursor = await conn.execute(
+            row = await conn.one(
                 "INSERT INTO parts (story_id, parent_id, kind, text, requested_by, params, seed,"
                 " model_id, prompt_tokens, new_tokens, queued_s, generation_s, finish_reason,"
                 " masked, memory, authors_note, candidate, created_at)"
                 " VALUES (?, ?, 'generated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " EXISTS (SELECT 1 FROM vote_candidates WHERE run_id = ?), ?)",
+                " CASE WHEN EXISTS (SELECT 1 FROM vote_candidates WHERE run_id = ?)"
+                " THEN 1 ELSE 0 END, ?) RETURNING id",
                 (
                     run.story_id,
                     run.parent_id,
@@ -554,7 +462,7 @@ class Store:
                     now,
                 ),
             )
-            part_id = cursor.lastrowid
+            part_id = _id(row)
             await conn.execute(
                 "UPDATE runs SET state = 'done', part_id = ?, error = NULL, updated_at = ?"
                 " WHERE id = ?",
@@ -563,7 +471,6 @@ class Store:
             await conn.execute(
                 "UPDATE stories SET updated_at = ? WHERE id = ?", (now, run.story_id)
             )
-            assert part_id is not None
             return await _part(conn, part_id)
 
     async def add_part(self, story_id: int, parent_id: int, part: GeneratedPart) -> Part:
@@ -572,7 +479,9 @@ class Store:
             parent = await _part(conn, parent_id)
             if parent.story_id != story_id:
                 raise InvalidData(f"part {parent_id} belongs to another story")
-            run = await _insert_run(conn, story_id, parent_id, "continue", part.requested_by, None)
+            run = await self._insert_run(
+                conn, story_id, parent_id, "continue", part.requested_by, None
+            )
         return await self.finish_run(run.id, part)
 
     async def delete_run(self, run_id: int) -> None:
@@ -581,19 +490,39 @@ class Store:
             await conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     async def interrupt_unfinished(self, reason: str) -> list[RunRecord]:
-        """Runs left queued or generating by a crash or a stop become `interrupted`."""
+        """Runs left queued or generating by a crash or a stop become `interrupted`.
+        On a database that several processes share (PostgreSQL), only this
+        instance's runs (and runs nobody owns, such as copied ones): the others'
+        are still being written."""
+        mine = " AND (owner = ? OR owner IS NULL)" if self.shared else ""
+        args: tuple[Any, ...] = (reason, time.time()) + ((self.instance,) if self.shared else ())
         async with self._transaction() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT * FROM runs WHERE state IN ('queued', 'generating') ORDER BY id"
-                )
-            ).fetchall()
-            await conn.execute(
+            rows = await conn.all(
                 "UPDATE runs SET state = 'interrupted', error = ?, updated_at = ?"
-                " WHERE state IN ('queued', 'generating')",
-                (reason, time.time()),
+                f" WHERE state IN {_UNFINISHED}{mine} RETURNING *",
+                args,
             )
-        return [replace(run_from_row(row), state="interrupted", error=reason) for row in rows]
+        return sorted((run_from_row(row) for row in rows), key=lambda run: run.id)
+
+    async def _insert_run(
+        self,
+        conn: Conn,
+        story_id: int,
+        parent_id: int,
+        kind: RunKind,
+        requested_by: int | None,
+        seed: int | None,
+        replaces_id: int | None = None,
+    ) -> RunRecord:
+        now = time.time()
+        row = await conn.one(
+            "INSERT INTO runs (story_id, parent_id, kind, replaces_id, requested_by, state, seed,"
+            " owner, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+            " RETURNING *",
+            (story_id, parent_id, kind, replaces_id, requested_by, seed, self.instance, now, now),
+        )
+        assert row is not None
+        return run_from_row(row)
 
     # --------------------------------------------------------------- messages
     async def add_message(
@@ -654,9 +583,7 @@ class Store:
         (What they display is confirmed separately, edit by edit.)"""
         now = time.time()
         async with self._transaction() as conn:
-            story = await (
-                await conn.execute("SELECT story_id FROM parts WHERE id = ?", (part_id,))
-            ).fetchone()
+            story = await conn.one("SELECT story_id FROM parts WHERE id = ?", (part_id,))
             if story is None:
                 raise NotFound(f"part {part_id} does not exist")
             for chunk, message_id in enumerate(message_ids):
@@ -677,14 +604,24 @@ class Store:
     async def forget_message(self, message_id: int) -> bool:
         """The message is gone (deleted in Discord) or shows nothing any more."""
         async with self._transaction() as conn:
-            cursor = await conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
-            return cursor.rowcount > 0
+            gone = await conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+        return gone > 0
 
     async def stale_messages(self, limit: int = 1000) -> list[MessageRecord]:
-        """Messages that do not show what the database says they should."""
+        """Messages that do not show what the database says they should. On a
+        database several processes share, not those of a run another instance
+        is still writing: that process shows it."""
+        theirs = (
+            " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.id = known.run_id"
+            f" AND o.state IN {_UNFINISHED} AND o.owner IS NOT NULL AND o.owner <> ?)"
+            if self.shared
+            else ""
+        )
+        args = ((self.instance,) if self.shared else ()) + (limit,)
         rows = await self._all(
-            f"SELECT * FROM ({_MESSAGES}) WHERE wants != shows ORDER BY message_id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM ({_MESSAGES}) AS known WHERE wants <> shows{theirs}"
+            " ORDER BY message_id LIMIT ?",
+            args,
         )
         return [message_from_row(row) for row in rows]
 
@@ -706,14 +643,16 @@ _STATUS = (
 
 # A message with what it should show: its part's chunk ('hidden:' instead of
 # 'part:' while the part is hidden after reports); else its run's part once the
-# run is done, or the run's state; else nothing ('gone').
+# run is done, or the run's state; else nothing ('gone'). Flags are 0 or 1 (no
+# booleans: SQLite has none).
 _SHOWN_PART = (
-    "(CASE WHEN p.hidden THEN 'hidden:' WHEN p.candidate THEN 'candidate:' ELSE 'part:' END)"
+    "(CASE WHEN p.hidden <> 0 THEN 'hidden:' WHEN p.candidate <> 0 THEN 'candidate:'"
+    " ELSE 'part:' END)"
 )
 # A vote's option shows the vote's state too, so closing the vote updates it.
 _CANDIDATE_OF = (
-    "(CASE WHEN p.candidate AND NOT p.hidden THEN ':' || COALESCE((SELECT v.state FROM runs r2"
-    " JOIN vote_candidates vc ON vc.run_id = r2.id JOIN votes v ON v.id = vc.vote_id"
+    "(CASE WHEN p.candidate <> 0 AND p.hidden = 0 THEN ':' || COALESCE((SELECT v.state"
+    " FROM runs r2 JOIN vote_candidates vc ON vc.run_id = r2.id JOIN votes v ON v.id = vc.vote_id"
     " WHERE r2.part_id = p.id), 'gone') ELSE '' END)"
 )
 _MESSAGES = (
@@ -732,60 +671,65 @@ _MESSAGES = (
 )
 
 
-async def _story(conn: aiosqlite.Connection, story_id: int) -> Story:
-    row = await (
-        await conn.execute(f"SELECT s.*, {_STATUS} FROM stories s WHERE s.id = ?", (story_id,))
-    ).fetchone()
+def _id(row: Row | None) -> int:
+    assert row is not None, "INSERT ... RETURNING returned no row"
+    return int(row[0])
+
+
+async def _story(conn: Conn, story_id: int) -> Story:
+    row = await conn.one(f"SELECT s.*, {_STATUS} FROM stories s WHERE s.id = ?", (story_id,))
     if row is None:
         raise NotFound(f"story {story_id} does not exist")
     return story_from_row(row)
 
 
-async def _part(conn: aiosqlite.Connection, part_id: int) -> Part:
-    row = await (await conn.execute("SELECT * FROM parts WHERE id = ?", (part_id,))).fetchone()
+async def _part(conn: Conn, part_id: int) -> Part:
+    row = await conn.one("SELECT * FROM parts WHERE id = ?", (part_id,))
     if row is None:
         raise NotFound(f"part {part_id} does not exist")
     return part_from_row(row)
 
 
-async def _insert_run(
-    conn: aiosqlite.Connection,
-    story_id: int,
-    parent_id: int,
-    kind: RunKind,
-    requested_by: int | None,
-    seed: int | None,
-    replaces_id: int | None = None,
-) -> RunRecord:
-    now = time.time()
-    cursor = await conn.execute(
-        "INSERT INTO runs (story_id, parent_id, kind, replaces_id, requested_by, state, seed,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-        (story_id, parent_id, kind, replaces_id, requested_by, seed, now, now),
+async def _check_claim(conn: Conn, part_id: int) -> None:
+    """Raise `Claimed` when an unfinished run continues or rerolls `part_id`, or
+    an undecided vote is on what follows it."""
+    row = await conn.one(
+        "SELECT r.id, r.kind, (SELECT c.vote_id FROM vote_candidates c WHERE c.run_id = r.id)"
+        f" FROM runs r WHERE r.state IN {_UNFINISHED} AND ((r.kind <> 'reroll'"
+        " AND r.parent_id = ?) OR (r.kind = 'reroll' AND r.replaces_id = ?))"
+        " ORDER BY r.id LIMIT 1",
+        (part_id, part_id),
     )
-    row = await (
-        await conn.execute("SELECT * FROM runs WHERE id = ?", (cursor.lastrowid,))
-    ).fetchone()
-    return run_from_row(row)
+    if row is not None:
+        by = "vote" if row[2] is not None else ("reroll" if row[1] == "reroll" else "continue")
+        raise Claimed(part_id, by, run_id=int(row[0]))
+    row = await conn.one(
+        "SELECT id FROM votes WHERE parent_id = ? AND state IN ('writing', 'open') LIMIT 1",
+        (part_id,),
+    )
+    if row is not None:
+        raise Claimed(part_id, "vote", vote_id=int(row[0]))
 
 
-async def _count(conn: aiosqlite.Connection, where: str, args: tuple[Any, ...]) -> Deleted:
-    row = await (
-        await conn.execute(
-            f"SELECT COUNT(*), (SELECT COUNT(*) FROM parts WHERE story_id IN"
-            f" (SELECT s.id FROM stories s WHERE {where})),"
-            f" (SELECT COUNT(*) FROM messages m"
-            f"  WHERE m.story_id IN (SELECT s.id FROM stories s WHERE {where}))"
-            f" FROM stories s WHERE {where}",
-            args * 3,
-        )
-    ).fetchone()
-    return Deleted(row[0], row[1], row[2]) if row else Deleted(0, 0, 0)
+async def _count(conn: Conn, where: str, args: tuple[Any, ...]) -> Deleted:
+    row = await conn.one(
+        f"SELECT COUNT(*), (SELECT COUNT(*) FROM parts WHERE story_id IN"
+        f" (SELECT s.id FROM stories s WHERE {where})),"
+        f" (SELECT COUNT(*) FROM messages m"
+        f"  WHERE m.story_id IN (SELECT s.id FROM stories s WHERE {where}))"
+        f" FROM stories s WHERE {where}",
+        args * 3,
+    )
+    return Deleted(int(row[0]), int(row[1]), int(row[2])) if row else Deleted(0, 0, 0)
 
 
 def _check_text(text: str) -> None:
     if not isinstance(text, str):
         raise InvalidData("text must be a string")
+    if "\x00" in text:
+        # PostgreSQL cannot store it, so neither store does: a SQLite database can
+        # always move. (Generated text never holds one: generation.text.clean.)
+        raise InvalidData("text contains a NUL character")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

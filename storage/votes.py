@@ -3,8 +3,8 @@
 A vote's candidates are runs under one parent part, written together. While a
 vote is undecided its candidates' parts are marked `candidate`, so the story's
 branch never follows them; closing the vote clears the mark on the winner.
-Ballots are one per person, changeable until the vote closes. Shares the
-`Store`'s connection and lock, each operation in one transaction.
+Ballots are one per person, changeable until the vote closes. Uses the
+`Store`'s database, each operation in one transaction.
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ class VoteStore:
             raise InvalidData("a vote has 1 to 9 candidates")
         now = time.time()
         async with self._store._transaction() as conn:
-            cursor = await conn.execute(
-                "INSERT INTO votes (story_id, parent_id, created_at) VALUES (?, ?, ?)",
+            row = await conn.one(
+                "INSERT INTO votes (story_id, parent_id, created_at) VALUES (?, ?, ?) RETURNING id",
                 (story_id, parent_id, now),
             )
-            vote_id = cursor.lastrowid
-            assert vote_id is not None
+            assert row is not None
+            vote_id = int(row[0])
             for number, run_id in enumerate(run_ids, 1):
                 await conn.execute(
                     "INSERT INTO vote_candidates (vote_id, number, run_id) VALUES (?, ?, ?)",
@@ -83,24 +83,18 @@ class VoteStore:
 
     async def get(self, vote_id: int) -> VoteRecord:
         async with self._store._transaction(write=False) as conn:
-            row = await (
-                await conn.execute("SELECT * FROM votes WHERE id = ?", (vote_id,))
-            ).fetchone()
+            row = await conn.one("SELECT * FROM votes WHERE id = ?", (vote_id,))
             if row is None:
                 raise NotFound(f"vote {vote_id} does not exist")
-            candidates = await (
-                await conn.execute(
-                    "SELECT c.number, c.run_id, r.state, r.part_id FROM vote_candidates c"
-                    " JOIN runs r ON r.id = c.run_id WHERE c.vote_id = ? ORDER BY c.number",
-                    (vote_id,),
-                )
-            ).fetchall()
-            counted = await (
-                await conn.execute(
-                    "SELECT number, COUNT(*) FROM vote_ballots WHERE vote_id = ? GROUP BY number",
-                    (vote_id,),
-                )
-            ).fetchall()
+            candidates = await conn.all(
+                "SELECT c.number, c.run_id, r.state, r.part_id FROM vote_candidates c"
+                " JOIN runs r ON r.id = c.run_id WHERE c.vote_id = ? ORDER BY c.number",
+                (vote_id,),
+            )
+            counted = await conn.all(
+                "SELECT number, COUNT(*) FROM vote_ballots WHERE vote_id = ? GROUP BY number",
+                (vote_id,),
+            )
         tally = {int(number): int(n) for number, n in counted}
         return VoteRecord(
             id=row["id"],
@@ -117,51 +111,44 @@ class VoteStore:
     async def of_part(self, part_id: int) -> tuple[int, int] | None:
         """(vote id, option number) of a part written as a vote's option."""
         async with self._store._transaction(write=False) as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT c.vote_id, c.number FROM vote_candidates c"
-                    " JOIN runs r ON r.id = c.run_id WHERE r.part_id = ?",
-                    (part_id,),
-                )
-            ).fetchone()
+            row = await conn.one(
+                "SELECT c.vote_id, c.number FROM vote_candidates c"
+                " JOIN runs r ON r.id = c.run_id WHERE r.part_id = ?",
+                (part_id,),
+            )
         return (int(row[0]), int(row[1])) if row else None
 
     async def of_run(self, run_id: int) -> int | None:
         """The vote a run writes a candidate for, if any."""
         async with self._store._transaction(write=False) as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT vote_id FROM vote_candidates WHERE run_id = ?", (run_id,)
-                )
-            ).fetchone()
+            row = await conn.one("SELECT vote_id FROM vote_candidates WHERE run_id = ?", (run_id,))
         return int(row[0]) if row else None
 
     async def open(self, vote_id: int, closes_at: float) -> VoteRecord:
         async with self._store._transaction() as conn:
-            cursor = await conn.execute(
+            changed = await conn.execute(
                 "UPDATE votes SET state = 'open', closes_at = ? WHERE id = ? AND state = 'writing'",
                 (closes_at, vote_id),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFound(f"vote {vote_id} is not being written")
         return await self.get(vote_id)
 
     async def cast(self, vote_id: int, user_id: int, number: int) -> VoteRecord:
-        """One person's ballot (replacing their earlier one); refused once closed."""
+        """One person's ballot (replacing their earlier one); refused once closed
+        (the vote's row is locked, so a ballot never lands after the close)."""
         async with self._store._transaction() as conn:
-            row = await (
-                await conn.execute("SELECT state FROM votes WHERE id = ?", (vote_id,))
-            ).fetchone()
+            row = await conn.one(
+                "SELECT state FROM votes WHERE id = ?" + conn.for_update, (vote_id,)
+            )
             if row is None:
                 raise NotFound(f"vote {vote_id} does not exist")
             if row["state"] != "open":
                 raise InvalidData(f"vote {vote_id} is {row['state']}")
-            exists = await (
-                await conn.execute(
-                    "SELECT 1 FROM vote_candidates WHERE vote_id = ? AND number = ?",
-                    (vote_id, number),
-                )
-            ).fetchone()
+            exists = await conn.one(
+                "SELECT 1 FROM vote_candidates WHERE vote_id = ? AND number = ?",
+                (vote_id, number),
+            )
             if exists is None:
                 raise NotFound(f"vote {vote_id} has no option {number}")
             await conn.execute(
@@ -174,12 +161,10 @@ class VoteStore:
 
     async def ballot_of(self, vote_id: int, user_id: int) -> int | None:
         async with self._store._transaction(write=False) as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT number FROM vote_ballots WHERE vote_id = ? AND user_id = ?",
-                    (vote_id, user_id),
-                )
-            ).fetchone()
+            row = await conn.one(
+                "SELECT number FROM vote_ballots WHERE vote_id = ? AND user_id = ?",
+                (vote_id, user_id),
+            )
         return int(row[0]) if row else None
 
     async def close(self, vote_id: int, winner: int | None) -> VoteRecord:
@@ -187,12 +172,12 @@ class VoteStore:
         (its candidate mark cleared); no winner: the vote failed."""
         async with self._store._transaction() as conn:
             state = "closed" if winner is not None else "failed"
-            cursor = await conn.execute(
+            changed = await conn.execute(
                 "UPDATE votes SET state = ?, winner = ? WHERE id = ?"
                 " AND state IN ('writing', 'open')",
                 (state, winner, vote_id),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFound(f"vote {vote_id} is decided already")
             if winner is not None:
                 await conn.execute(
@@ -204,11 +189,19 @@ class VoteStore:
         return await self.get(vote_id)
 
     async def unfinished(self) -> list[VoteRecord]:
-        """Votes being written or open (at start-up: to close, fail or resume)."""
+        """Votes being written or open (at start-up: to close, fail or resume).
+        On a database several processes share, only the votes whose options
+        this instance wrote (or nobody owns): another process's votes are its own."""
+        mine = (
+            " AND EXISTS (SELECT 1 FROM vote_candidates c JOIN runs r ON r.id = c.run_id"
+            " WHERE c.vote_id = votes.id AND (r.owner = ? OR r.owner IS NULL))"
+            if self._store.shared
+            else ""
+        )
+        args = (self._store.instance,) if self._store.shared else ()
         async with self._store._transaction(write=False) as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT id FROM votes WHERE state IN ('writing', 'open') ORDER BY id"
-                )
-            ).fetchall()
+            rows = await conn.all(
+                f"SELECT id FROM votes WHERE state IN ('writing', 'open'){mine} ORDER BY id",
+                args,
+            )
         return [await self.get(int(row[0])) for row in rows]

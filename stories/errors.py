@@ -135,6 +135,18 @@ class Conflict(StoryError):
     code = "conflict"
 
 
+class WritingElsewhere(Conflict):
+    """Another storybot process (sharing the database) is writing the next part
+    of this part already: it shows it; this one cannot join it."""
+
+    code = "writing_elsewhere"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Someone is writing the next part already: it appears in the channel when it is done."
+        )
+
+
 class StillWriting(Conflict):
     """The part to continue after is still being written."""
 

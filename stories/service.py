@@ -11,6 +11,11 @@ may happen to a part at once is decided here, in one place:
   ends; a part being continued, or already continued, cannot be rerolled.
 - Continuing a story (HTTP) while one of its parts is being written is refused
   (`StillWriting`), never turned into a silent branch.
+- The same holds between processes that share one database (PostgreSQL): each
+  run claims its part in the database too (`Store.create_run(claim=True)`).
+  A claim lost to a run of another process is refused the way a local one is;
+  a continuation cannot be joined there, so it says someone is writing it
+  (`WritingElsewhere`).
 
 A front-end that shows the run somewhere passes `announce`: it is awaited after
 every check and before anything is generated, so a run whose message cannot be
@@ -34,7 +39,7 @@ from generation.messages import N_
 from generation.model_pools import ModelPools
 from generation.pool import GenerationPool, Reservation, Ticket
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
-from storage.errors import NotFound, StorageError
+from storage.errors import Claimed, NotFound, StorageError
 from storage.guilds import GuildStore
 from storage.models import (
     Deleted,
@@ -66,6 +71,7 @@ from stories.errors import (
     StillWriting,
     StoryDeleted,
     UserLimit,
+    WritingElsewhere,
 )
 from stories.genres import Genre, GenreRegistry
 from stories.moderation import ContentFilter
@@ -288,6 +294,29 @@ class _Claim:
     kind: ClaimKind
     ready: asyncio.Future[Run]
     run: Run | None = None
+
+
+def _lost_claim(lost: Claimed, doing: ClaimKind) -> Conflict:
+    """The refusal for a claim that a run or a vote of another process holds
+    (the words are those of the same refusal within one process)."""
+    if doing == "reroll":
+        if lost.by == "reroll":
+            return Conflict("This part is already being rerolled.")
+        return Conflict(
+            "Someone is continuing this part; reroll the newest part once it is written."
+        )
+    if doing == "vote":
+        if lost.by == "vote":
+            return Conflict("The channel is voting on this part already.")
+        return Conflict("Someone is writing the next part already.")
+    if lost.by == "reroll":
+        return Conflict("That part is being rerolled: continue it once its new version is shown.")
+    if lost.by == "vote":
+        return Conflict(
+            "The channel is voting on what happens next: vote, and continue the "
+            "winning option once the vote is over."
+        )
+    return WritingElsewhere()
 
 
 def join_text(previous: str, continuation: str) -> str:
@@ -629,7 +658,9 @@ class StoryService:
                 )
             parent = await self.store.get_part(part.parent_id)
             keep = StoryOptions(max_new_tokens=(part.params or {}).get("max_new_tokens"))
-            run = await self._begin(story, parent, "reroll", who, keep, part, announce)
+            run = await self._begin(
+                story, parent, "reroll", who, keep, part, announce, claim="reroll"
+            )
         except BaseException as error:
             self._fail_claim(part_id, claim, error)
             raise
@@ -743,6 +774,7 @@ class StoryService:
         announce: Announce | None,
         *,
         slot: bool = True,  # False: another run of the same action holds the person's slot
+        claim: ClaimKind | None = "continue",  # None: another run of the action claimed it
     ) -> Run:
         server = await self.servers.settings(who.guild_id)
         self.servers.check_channel(server, who.channel_id)
@@ -788,10 +820,13 @@ class StoryService:
                 requested_by=who.user_id,
                 seed=params.seed,
                 replaces_id=replaces.id if replaces else None,
+                claim=claim is not None,
             )
-        except BaseException:
+        except BaseException as error:
             reservation.release()
             release()
+            if isinstance(error, Claimed) and claim is not None:
+                raise _lost_claim(error, claim) from None
             raise
         run = Run(record, story, parent, genre, previous_text, len(path), replaces)
         run.release_slot = release

@@ -125,7 +125,15 @@ class Votes:
                 # One person's slot for the whole vote: the candidates are one action.
                 runs.append(
                     await service._begin(
-                        story, parent, "continue", who, options, None, None, slot=number == 0
+                        story,
+                        parent,
+                        "continue",
+                        who,
+                        options,
+                        None,
+                        None,
+                        slot=number == 0,
+                        claim="vote" if number == 0 else None,  # one claim for the vote
                     )
                 )
             record = await self.store.create(story.id, parent.id, [run.id for run in runs])

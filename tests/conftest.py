@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from storage.store import Store
 from stories.genres import GenreRegistry
 from stories.service import StoryService
 from tests.fakediscord.harness import FakeDiscord
+from tests.postgres import MISSING, PostgresServer, binaries, create_database, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,6 +144,27 @@ async def pool(make_pool: Callable[..., GenerationPool]) -> AsyncIterator[Genera
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with await Store.open(tmp_path / "stories.sqlite3") as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the tests' own (tests/postgres.py), started at the
+    first test that needs it and stopped at the end of the session."""
+    if binaries() is None:
+        if os.environ.get("STORYBOT_REQUIRE_POSTGRES"):  # .ci/run: never skipped there
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
+    with running_server() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the tests' PostgreSQL server."""
+    return await create_database(postgres_server, f"test_{next(_databases)}")
 
 
 @pytest.fixture

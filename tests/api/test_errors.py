@@ -68,6 +68,8 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "InvalidSetting": (422, None),
     "QuotaReached": (429, "12"),
     "PartHidden": (409, None),
+    "WritingElsewhere": (409, None),
+    "Claimed": (409, None),
 }
 
 # Constructor arguments by name, for the classes that need some.
@@ -77,6 +79,8 @@ SAMPLE_ARGS: dict[str, Any] = {
     "reason": "the queue is full",
     "limit": 100,
     "character": "\x07",
+    "part_id": 5,
+    "by": "continue",
 }
 
 

@@ -108,12 +108,31 @@ def test_compose_gpu_override_serves_gpt2_with_vllm_and_one_bot() -> None:
     assert not any("profiles" in service for service in merged.values())
 
 
+def test_compose_postgres_profile_points_the_one_bot_at_a_healthy_server() -> None:
+    import yaml
+
+    base = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+    override = yaml.safe_load((REPO / "compose.postgres.yaml").read_text())
+    postgres, bot = override["services"]["postgres"], override["services"]["storybot"]
+    assert postgres["image"].startswith("postgres:") and "ports" not in postgres
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert override["secrets"]["postgres_password"] == {"environment": "POSTGRES_PASSWORD"}
+    url = bot["environment"]["DATABASE_URL"]
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    assert ":" not in url.split("//", 1)[1].split("@", 1)[0]  # no password in the URL
+    assert bot["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert bot["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert bot["environment"]["INSTANCE_ID"]
+    assert set(override["services"]) - set(base) == {"postgres"}  # still one bot
+
+
 def test_compose_files_follow_the_compose_specification() -> None:
     checker = Path(sys.executable).parent / "check-jsonschema"
     if not checker.exists():
         pytest.skip("check-jsonschema is a dev dependency (scripts/setup.sh dev)")
     files = [
-        str(REPO / name) for name in ("compose.yaml", "compose.gpu.yaml")
+        str(REPO / name) for name in ("compose.yaml", "compose.gpu.yaml", "compose.postgres.yaml")
     ]
     result = subprocess.run(
         [str(checker), "--builtin-schema", "vendor.compose-spec", *files],

@@ -277,3 +277,33 @@ async def test_sigterm_with_a_stream_in_flight_does_not_wait_a_minute(
     with sqlite3.connect(env["DATABASE_PATH"]) as conn:
         (state,) = conn.execute("SELECT state FROM runs").fetchone()
     assert state in ("done", "interrupted")
+
+
+async def test_stories_go_to_postgresql_when_database_url_says_so(
+    tiny_model_dir: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    env = env_for(tiny_model_dir, tmp_path, DATABASE_URL=postgres_url, INSTANCE_ID="bot-a")
+    port = int(env["HTTP_PORT"])
+    process = start(env, REPO)
+    try:
+        await asyncio.to_thread(wait_http, port, process)
+        answer = await asyncio.to_thread(post, port, {"input": "The detective reached"})
+        assert str(answer["output"]).startswith("The detective reached")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 0, output
+    assert f"stories in {postgres_url} (postgresql), instance bot-a" in output
+    assert not (tmp_path / "db").exists()  # DATABASE_URL wins over DATABASE_PATH
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        runs = await conn.fetch("SELECT state, owner FROM runs")
+        texts = await conn.fetch("SELECT text FROM parts ORDER BY id")
+    finally:
+        await conn.close()
+    assert [(r["state"], r["owner"]) for r in runs] == [("done", "bot-a")]
+    assert texts[0]["text"] == "The detective reached"

@@ -245,3 +245,77 @@ def test_sampling_fields_are_the_backends_dialects() -> None:
 
     assert get_args(SamplingFields) == get_args(dialects.SamplingFields)
     assert set(get_args(SamplingFields)) == {"auto", *dialects.DIALECTS, *dialects.ALIASES}
+
+
+def test_database_is_a_path_by_default_or_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().database == Path("data/storybot.sqlite3")
+    monkeypatch.setenv("DATABASE_PATH", "/srv/stories.sqlite3")
+    assert load_settings().database == Path("/srv/stories.sqlite3")
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///relative/s.sqlite3")
+    assert load_settings().database == Path("relative/s.sqlite3")
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////absolute/s.sqlite3")
+    assert load_settings().database == Path("/absolute/s.sqlite3")
+    url = "postgresql://storybot:p%40ss-W0rd@db.internal:5432/storybot"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database == url  # wins over DATABASE_PATH
+    assert "p%40ss-W0rd" in settings.secrets
+    assert "p%40ss" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["mysql://u@h/db", "sqlite:relative", "sqlite:///", "postgresql:///nohost", "data/s.sqlite3"],
+)
+def test_a_database_url_that_is_not_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", value)
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL: "):
+        load_settings()
+
+
+def test_instance_id_is_a_short_plain_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSTANCE_ID", "storybot-1")
+    assert load_settings().instance_id == "storybot-1"
+    monkeypatch.setenv("INSTANCE_ID", "two words")
+    with pytest.raises(SettingsError, match=r"^INSTANCE_ID: "):
+        load_settings()
+
+
+def test_shards_are_all_by_default_or_those_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("SHARD_COUNT", "SHARD_IDS"):
+        monkeypatch.delenv(key, raising=False)
+    settings = load_settings()
+    assert settings.shard_count is None and settings.shards is None  # Discord says how many
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    monkeypatch.setenv("SHARD_IDS", " 2, 3 ")
+    settings = load_settings()
+    assert settings.shard_count == 4 and settings.shards == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "message"),
+    [
+        ("", "0", "SHARD_IDS needs SHARD_COUNT"),
+        ("2", "2", "shard 2 does not exist with SHARD_COUNT=2"),
+        ("2", "one", "SHARD_IDS must be shard numbers separated by commas"),
+        ("4", "1,1", "SHARD_IDS must name each shard once"),
+        ("0", "", "SHARD_COUNT: "),
+    ],
+)
+def test_a_wrong_shard_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, count: str, ids: str, message: str
+) -> None:
+    monkeypatch.setenv("SHARD_COUNT", count)
+    monkeypatch.setenv("SHARD_IDS", ids)
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings()
+
+
+def test_no_http_interface_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_ENABLED", "false")
+    with pytest.raises(SettingsError, match="HTTP_ENABLED=false needs DISCORD_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("DISCORD_TOKEN", SECRET)
+    assert not load_settings().http_enabled

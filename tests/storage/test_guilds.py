@@ -1,4 +1,4 @@
-"""A server's settings, counts and reports, on real SQLite files."""
+"""A server's settings, counts and reports, on SQLite files and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,16 +26,15 @@ async def test_unconfigured_server_gets_the_defaults(guilds: GuildStore) -> None
     assert await guilds.settings(GUILD) == GuildSettings(GUILD)
 
 
-async def test_settings_change_one_at_a_time_and_persist(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
-    async with await Store.open(path) as store:
+async def test_settings_change_one_at_a_time_and_persist(database: str) -> None:
+    async with await Store.open(database) as store:
         guilds = GuildStore(store)
         await guilds.update(GUILD, genres=("crime", "fantasy"), cooldown_s=30.0)
         changed = await guilds.update(GUILD, channels=(11, 12), filter_terms=("zorp",))
         assert changed.genres == ("crime", "fantasy") and changed.cooldown_s == 30.0
         assert changed.channels == (11, 12) and changed.filter_terms == ("zorp",)
         await guilds.update(GUILD, genres=None)  # back to all genres
-    async with await Store.open(path) as store:  # a restart keeps them
+    async with await Store.open(database) as store:  # a restart keeps them
         settings = await GuildStore(store).settings(GUILD)
         assert (await GuildStore(store).settings(GUILD + 1)).channels is None  # per server
     assert settings.genres is None and settings.channels == (11, 12)

@@ -1,4 +1,4 @@
-"""Share links and the names share pages show, on real SQLite files."""
+"""Share links and the names share pages show, on SQLite files and on PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The story store on real SQLite files in a temporary folder."""
+"""The story store on real SQLite files in a temporary folder, and (the tests
+taking `store` or `database`) on a real PostgreSQL server too."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from storage.store import Store, migrations
 from tests.conftest import REPO
 
 WEIRD = [
-    "NUL\x00inside",
     "😀🎉 emoji, עברית right-to-left, zero\u200bwidth\u200d",
     "'; DROP TABLE stories; --",
     "x" * 100_000,
@@ -68,6 +68,17 @@ async def test_any_text_is_stored_verbatim(store: Store, text: str) -> None:
     assert (await store.get_part(part.id)).text == text
     assert await text_to(store, part.id) == text + text
     assert await store.integrity_check() == "ok"
+
+
+async def test_a_nul_character_is_refused_on_both_databases(store: Store) -> None:
+    # PostgreSQL cannot store one, so SQLite refuses it too: every SQLite
+    # database can move to PostgreSQL (generated text never holds one).
+    with pytest.raises(InvalidData, match="NUL"):
+        await store.create_story(prompt="NUL\x00inside", genre="crime", author_id=1)
+    _, _, run = await store.create_story(prompt="p", genre="crime", author_id=1)
+    with pytest.raises(InvalidData, match="NUL"):
+        await store.finish_run(run.id, GeneratedPart("a\x00b"))
+    assert (await store.list_stories(1)).total == 1
 
 
 async def test_refused_input_leaves_no_partial_write(store: Store) -> None:
@@ -178,7 +189,9 @@ async def test_unfinished_runs_are_interrupted_whichever_story_they_are_on(
     assert await store.interrupt_unfinished("restart") == []
 
 
-async def test_connection_settings(store: Store) -> None:
+async def test_connection_settings(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "pragmas.sqlite3")
+
     async def pragma(name: str) -> object:
         row = await store._one(f"PRAGMA {name}")
         assert row is not None
@@ -188,6 +201,7 @@ async def test_connection_settings(store: Store) -> None:
     assert await pragma("foreign_keys") == 1
     assert await pragma("synchronous") >= 1  # type: ignore[operator]
     assert await pragma("busy_timeout") >= 1000  # type: ignore[operator]
+    await store.close()
 
 
 async def test_folder_is_created_and_old_database_upgraded(tmp_path: Path) -> None:
@@ -237,9 +251,8 @@ async def test_many_concurrent_writers_lose_nothing(store: Store) -> None:
     assert sorted(stored) == sorted(f" w{w}n{n}" for w in range(8) for n in range(25))
 
 
-async def test_two_connections_writing_at_once_do_not_lock(tmp_path: Path) -> None:
-    path = tmp_path / "shared.sqlite3"
-    async with await Store.open(path) as first, await Store.open(path) as second:
+async def test_two_connections_writing_at_once_do_not_lock(database: str) -> None:
+    async with await Store.open(database) as first, await Store.open(database) as second:
 
         async def write(store: Store, tag: str) -> None:
             for n in range(30):
@@ -293,7 +306,8 @@ async def test_sigkill_mid_write_loses_no_returned_story(tmp_path: Path) -> None
             assert story.status == "done" and [p.kind for p in parts] == ["prompt", "generated"]
 
 
-async def test_full_disk_is_a_clear_error_and_the_database_stays_valid(store: Store) -> None:
+async def test_full_disk_is_a_clear_error_and_the_database_stays_valid(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "full.sqlite3")
     story, root, _ = await store.create_story(
         prompt="before the disk filled", genre="crime", author_id=1
     )
@@ -308,6 +322,7 @@ async def test_full_disk_is_a_clear_error_and_the_database_stays_valid(store: St
     assert (await store.get_part(root.id)).text == "before the disk filled"
     await store._conn.execute("PRAGMA max_page_count = 1073741823")
     await store.add_part(story.id, root.id, GeneratedPart(" written after space came back"))
+    await store.close()
 
 
 async def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
