@@ -334,12 +334,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     pool = service.pool
-    database, problem = True, None
-    try:
-        await service.store.schema_version()
-        problem = await service.store.write_problem()
-    except Exception as error:
-        database, problem = False, str(error) or type(error).__name__
+    database, problem = await service.database_state()
     writable = database and problem is None
     backend = pool.backend
     ready = pool.ready and writable

@@ -23,7 +23,7 @@ from bot.i18n import for_person
 from bot.views import ErrorHandler, buttons
 from storage.errors import StorageError
 from stories.service import Requester, StoryService
-from stories.sharing import Sharing
+from stories.sharing import Shared, Sharing
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,17 @@ class ShareHandlers:
 
     async def share_part(self, interaction: discord.Interaction, part_id: int) -> None:
         """The Share button under a part: the link to its story."""
-        part = await self.service.store.get_part(part_id)
-        await self.share_story(interaction, part.story_id)
+        await self.remember(interaction.user)
+        shared = await self.sharing.share_part(part_id, self._requester(interaction))
+        await self._answer_link(interaction, shared)
 
     async def share_story(self, interaction: discord.Interaction, story_id: int) -> None:
         await self.remember(interaction.user)
         shared = await self.sharing.share(story_id, self._requester(interaction))
+        await self._answer_link(interaction, shared)
+
+    async def _answer_link(self, interaction: discord.Interaction, shared: Shared) -> None:
+        story_id = shared.story_id
         url = shared.url(self.base_url)
         t = for_person(interaction)
         text = (

@@ -1086,6 +1086,15 @@ class StoryService:
         if who.user_id is not None and not who.member.admin:
             raise NotAllowed(N_("Only the server's admins can do that."))
 
+    async def database_state(self) -> tuple[bool, str | None]:
+        """For readiness probes: whether the database answers, and what keeps it
+        from taking writes now (None: nothing)."""
+        try:
+            await self.store.schema_version()
+            return True, await self.store.write_problem()
+        except Exception as error:  # any failure means not ready; the probe says which
+            return False, str(error) or type(error).__name__
+
     async def describe_part(self, part_id: int) -> PartView:
         part = await self.store.get_part(part_id)
         story = await self.store.get_story(part.story_id)

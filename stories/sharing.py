@@ -150,6 +150,11 @@ class Sharing:
             log.info("story %d shared by %s", story_id, who.user_id or "an HTTP client")
         return Shared(link.token, story_id, link.created_at, made)
 
+    async def share_part(self, part_id: int, who: Requester) -> Shared:
+        """The live link of the story this part belongs to (the Share button)."""
+        part = await self.service.store.get_part(part_id)
+        return await self.share(part.story_id, who)
+
     async def revoke(self, token: str, who: Requester) -> ShareLink:
         """Revoke a live link; NotFound when the token names none."""
         link = await self.links.get(token) if is_token(token) else None

@@ -77,3 +77,23 @@ def test_every_package_is_under_the_rule_or_at_the_top() -> None:
     on_disk = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()} - {"tests"}
     assert on_disk == set(PACKAGES)
     assert set(FORBIDDEN) | {"app", "bench"} == set(PACKAGES)
+
+
+def store_calls(package: str, root: Path = REPO) -> list[str]:
+    """Every use of an attribute named `store` (the story service's storage)."""
+    found = []
+    for path in sorted((root / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        found += [
+            f"{path.relative_to(root).as_posix()}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "store"
+        ]
+    return found
+
+
+@pytest.mark.parametrize("front_end", ["bot", "api"])
+def test_the_front_ends_talk_to_the_story_service_only(front_end: str) -> None:
+    """No reaching through the service to its storage (`service.store.get_part`):
+    what a front-end needs is a use-case, in stories/."""
+    assert store_calls(front_end) == []
