@@ -63,7 +63,10 @@ _OPTIONAL = {
 }
 _PUBLIC = {"/healthz", "/openapi.json"}
 # Probes (Docker, Kubernetes) send the address they dial as Host.
-_ANY_HOST = {"/healthz", "/readyz", "/metrics"}
+_ANY_HOST = {"/healthz", "/readyz"}
+# A scraper dials an address too; but with no key, the Host check is what keeps
+# a page that rebinds its name to 127.0.0.1 from reading the metrics.
+_ANY_HOST_WITH_KEY = {"/metrics"}
 # Share pages are for anyone with the link, wherever it is opened from: no key,
 # any Host. Revoking one (DELETE) needs both; other methods get their 405.
 _SHARE_PAGES = "/s/"
@@ -78,8 +81,8 @@ def is_public(method: str, path: str) -> bool:
     return path in _PUBLIC or _share_page(method, path)
 
 
-def _any_host(method: str, path: str) -> bool:
-    return path in _ANY_HOST or _share_page(method, path)
+def _any_host(method: str, path: str, keyed: bool) -> bool:
+    return path in _ANY_HOST or (keyed and path in _ANY_HOST_WITH_KEY) or _share_page(method, path)
 
 
 _JSON_TYPES = ("application/json",)
@@ -412,7 +415,8 @@ def host_name(header: str) -> str:
 @web.middleware
 async def allowed_host(request: web.Request, handler: Any) -> web.StreamResponse:
     hosts: frozenset[str] = request.app[HOSTS_KEY]
-    if "*" not in hosts and not _any_host(request.method, request.path):
+    keyed = bool(request.app[API_KEY])
+    if "*" not in hosts and not _any_host(request.method, request.path, keyed):
         name = host_name(request.headers.get("Host", ""))
         if name not in hosts:
             raise ApiError(

@@ -141,7 +141,8 @@ class JsonFormatter(logging.Formatter):
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                line[name] = value if name == "story_id" else str(value)
+                # A client chooses its request id: one that repeats a secret is redacted too.
+                line[name] = value if name == "story_id" else _redact(str(value), self._secrets)
         if record.exc_info:
             record.exc_text = record.exc_text or self.formatException(record.exc_info)
         if record.exc_text:

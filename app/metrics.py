@@ -19,17 +19,28 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from generation.engines import ModelPools
+from generation.model_pools import ModelPools
 from generation.pool import GenerationPool
 from generation.types import GenerationResult
 from stories.telemetry import OUTCOMES, Outcome
 
 FRONTENDS = ("discord", "api")
+
+# A `_created` sample per labelled child is a stored series each in Prometheus,
+# and nothing here reads them: leave them out (prometheus_client's own switch).
+disable_created_metrics()
 # Seconds a person waits: for the first words (queue included), for the whole part.
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _STORY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -114,13 +125,15 @@ class Metrics:
         )
         self.rate_limits = Counter(
             "storybot_discord_rate_limit_waits",
-            "429 answers from Discord, each waited out (or refused, past a long wait), by scope",
+            "Waits Discord imposed, by scope: 429 answers (user, global, shared, unknown), "
+            "each waited out or refused past a long wait, and answers that emptied a "
+            "route's bucket (bucket: discord.py holds the next request on it)",
             ["scope"],
             registry=r,
         )
         self.rate_limit_seconds = Counter(
             "storybot_discord_rate_limit_wait_seconds",
-            "Seconds Discord's 429 answers asked to wait, by scope",
+            "Seconds those waits lasted at most, by scope (a bucket's: until it resets)",
             ["scope"],
             registry=r,
         )
@@ -175,7 +188,7 @@ class Metrics:
         self.rate_limit_seconds.labels(scope).inc(seconds)
 
     def on_step(self, rows: int) -> None:
-        """The decoding loop's hook (generation.decode), on the worker thread."""
+        """The decoding loop's hook (generation.decode_loop), on the worker thread."""
         self.batch_rows.observe(rows)
 
     def on_write(self, seconds: float) -> None:

@@ -28,8 +28,8 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, SettingsError, load_settings
 from generation.backend import Backend
-from generation.engines import ModelPools, model_memory_mb
 from generation.errors import ModelLoadError
+from generation.model_pools import ModelPools, model_memory_mb
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
 from storage.errors import StorageError
@@ -96,7 +96,7 @@ def _reporting_steps(
 
     def made() -> Backend:
         backend = factory()
-        if hasattr(backend, "on_step"):  # a local engine (generation.decode.LocalBackend)
+        if hasattr(backend, "on_step"):  # a local engine (generation.decode_loop.LocalBackend)
             backend.on_step = on_step
         return backend
 

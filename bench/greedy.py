@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from generation.decode import greedy_tokens
+from generation.decode_loop import greedy_tokens
 from generation.onnx_backend import OnnxBackend
 from generation.torch_backend import TransformersBackend
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 
 from bot.admin import admin_group
 from bot.handlers import Handlers
+from bot.i18n import CommandTranslator
 from bot.notices import Notices
 from bot.publisher import Publisher
 from bot.telemetry import DiscordObserver, instrument, name_interaction
@@ -40,7 +42,7 @@ def build_commands(
     handlers: Handlers,
 ) -> list[app_commands.Command[Any, Any, Any] | app_commands.Group]:
     length_choices = [
-        app_commands.Choice(name=size.label, value=key) for key, size in LENGTHS.items()
+        app_commands.Choice(name=locale_str(size.label), value=key) for key, size in LENGTHS.items()
     ]
 
     async def genre_choices(
@@ -50,14 +52,16 @@ def build_commands(
         Autocomplete also lifts Discord's limit of 25 fixed choices."""
         return await handlers.genre_choices(interaction, current)
 
-    @app_commands.command(name="story", description="Write a story with GPT-2 from your first line")
+    @app_commands.command(
+        name="story", description=locale_str("Write a story with GPT-2 from your first line")
+    )
     @app_commands.describe(
-        genre="What kind of story (18+ genres only work in age-restricted channels)",
-        prompt="The first line(s) of your story",
-        length="How much to write",
-        seed="A number to reproduce a story exactly",
-        memory="Who and where, kept in mind all along (up to 500 characters)",
-        authors_note="The tone, or what should happen next (up to 200 characters)",
+        genre=locale_str("What kind of story (18+ genres only work in age-restricted channels)"),
+        prompt=locale_str("The first line(s) of your story"),
+        length=locale_str("How much to write"),
+        seed=locale_str("A number to reproduce a story exactly"),
+        memory=locale_str("Who and where, kept in mind all along (up to 500 characters)"),
+        authors_note=locale_str("The tone, or what should happen next (up to 200 characters)"),
     )
     @app_commands.autocomplete(genre=genre_choices)
     @app_commands.choices(length=length_choices)
@@ -78,11 +82,15 @@ def build_commands(
         """
         await handlers.story(interaction, genre, prompt, length, seed, memory, authors_note)
 
-    @app_commands.command(name="mystories", description="Your stories: read, export or delete them")
+    @app_commands.command(
+        name="mystories", description=locale_str("Your stories: read, export or delete them")
+    )
     async def mystories(interaction: discord.Interaction) -> None:
         await handlers.my_stories(interaction)
 
-    @app_commands.command(name="forgetme", description="Delete every story and part you wrote")
+    @app_commands.command(
+        name="forgetme", description=locale_str("Delete every story and part you wrote")
+    )
     async def forgetme(interaction: discord.Interaction) -> None:
         await handlers.forget_me(interaction)
 
@@ -139,6 +147,7 @@ class StoryBot(discord.Client):
             self.tree.add_command(command)
         self.tree.on_error = self.handlers.on_error  # type: ignore[method-assign]
         self.tree.interaction_check = name_interaction  # type: ignore[method-assign]
+        await self.tree.set_translator(CommandTranslator())  # descriptions in de and es
         if self.dev_guild_id:
             guild = discord.Object(id=self.dev_guild_id)
             self.tree.copy_global_to(guild=guild)

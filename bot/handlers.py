@@ -5,7 +5,8 @@ one service method, and hands the run to the publisher. Every action gets a
 visible answer: interactions a private reply, reactions (which have nothing to
 reply to) a notice when they are refused. One error handler maps domain errors
 to short replies; anything unexpected is logged with its traceback and answered
-with an apology and a reference id.
+with an apology and a reference id. Private answers are in the person's
+language, what goes to the channel in the server's (bot.i18n).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from discord import app_commands
 
 from bot import render
 from bot.admin import AdminHandlers
+from bot.i18n import Messages, for_channel, for_person, for_server
 from bot.notices import Notices
 from bot.publisher import CONTINUE_EMOJI, Publisher, Target
 from bot.sharing import ShareHandlers
 from bot.telemetry import context_of
 from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView, ballot_buttons
 from generation.errors import Busy, GenerationError
+from generation.messages import N_
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
 from stories.errors import StoryError, UserLimit
@@ -76,25 +79,40 @@ def requester(interaction: discord.Interaction) -> Requester:
     )
 
 
-def describe(error: BaseException) -> str | None:
-    """A short message for a known error; None for anything unexpected."""
+def describe(error: BaseException, t: Messages) -> str | None:
+    """A short message for a known error, in `t`'s language; None for anything
+    unexpected."""
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, Busy):
-        return f"storybot is busy right now: try again in about {error.retry_after:.0f} s."
+        return t._(
+            "storybot is busy right now: try again in about {seconds} s.",
+            seconds=f"{error.retry_after:.0f}",
+        )
     if isinstance(error, StoryError | GenerationError):
-        return str(error)
+        return t.error(error)
     if isinstance(error, NotFound):
-        return "That story no longer exists."
+        return t._("That story no longer exists.")
     if isinstance(error, StorageError):
-        return "Stories cannot be saved right now; please try again later."
+        return t._("Stories cannot be saved right now; please try again later.")
     if isinstance(error, discord.Forbidden):
-        return (
+        return t._(
             "I can't post in this channel: I need the View Channel, Send Messages and "
             "Read Message History permissions here."
         )
     if isinstance(error, discord.NotFound) and error.code == UNKNOWN_CHANNEL:
-        return "That channel no longer exists."
+        return t._("That channel no longer exists.")
+    if isinstance(error, app_commands.MissingPermissions):
+        names = [
+            name.replace("_", " ").replace("guild", "server").title()
+            for name in error.missing_permissions
+        ]
+        return t._(
+            "You are missing {permissions} permission(s) to run this command.",
+            permissions=", ".join(names),
+        )
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return t._("This command cannot be used in private messages.")
     if isinstance(error, app_commands.CheckFailure | app_commands.TransformerError):
         return str(error)
     return None
@@ -224,7 +242,8 @@ class Handlers:
 
     # ---------------------------------------------------------------- errors
     async def on_error(self, interaction: discord.Interaction, error: BaseException) -> None:
-        message = describe(error)
+        t = for_person(interaction)
+        message = describe(error, t)
         if message is None:
             reference = uuid.uuid4().hex[:8]
             original = getattr(error, "original", error)
@@ -234,7 +253,9 @@ class Handlers:
                 interaction.command,
                 exc_info=(type(original), original, original.__traceback__),
             )
-            message = f"Sorry, something went wrong (reference `{reference}`)."
+            message = t._(
+                "Sorry, something went wrong (reference `{reference}`).", reference=reference
+            )
         await tell(interaction, message)
 
     # ---------------------------------------------------------------- /story
@@ -266,7 +287,12 @@ class Handlers:
         message = show.follow(run)
         await tell(
             interaction,
-            f"Your {run.genre.title.lower()} story is queued (seed {run.seed}): {message.jump_url}",
+            for_person(interaction)._(
+                "Your {genre} story is queued (seed {seed}): {link}",
+                genre=run.genre.title.lower(),
+                seed=run.seed,
+                link=message.jump_url,
+            ),
         )
 
     async def genre_choices(
@@ -309,16 +335,22 @@ class Handlers:
             return
         await defer(interaction)
         await self.shares.remember(interaction.user)
+        t = for_person(interaction)
         channel = interaction.channel
         who = requester(interaction)
         server = await self.service.servers.settings(interaction.guild_id)
         if action == "vote" or (action == "continue" and server and server.vote_by_default):
             message = await self._vote(id, who, channel, interaction.message)
-            await tell(interaction, f"The channel votes on what happens next: {message.jump_url}")
+            await tell(
+                interaction,
+                t._("The channel votes on what happens next: {link}", link=message.jump_url),
+            )
         elif action == "continue":
             show = _Show(self.publisher, channel, reply_to=interaction.message)
             started = await self.service.continue_from(id, who, announce=show)
-            await self._answer_started(interaction, show, started, "Writing the next part")
+            await self._answer_started(
+                interaction, show, started, N_("Writing the next part (seed {seed}): {link}")
+            )
         elif action == "reroll":
             old = await self.book.of_part(id)
             reply_to = channel.get_partial_message(old[-1].message_id) if old else None  # type: ignore[union-attr]
@@ -327,38 +359,56 @@ class Handlers:
             message = show.follow(run)
             await tell(
                 interaction,
-                f"Writing a new version of part {run.number} (seed {run.seed}): {message.jump_url}",
+                t._(
+                    "Writing a new version of part {part} (seed {seed}): {link}",
+                    part=run.number,
+                    seed=run.seed,
+                    link=message.jump_url,
+                ),
             )
         elif action == "retry":
             show = _Show(self.publisher, channel, existing=interaction.message)
             started = await self.service.retry(id, who, announce=show)
             run = started.run
             doing = (
-                f"Writing a new version of part {run.number}"
+                N_("Writing a new version of part {part} (seed {seed}): {link}")
                 if run.kind == "reroll"
-                else "Writing it again"
+                else N_("Writing it again (seed {seed}): {link}")
             )
             await self._answer_started(interaction, show, started, doing)
 
     async def _answer_started(
         self, interaction: discord.Interaction, show: _Show, started: Started, doing: str
     ) -> None:
+        """`doing`: what a new run's answer says (a message of the catalogues, with
+        {part}, {seed} and {link} to fill)."""
+        t = for_person(interaction)
         run = started.run
         if started.new:
             message = show.follow(run)
-            await tell(interaction, f"{doing} (seed {run.seed}): {message.jump_url}")
+            await tell(
+                interaction, t._(doing, part=run.number, seed=run.seed, link=message.jump_url)
+            )
             return
         adopted = await self.publisher.adopt(run, interaction.channel, reply_to=interaction.message)  # type: ignore[arg-type]
         if adopted is not None:
-            await tell(interaction, f"Writing the next part (seed {run.seed}): {adopted.jump_url}")
+            await tell(
+                interaction,
+                t._(
+                    "Writing the next part (seed {seed}): {link}",
+                    seed=run.seed,
+                    link=adopted.jump_url,
+                ),
+            )
             return
         shown = await self.book.of_run(run.id)
-        where = (
-            f": {render.jump_url(interaction.guild_id, shown[0].channel_id, shown[0].message_id)}"
-            if shown
-            else "."
-        )
-        await tell(interaction, f"Someone is already writing the next part{where}")
+        if shown:
+            link = render.jump_url(interaction.guild_id, shown[0].channel_id, shown[0].message_id)
+            await tell(
+                interaction, t._("Someone is already writing the next part: {link}", link=link)
+            )
+        else:
+            await tell(interaction, t._("Someone is already writing the next part."))
 
     async def _vote(
         self, part_id: int, who: Requester, channel: Any, reply_to: Target | None
@@ -381,17 +431,22 @@ class Handlers:
         privately what they chose."""
         record = await self.service.votes.cast(vote_id, requester(interaction), number)
         numbers = [c.number for c in record.candidates if c.part_id is not None]
+        t = for_person(interaction)
         if record.state == "open":
+            channel = for_server(interaction)  # the ballot is the channel's message
             await interaction.response.edit_message(
-                content=render.ballot(record.tally, numbers, record.closes_at),
-                view=ballot_buttons(vote_id, numbers),
+                content=render.ballot(channel, record.tally, numbers, record.closes_at),
+                view=ballot_buttons(channel, vote_id, numbers),
             )
             await interaction.followup.send(
-                f"Your vote: option {number}. You can change it until the vote closes.",
+                t._(
+                    "Your vote: option {number}. You can change it until the vote closes.",
+                    number=number,
+                ),
                 ephemeral=True,
             )
         else:  # this ballot decided it: the messages are brought up to date
-            await tell(interaction, f"Your vote for option {number} decided it.")
+            await tell(interaction, t._("Your vote for option {number} decided it.", number=number))
             self.publisher.sync_soon(self.client)
 
     async def edit_notes(self, interaction: discord.Interaction, part_id: int) -> None:
@@ -399,14 +454,15 @@ class Handlers:
         (answered at once, as a modal must be; saving checks who may)."""
         view = await self.service.describe_part(part_id)
         story = view.story
+        t = for_person(interaction)
 
         async def save(submitted: discord.Interaction, memory: str, note: str) -> None:
             await self.service.set_notes(story.id, requester(submitted), memory, note)
             await tell(
                 submitted,
-                "Notes saved: the next part of this story is written with them."
+                t._("Notes saved: the next part of this story is written with them.")
                 if memory.strip() or note.strip()
-                else "Notes cleared.",
+                else t._("Notes cleared."),
             )
 
         await interaction.response.send_modal(
@@ -417,23 +473,29 @@ class Handlers:
                 (MAX_MEMORY_CHARS, MAX_NOTE_CHARS),
                 save,
                 self.on_error,
+                t,
             )
         )
 
     async def report(self, interaction: discord.Interaction, part_id: int) -> None:
         tally = await self.service.report(part_id, requester(interaction))
+        t = for_person(interaction)
         if tally.hidden:
-            await tell(interaction, "Reported. That part is now hidden until an admin reviews it.")
+            await tell(
+                interaction, t._("Reported. That part is now hidden until an admin reviews it.")
+            )
             self.publisher.sync_soon(self.client)  # its messages say it was removed
         elif tally.new:
-            await tell(interaction, "Reported. Thank you: the server's admins can review it.")
+            await tell(interaction, t._("Reported. Thank you: the server's admins can review it."))
         else:
-            await tell(interaction, "You have reported that part already.")
+            await tell(interaction, t._("You have reported that part already."))
 
     async def cancel(self, interaction: discord.Interaction, run_id: int) -> None:
         cancelled = await self.service.cancel(run_id, requester(interaction))
+        t = for_person(interaction)
         await tell(
-            interaction, "Cancelled." if cancelled else "There is nothing to cancel any more."
+            interaction,
+            t._("Cancelled.") if cancelled else t._("There is nothing to cancel any more."),
         )
 
     # --------------------------------------------------------------- reactions
@@ -469,7 +531,8 @@ class Handlers:
                 return
             started = await self._continue_message(record.part_id, record.run_id, who, show)
         except (StoryError, GenerationError, StorageError, discord.HTTPException) as error:
-            reason = describe(error) or "That could not be continued."
+            t = for_channel(channel)  # a notice in the channel: the server's language
+            reason = describe(error, t) or t._("That could not be continued.")
             log.info("continue by reaction from %s refused: %s", payload.user_id, reason)
             await self.notices.refuse(
                 message, payload.user_id, payload.emoji, reason, retry_after(error)
@@ -512,7 +575,7 @@ class Handlers:
     @_tracked
     async def my_stories(self, interaction: discord.Interaction) -> None:
         genres = [(genre.key, genre.title) for genre in self.service.genres]
-        view = MyStoriesView(self, interaction.user.id, genres)
+        view = MyStoriesView(self, interaction.user.id, genres, for_person(interaction))
         text, _ = await view.render()
         await interaction.response.send_message(text, view=view, ephemeral=True)
 
@@ -521,15 +584,22 @@ class Handlers:
         self, interaction: discord.Interaction, story_id: int, back: MyStoriesView | None
     ) -> None:
         story, _, path = await self.service.story(story_id)
+        t = for_person(interaction)
         if story.author_id != interaction.user.id:
-            await tell(interaction, "That is not one of your stories.")
+            await tell(interaction, t._("That is not one of your stories."))
             return
         body = render.story_body(path[0].text, "".join(p.text for p in path[1:]))
-        notes = render.notes(story.memory, story.authors_note)
+        notes = render.notes(t, story.memory, story.authors_note)
         chunks = render.final_chunks(
-            body + notes, f"-# story #{story.id} · {story.genre} · {len(path) - 1} part(s)"
+            body + notes,
+            t._(
+                "-# story #{story} · {genre} · {count} part(s)",
+                story=story.id,
+                genre=story.genre,
+                count=len(path) - 1,
+            ),
         )
-        view = StoryDetailView(self, interaction.user.id, story_id, back)
+        view = StoryDetailView(self, interaction.user.id, story_id, back, t)
         await interaction.response.edit_message(content=chunks[0], view=view)
         for chunk in chunks[1:]:
             await interaction.followup.send(chunk, ephemeral=True)
@@ -539,7 +609,9 @@ class Handlers:
         markdown = await self.service.export(story_id, "md")
         file = discord.File(io.BytesIO(markdown.encode("utf-8")), filename=f"story-{story_id}.md")
         await interaction.response.send_message(
-            f"Story #{story_id} as Markdown:", file=file, ephemeral=True
+            for_person(interaction)._("Story #{story} as Markdown:", story=story_id),
+            file=file,
+            ephemeral=True,
         )
 
     @_tracked
@@ -550,27 +622,39 @@ class Handlers:
     async def delete_story(self, interaction: discord.Interaction, story_id: int) -> None:
         deleted = await self.service.delete_story(story_id, requester(interaction))
         await interaction.response.edit_message(
-            content=f"Deleted story #{story_id} ({deleted.parts} parts).", view=None
+            content=for_person(interaction)._(
+                "Deleted story #{story} ({parts} parts).", story=story_id, parts=deleted.parts
+            ),
+            view=None,
         )
         self.publisher.sync_soon(self.client)  # its messages in the channel say so
 
     @_tracked
     async def forget_me(self, interaction: discord.Interaction) -> None:
         page = await self.service.list_stories(interaction.user.id, per_page=1)
+        t = for_person(interaction)
 
         async def confirmed(confirm: discord.Interaction) -> None:
             deleted = await self.service.forget(interaction.user.id)
             await confirm.response.edit_message(
-                content=f"Done: deleted {deleted.stories} stories and {deleted.parts} parts "
-                "you wrote.",
+                content=t._(
+                    "Done: deleted {stories} stories and {parts} parts you wrote.",
+                    stories=deleted.stories,
+                    parts=deleted.parts,
+                ),
                 view=None,
             )
             self.publisher.sync_soon(self.client)
 
-        view = ConfirmView(interaction.user.id, self.on_error, "Delete everything", confirmed)
+        view = ConfirmView(
+            interaction.user.id, self.on_error, t._("Delete everything"), confirmed, t=t
+        )
         await interaction.response.send_message(
-            f"This deletes the {page.total} stories you started and every part you asked for, "
-            "in every server. It cannot be undone.",
+            t._(
+                "This deletes the {count} stories you started and every part you asked for, "
+                "in every server. It cannot be undone.",
+                count=page.total,
+            ),
             view=view,
             ephemeral=True,
         )

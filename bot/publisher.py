@@ -14,6 +14,8 @@ sentence boundaries, with Continue and Reroll buttons and one ➕ reaction.
   with backoff; what is still stale is brought up to date by `sync` (at the
   next start, or after a deletion).
 - A message deleted meanwhile is posted again; a deleted channel stops the run.
+- Everything here is said in the channel's server's language (bot.i18n), the
+  story text itself excepted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import discord
 
 from bot import render
+from bot.i18n import Messages, for_channel
 from bot.views import ballot_buttons, cancel_button, part_buttons, retry_button
 from generation.errors import Cancelled
 from storage.errors import NotFound
@@ -81,10 +84,10 @@ class Publisher:
         self._closing = False
 
     # ----------------------------------------------------------------- posting
-    def waiting_text(self, run: Run, position: int) -> str:
+    def waiting_text(self, run: Run, position: int, t: Messages) -> str:
         head = render.story_body(run.previous_text, "") if run.kind == "start" else ""
         reroll_of = run.number if run.kind == "reroll" else None
-        return render.progress(head, render.waiting_status(run.genre.title, position, reroll_of))
+        return render.progress(head, render.waiting_status(t, run.genre.title, position, reroll_of))
 
     async def post(
         self,
@@ -96,8 +99,9 @@ class Publisher:
     ) -> discord.Message:
         """Post (or take over) the message that will show this run, before it is
         generated. Raises what Discord raises (a missing permission, say)."""
-        content = self.waiting_text(run, run.position)
-        view = cancel_button(run.id)
+        t = for_channel(channel)
+        content = self.waiting_text(run, run.position, t)
+        view = cancel_button(t, run.id)
         message: discord.Message | None = None
         if existing is not None:
             try:
@@ -117,9 +121,9 @@ class Publisher:
             # to nothing, so it must not stay "queued" with a Cancel button.
             gone = isinstance(error, StoryDeleted)
             text = (
-                render.tombstone(whole_story=True)
+                render.tombstone(t, whole_story=True)
                 if gone
-                else render.ended("failed", "This part could not be started; try again.")
+                else render.ended(t, "failed", t._("This part could not be started; try again."))
             )
             with contextlib.suppress(discord.HTTPException):
                 await message.edit(content=text, view=None)
@@ -199,11 +203,13 @@ class Publisher:
             if run.kind == "reroll":  # the old version never left its place
                 await self._delete(message)
             else:
-                await self._settle_run(run, message, render.ended("cancelled", None), None)
+                status = render.ended(for_channel(channel), "cancelled", None)
+                await self._settle_run(run, message, status, None)
             return
         except Exception as error:  # interrupted, failed, timed out, disk full
-            status = render.ended(run.state, str(error))
-            await self._settle_run(run, message, status, retry_button(run.id))
+            t = for_channel(channel)
+            status = render.ended(t, run.state, t.error(error))
+            await self._settle_run(run, message, status, retry_button(t, run.id))
             return
         view = PartView(
             outcome.story,
@@ -226,8 +232,9 @@ class Publisher:
     ) -> discord.Message:
         shown = message.content
         last_edit = time.monotonic()
+        t = for_channel(channel)
         async for position in run.positions():
-            content = self.waiting_text(run, position)
+            content = self.waiting_text(run, position, t)
             if position > 0 and content != shown and self._due(last_edit):
                 message = await self._progress(run, channel, message, content)
                 shown, last_edit = content, time.monotonic()
@@ -240,7 +247,7 @@ class Publisher:
             if self._due(last_edit):
                 content = render.progress(
                     render.story_body(head, text),
-                    render.waiting_status(run.genre.title, 0, reroll_of),
+                    render.waiting_status(t, run.genre.title, 0, reroll_of),
                 )
                 if content != shown:
                     message = await self._progress(run, channel, message, content)
@@ -268,7 +275,7 @@ class Publisher:
         await self.book.forget(message.id)
         self._live.discard(message.id)
         try:
-            fresh = await channel.send(content, view=cancel_button(run.id))
+            fresh = await channel.send(content, view=cancel_button(for_channel(channel), run.id))
         except discord.HTTPException as error:
             if _channel_gone(error):
                 raise ChannelGone() from None
@@ -295,7 +302,8 @@ class Publisher:
         self, vote: Vote, channel: discord.abc.Messageable, *, reply_to: Target | None
     ) -> discord.Message:
         """The ballot message, posted while the options are written."""
-        message = await self._send(channel, render.ballot_writing(len(vote.runs)), None, reply_to)
+        writing = render.ballot_writing(for_channel(channel), len(vote.runs))
+        message = await self._send(channel, writing, None, reply_to)
         await self.book.showing_vote(
             message.id, message.channel.id, story_id=vote.story.id, vote_id=vote.id, state="writing"
         )
@@ -331,9 +339,10 @@ class Publisher:
                 view = await self.service.describe_part(candidate.part_id)
                 body = render.story_body(None, view.part.text)
                 for chunk, text in enumerate(render.split_text(body)):
-                    sent = await self._send(
-                        channel, render.option(candidate.number, text, chunk, "open"), None, after
+                    shown = render.option(
+                        for_channel(channel), candidate.number, text, chunk, "open"
                     )
+                    sent = await self._send(channel, shown, None, after)
                     await self.book.showing_candidate(
                         sent.id,
                         sent.channel.id,
@@ -349,11 +358,12 @@ class Publisher:
 
     async def _show_ballot(self, message: Target, record: VoteRecord) -> None:
         numbers = [c.number for c in record.candidates if c.part_id is not None]
+        t = for_channel(message.channel)
         if record.state == "open":
-            content = render.ballot(record.tally, numbers, record.closes_at)
-            buttons: discord.ui.View | None = ballot_buttons(record.id, numbers)
+            content = render.ballot(t, record.tally, numbers, record.closes_at)
+            buttons: discord.ui.View | None = ballot_buttons(t, record.id, numbers)
         else:
-            content = render.vote_result(record.state, record.winner, record.tally)
+            content = render.vote_result(t, record.state, record.winner, record.tally)
             buttons = None
         edited = await self._final_edit(message, content=content, view=buttons)
         if edited is Edit.GONE:
@@ -390,7 +400,7 @@ class Publisher:
         part = await self.service.describe_part(record.part_id)
         chunks = render.split_text(render.story_body(None, part.part.text))
         text = chunks[record.chunk] if record.chunk < len(chunks) else ""
-        content = render.option(number, text, record.chunk, vote.record.state)
+        content = render.option(for_channel(channel), number, text, record.chunk, vote.record.state)
         edited = await self._final_edit(
             self._partial(channel, record.message_id), content=content or "-#", view=None
         )
@@ -410,17 +420,18 @@ class Publisher:
         chunk each; post more for a long part, delete what is left over, and add the
         ➕ reaction once, to the last chunk, unless it had it already."""
         part = view.part
+        t = for_channel(channel)
         body = render.story_body(view.prompt, part.text)
         chunks = render.final_chunks(
             body,
-            render.footer(view.genre_title, view.story.author_id, view.number, part.seed or 0),
+            render.footer(t, view.genre_title, view.story.author_id, view.number, part.seed or 0),
         )
         await self.book.should_show_part(part.id, [t.id for t, _ in targets[: len(chunks)]])
         shown: list[Target] = []
         fresh_last = False
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            buttons = part_buttons(part.id) if last else None
+            buttons = part_buttons(t, part.id) if last else None
             edited: discord.Message | Target | Edit = Edit.GONE
             before: str | None = None
             if index < len(targets):
@@ -511,7 +522,8 @@ class Publisher:
 
     async def _clear(self, message: Target, *, whole_story: bool) -> None:
         """What the message showed was deleted: say so, without buttons, and forget it."""
-        edited = await self._final_edit(message, content=render.tombstone(whole_story), view=None)
+        content = render.tombstone(for_channel(message.channel), whole_story)
+        edited = await self._final_edit(message, content=content, view=None)
         if edited is not Edit.FAILED:
             await self.book.forget(message.id)
 
@@ -575,7 +587,7 @@ class Publisher:
         if channel is None:
             return
         target = self._partial(channel, record.message_id)
-        content = render.removed() if record.chunk == 0 else "-# 🚩"
+        content = render.removed(for_channel(channel)) if record.chunk == 0 else "-# 🚩"
         edited = await self._final_edit(target, content=content, view=None)
         if edited is Edit.GONE:
             await self.book.forget(record.message_id)
@@ -607,8 +619,9 @@ class Publisher:
         view: RunView = await self.service.describe_run(run_id)
         head = render.story_body(view.prompt, "") if view.prompt is not None else ""
         state = view.record.state
-        status = render.ended(state, view.record.error)
-        buttons = None if state == "cancelled" else retry_button(run_id)
+        t = for_channel(channel)
+        status = render.ended(t, state, view.record.error)
+        buttons = None if state == "cancelled" else retry_button(t, run_id)
         target = self._partial(channel, record.message_id)
         content = render.progress(head, status, cursor=False)
         edited = await self._final_edit(target, content=content, view=buttons)

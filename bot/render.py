@@ -3,7 +3,8 @@
 Text is split at sentence boundaries into chunks under Discord's 2000-character
 message limit, so nothing is ever cut. Markdown in prompts and generated text
 is escaped, so a prompt cannot break the layout (and mentions never ping:
-every message is sent with AllowedMentions.none()).
+every message is sent with AllowedMentions.none()). Every function that says
+something takes the `Messages` of the language it is said in (bot.i18n).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import re
 
 import discord
+
+from bot.i18n import Messages
 
 MESSAGE_LIMIT = 2000
 CHUNK = 1900  # room for the footer line
@@ -54,19 +57,22 @@ def story_body(prompt: str | None, continuation: str) -> str:
     return f"**{shown}**{body}" if len(shown) <= 1500 else f"{shown}{body}"
 
 
-def notes(memory: str, authors_note: str) -> str:
+def notes(t: Messages, memory: str, authors_note: str) -> str:
     """A story's notes under its text, where a person reads them (/mystories)."""
     lines = [
         f"\n-# {label}: {escape(text)}"
-        for label, text in (("📝 Memory", memory), ("📝 Author's note", authors_note))
+        for label, text in ((t._("📝 Memory"), memory), (t._("📝 Author's note"), authors_note))
         if text
     ]
     return "\n" + "".join(lines) if lines else ""
 
 
-def footer(genre: str, author_id: int | None, part: int, seed: int, extra: str = "") -> str:
-    who = f" · by <@{author_id}>" if author_id else ""
-    return f"-# {genre}{who} · part {part} · seed {seed}{extra}"
+def footer(
+    t: Messages, genre: str, author_id: int | None, part: int, seed: int, extra: str = ""
+) -> str:
+    who = t._(" · by {author}", author=f"<@{author_id}>") if author_id else ""
+    where = t._("part {part} · seed {seed}", part=part, seed=seed)
+    return f"-# {genre}{who} · {where}{extra}"
 
 
 def final_chunks(body: str, foot: str) -> list[str]:
@@ -85,69 +91,88 @@ def progress(body: str, status: str, *, cursor: bool = True) -> str:
     return f"{shown}{' ▌' if cursor else ''}{status_line}"
 
 
-def waiting_status(genre: str, position: int, reroll_of: int | None = None) -> str:
+def waiting_status(t: Messages, genre: str, position: int, reroll_of: int | None = None) -> str:
     """The status line of a run that is queued (position >= 1) or being written."""
-    what = f"{genre} · new version of part {reroll_of}" if reroll_of else genre
+    what = genre
+    if reroll_of:
+        what = f"{genre} · " + t._("new version of part {part}", part=reroll_of)
     if position > 0:
-        return f"{'🎲' if reroll_of else '⏳'} {what} · queued, position {position}"
-    return f"✍️ {what} · writing…"
+        queued = t._("queued, position {position}", position=position)
+        return f"{'🎲' if reroll_of else '⏳'} {what} · {queued}"
+    return f"✍️ {what} · " + t._("writing…")
 
 
-def ended(state: str, error: str | None) -> str:
-    """The status line of a run that ended without a part."""
+def ended(t: Messages, state: str, error: str | None) -> str:
+    """The status line of a run that ended without a part; `error` is the
+    reason, said in the same language (or as stored, which `t.text` translates
+    when it is one of the catalogues' messages)."""
     if state == "cancelled":
-        return "🚫 Cancelled."
+        return t._("🚫 Cancelled.")
     if state == "interrupted":
-        return "⚠️ This part was interrupted by a restart. Press Retry to write it again."
-    return f"⚠️ {error or 'This part could not be written: press Retry to try again.'}"
+        return t._("⚠️ This part was interrupted by a restart. Press Retry to write it again.")
+    reason = t.text(error) if error else ""
+    return "⚠️ " + (reason or t._("This part could not be written: press Retry to try again."))
 
 
-def tombstone(whole_story: bool) -> str:
+def tombstone(t: Messages, whole_story: bool) -> str:
     """What a message shows once what it showed was deleted."""
-    return "-# 🗑️ This story was deleted." if whole_story else "-# 🗑️ This part was deleted."
-
-
-def ballot_writing(count: int) -> str:
-    return f"🗳️ Writing {count} versions of what happens next, to vote on…"
-
-
-def ballot(tally: dict[int, int], numbers: list[int], closes_at: float | None) -> str:
-    """An open vote: the options' counts and when it closes."""
-    counts = " · ".join(f"option {n}: {tally.get(n, 0)}" for n in numbers)
-    ballots = sum(tally.values())
-    closes = f"closes <t:{int(closes_at)}:R>" if closes_at else "open"
     return (
-        "🗳️ **What happens next?** Read the options above and vote below "
-        "(you can change your vote until it closes).\n"
-        f"-# {counts} · {ballots} vote{'s' if ballots != 1 else ''} · {closes}"
+        t._("-# 🗑️ This story was deleted.") if whole_story else t._("-# 🗑️ This part was deleted.")
     )
 
 
-def vote_result(state: str, winner: int | None, tally: dict[int, int]) -> str:
+def ballot_writing(t: Messages, count: int) -> str:
+    return t._("🗳️ Writing {count} versions of what happens next, to vote on…", count=count)
+
+
+def ballot(t: Messages, tally: dict[int, int], numbers: list[int], closes_at: float | None) -> str:
+    """An open vote: the options' counts and when it closes."""
+    counts = " · ".join(
+        t._("option {number}: {votes}", number=n, votes=tally.get(n, 0)) for n in numbers
+    )
+    ballots = t.n_("{count} vote", "{count} votes", sum(tally.values()))
+    closes = t._("closes {when}", when=f"<t:{int(closes_at)}:R>") if closes_at else t._("open")
+    return (
+        t._(
+            "🗳️ **What happens next?** Read the options above and vote below "
+            "(you can change your vote until it closes)."
+        )
+        + f"\n-# {counts} · {ballots} · {closes}"
+    )
+
+
+def vote_result(t: Messages, state: str, winner: int | None, tally: dict[int, int]) -> str:
     if state != "closed" or winner is None:
-        return "🗳️ The vote could not be held: no option could be written. Press Vote to try again."
+        return t._(
+            "🗳️ The vote could not be held: no option could be written. Press Vote to try again."
+        )
     ballots = sum(tally.values())
     if not ballots:
-        return f"🗳️ Nobody voted: option {winner} continues the story."
-    return (
-        f"🗳️ Option {winner} won ({tally.get(winner, 0)} of {ballots} vote"
-        f"{'s' if ballots != 1 else ''}). The other options stay in the story as alternatives."
+        return t._("🗳️ Nobody voted: option {number} continues the story.", number=winner)
+    return t.n_(
+        "🗳️ Option {number} won ({votes} of {count} vote). "
+        "The other options stay in the story as alternatives.",
+        "🗳️ Option {number} won ({votes} of {count} votes). "
+        "The other options stay in the story as alternatives.",
+        ballots,
+        number=winner,
+        votes=tally.get(winner, 0),
     )
 
 
-def option(number: int, body: str, chunk: int, state: str) -> str:
+def option(t: Messages, number: int, body: str, chunk: int, state: str) -> str:
     """A chunk of a vote's option: headed while the vote is open, marked once
     it was not chosen."""
     if chunk:
         return body
     if state == "open":
-        return f"**Option {number}**\n{body}"
-    return f"-# Option {number} · not chosen\n{body}"
+        return t._("**Option {number}**", number=number) + f"\n{body}"
+    return t._("-# Option {number} · not chosen", number=number) + f"\n{body}"
 
 
-def removed() -> str:
+def removed(t: Messages) -> str:
     """What a message of a part hidden after reports shows instead."""
-    return "-# 🚩 This part was removed after reports. The server's admins can restore it."
+    return t._("-# 🚩 This part was removed after reports. The server's admins can restore it.")
 
 
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:

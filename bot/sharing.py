@@ -19,6 +19,7 @@ from typing import Any
 
 import discord
 
+from bot.i18n import for_person
 from bot.views import ErrorHandler, buttons
 from storage.errors import StorageError
 from stories.service import Requester, StoryService
@@ -62,22 +63,35 @@ class ShareHandlers:
         await self.remember(interaction.user)
         shared = await self.sharing.share(story_id, self._requester(interaction))
         url = shared.url(self.base_url)
+        t = for_person(interaction)
         text = (
-            f"Story #{story_id} has a web page now; anyone with the link can read it:\n{url}\n"
-            "-# Revoke the link to take the page down."
+            t._(
+                "Story #{story} has a web page now; anyone with the link can read it:\n{link}\n"
+                "-# Revoke the link to take the page down.",
+                story=story_id,
+                link=url,
+            )
             if shared.new
-            else f"Story #{story_id} is shared already; anyone with the link can read it:\n{url}"
+            else t._(
+                "Story #{story} is shared already; anyone with the link can read it:\n{link}",
+                story=story_id,
+                link=url,
+            )
         )
         await interaction.response.send_message(
-            text, view=buttons(("unshare", story_id)), ephemeral=True
+            text, view=buttons(t, ("unshare", story_id)), ephemeral=True
         )
 
     async def unshare(self, interaction: discord.Interaction, story_id: int) -> None:
         """The Revoke button: the page is gone from now on."""
         revoked = await self.sharing.revoke_story(story_id, self._requester(interaction))
+        t = for_person(interaction)
         text = (
-            f"Link revoked: story #{story_id}'s page is gone. Share it again for a new link."
+            t._(
+                "Link revoked: story #{story}'s page is gone. Share it again for a new link.",
+                story=story_id,
+            )
             if revoked
-            else f"Story #{story_id} has no live link (it was revoked already)."
+            else t._("Story #{story} has no live link (it was revoked already).", story=story_id)
         )
         await interaction.response.edit_message(content=text, view=None)

@@ -6,7 +6,9 @@
   go through webhooks rather than the REST client, and the 429s discord.py
   waits out and retries by itself. Each error is reported with its HTTP status
   and Discord's error code (10062, 50027, ...); each 429 with its scope and how
-  long Discord asked to wait. Never a route, an id or text.
+  long Discord asked to wait, and each answer that empties a route's bucket
+  (discord.py then holds the next request on it until it resets, which is how
+  a bot streaming edits mostly waits). Never a route, an id or text.
 - Log context: an interaction's id is its request id (Discord shows it to
   nobody, and it names the interaction in Discord's own logs); a reaction,
   which has no id of its own, gets a new one. The guild id goes with it.
@@ -29,6 +31,8 @@ from stories import telemetry
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_SCOPES = ("user", "global", "shared")
+# Also reported: "bucket" (a route's bucket ran out: discord.py waits before the
+# next request on it, no 429 involved) and "unknown" (a 429 naming no scope).
 
 
 class DiscordObserver(Protocol):
@@ -36,7 +40,8 @@ class DiscordObserver(Protocol):
         """Discord answered an error: HTTP `status`, Discord's `code` (0: none)."""
 
     def discord_rate_limited(self, scope: str, seconds: float) -> None:
-        """Discord answered 429: wait `seconds`; `scope` user, global, shared or unknown."""
+        """Discord asked for a wait of `seconds`: a 429 (`scope` user, global,
+        shared or unknown), or a bucket that ran out (`scope` bucket)."""
 
 
 def trace_config(observer: DiscordObserver) -> aiohttp.TraceConfig:
@@ -49,6 +54,12 @@ def trace_config(observer: DiscordObserver) -> aiohttp.TraceConfig:
     ) -> None:
         response = params.response
         if response.status < 400:
+            if response.headers.get("X-RateLimit-Remaining") == "0":
+                # The route's bucket ran out: discord.py holds the next request on
+                # it until the bucket resets, without a 429 ever being sent.
+                observer.discord_rate_limited(
+                    "bucket", _seconds(response.headers.get("X-RateLimit-Reset-After"))
+                )
             return
         try:
             # Read once here; aiohttp keeps the body, so discord.py reads it again.
@@ -65,9 +76,9 @@ def trace_config(observer: DiscordObserver) -> aiohttp.TraceConfig:
             )
             return
         code = data.get("code")
-        observer.discord_error(
-            response.status, code if isinstance(code, int) and not isinstance(code, bool) else 0
-        )
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 < code < 1_000_000:
+            code = 0  # none, or not one of Discord's: no label value of its own
+        observer.discord_error(response.status, code)
 
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(on_request_end)
@@ -76,13 +87,19 @@ def trace_config(observer: DiscordObserver) -> aiohttp.TraceConfig:
 
 def _retry_after(response: aiohttp.ClientResponse, data: dict[str, Any]) -> float:
     for value in (data.get("retry_after"), response.headers.get("Retry-After")):
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if 0 <= seconds < 86_400:
+        seconds = _seconds(value)
+        if seconds or value in (0, "0"):
             return seconds
     return 0.0
+
+
+def _seconds(value: object) -> float:
+    """A wait Discord names, in seconds (0.0 for anything else)."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if 0 <= seconds < 86_400 else 0.0
 
 
 def instrument(client: discord.Client, observer: DiscordObserver) -> None:

@@ -6,6 +6,8 @@ timeout and is registered at start-up, so buttons keep working on messages
 posted before a restart. The item class is made by `story_button_type` for the
 handlers it calls, so nothing is looked up on the client. The /mystories views
 are private and short-lived; they get their handlers when they are built.
+Labels are in the language of whoever sees them (bot.i18n): a story's buttons
+in the server's, a private view's in its owner's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any, Protocol
 
 import discord
 
+from bot.i18n import Messages, messages
+from generation.messages import N_
 from storage.models import StoryPage
 
 ErrorHandler = Callable[[discord.Interaction, BaseException], Awaitable[None]]
@@ -49,19 +53,20 @@ class ButtonLook:
 # What each action's button looks like; the id is a part id for continue, vote,
 # reroll, notes, report and share, a run id for cancel and retry, a vote id for
 # pick1-3, a story id for unshare.
+# pick1-3, a story id for unshare. Labels are English here, translated when sent.
 BUTTONS = {
-    "continue": ButtonLook("Continue", "➕", discord.ButtonStyle.primary),
-    "reroll": ButtonLook("Reroll", "🎲", discord.ButtonStyle.secondary),
-    "cancel": ButtonLook("Cancel", None, discord.ButtonStyle.danger),
-    "retry": ButtonLook("Retry", "🔁", discord.ButtonStyle.primary),
-    "report": ButtonLook("Report", "🚩", discord.ButtonStyle.secondary),
-    "notes": ButtonLook("Notes", "📝", discord.ButtonStyle.secondary),
-    "vote": ButtonLook("Vote", "🗳️", discord.ButtonStyle.secondary),
+    "continue": ButtonLook(N_("Continue"), "➕", discord.ButtonStyle.primary),
+    "reroll": ButtonLook(N_("Reroll"), "🎲", discord.ButtonStyle.secondary),
+    "cancel": ButtonLook(N_("Cancel"), None, discord.ButtonStyle.danger),
+    "retry": ButtonLook(N_("Retry"), "🔁", discord.ButtonStyle.primary),
+    "report": ButtonLook(N_("Report"), "🚩", discord.ButtonStyle.secondary),
+    "notes": ButtonLook(N_("Notes"), "📝", discord.ButtonStyle.secondary),
+    "vote": ButtonLook(N_("Vote"), "🗳️", discord.ButtonStyle.secondary),
     "pick1": ButtonLook("1", None, discord.ButtonStyle.primary),
     "pick2": ButtonLook("2", None, discord.ButtonStyle.primary),
     "pick3": ButtonLook("3", None, discord.ButtonStyle.primary),
-    "share": ButtonLook("Share", "🔗", discord.ButtonStyle.secondary),
-    "unshare": ButtonLook("Revoke link", None, discord.ButtonStyle.danger),
+    "share": ButtonLook(N_("Share"), "🔗", discord.ButtonStyle.secondary),
+    "unshare": ButtonLook(N_("Revoke link"), None, discord.ButtonStyle.danger),
 }
 _TEMPLATE = r"story:(?P<action>" + "|".join(BUTTONS) + r"):(?P<id>[0-9]{1,20})"
 
@@ -101,8 +106,9 @@ def story_button_type(actions: StoryActions) -> type[discord.ui.DynamicItem[Any]
     return StoryButton
 
 
-def buttons(*items: tuple[str, int]) -> discord.ui.View:
-    """Story buttons for a message, e.g. buttons(("continue", 4), ("reroll", 4)).
+def buttons(t: Messages, *items: tuple[str, int]) -> discord.ui.View:
+    """Story buttons for a message, labelled in `t`'s language, e.g.
+    buttons(t, ("continue", 4), ("reroll", 4)).
 
     Only their custom_ids matter: clicks reach the registered StoryButton class,
     on any message, also after a restart. The view is stopped before it is sent,
@@ -113,7 +119,7 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
         look = BUTTONS[action]
         view.add_item(
             discord.ui.Button(
-                label=look.label,
+                label=t._(look.label),
                 emoji=look.emoji,
                 style=look.style,
                 custom_id=f"story:{action}:{id}",
@@ -123,8 +129,9 @@ def buttons(*items: tuple[str, int]) -> discord.ui.View:
     return view
 
 
-def part_buttons(part_id: int) -> discord.ui.View:
+def part_buttons(t: Messages, part_id: int) -> discord.ui.View:
     return buttons(
+        t,
         ("continue", part_id),
         ("vote", part_id),
         ("reroll", part_id),
@@ -134,8 +141,20 @@ def part_buttons(part_id: int) -> discord.ui.View:
     )
 
 
-def ballot_buttons(vote_id: int, numbers: list[int]) -> discord.ui.View:
-    return buttons(*((f"pick{number}", vote_id) for number in numbers))
+def ballot_buttons(t: Messages, vote_id: int, numbers: list[int]) -> discord.ui.View:
+    return buttons(t, *((f"pick{number}", vote_id) for number in numbers))
+
+
+def _paragraph(label: str, value: str, max_length: int, example: str) -> discord.ui.TextInput[Any]:
+    """An optional paragraph field of a form, within Discord's lengths."""
+    return discord.ui.TextInput(
+        label=label[:45],
+        style=discord.TextStyle.paragraph,
+        default=value or None,
+        required=False,
+        max_length=max_length,
+        placeholder=example[:100],
+    )
 
 
 class NotesModal(discord.ui.Modal):
@@ -149,23 +168,21 @@ class NotesModal(discord.ui.Modal):
         limits: tuple[int, int],
         save: Callable[[discord.Interaction, str, str], Awaitable[None]],
         on_error: ErrorHandler,
+        t: Messages | None = None,
     ) -> None:
-        super().__init__(title=f"Notes of story #{story_id}"[:45], timeout=900)
-        self.memory: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label="Memory: who and where",
-            style=discord.TextStyle.paragraph,
-            default=memory or None,
-            required=False,
-            max_length=limits[0],
-            placeholder="Ada is a detective in rainy 1920s Glasgow.",
+        t = t or messages()
+        super().__init__(title=t._("Notes of story #{story}", story=story_id)[:45], timeout=900)
+        self.memory = _paragraph(
+            t._("Memory: who and where"),
+            memory,
+            limits[0],
+            t._("Ada is a detective in rainy 1920s Glasgow."),
         )
-        self.note: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            label="Author's note: tone, what happens next",
-            style=discord.TextStyle.paragraph,
-            default=note or None,
-            required=False,
-            max_length=limits[1],
-            placeholder="Tense. The storm breaks soon.",
+        self.note = _paragraph(
+            t._("Author's note: tone, what happens next"),
+            note,
+            limits[1],
+            t._("Tense. The storm breaks soon."),
         )
         self.add_item(self.memory)
         self.add_item(self.note)
@@ -178,12 +195,12 @@ class NotesModal(discord.ui.Modal):
             await self._on_error(interaction, error)
 
 
-def cancel_button(run_id: int) -> discord.ui.View:
-    return buttons(("cancel", run_id))
+def cancel_button(t: Messages, run_id: int) -> discord.ui.View:
+    return buttons(t, ("cancel", run_id))
 
 
-def retry_button(run_id: int) -> discord.ui.View:
-    return buttons(("retry", run_id))
+def retry_button(t: Messages, run_id: int) -> discord.ui.View:
+    return buttons(t, ("retry", run_id))
 
 
 # ------------------------------------------------------------------ /mystories
@@ -212,10 +229,13 @@ class Library(Protocol):
 class GuardedView(discord.ui.View):
     """A private view: only its owner may use it; errors go to the one handler."""
 
-    def __init__(self, owner: int, on_error: ErrorHandler, *, timeout: float) -> None:
+    def __init__(
+        self, owner: int, on_error: ErrorHandler, *, timeout: float, t: Messages | None = None
+    ) -> None:
         super().__init__(timeout=timeout)
         self.owner = owner
         self._on_error = on_error
+        self.t = t or messages()  # the owner's language
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.owner
@@ -226,27 +246,57 @@ class GuardedView(discord.ui.View):
         await self._on_error(interaction, error)
 
 
-def _ago(timestamp: float) -> str:
+def _ago(t: Messages, timestamp: float) -> str:
     seconds = dt.datetime.now(dt.UTC).timestamp() - timestamp
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "just now"
+    if seconds >= 86400:
+        return t._("{count} d ago", count=int(seconds // 86400))
+    if seconds >= 3600:
+        return t._("{count} h ago", count=int(seconds // 3600))
+    if seconds >= 60:
+        return t._("{count} min ago", count=int(seconds // 60))
+    return t._("just now")
 
 
-def page_text(page: StoryPage, genre: str | None) -> str:
+# A story's status as /mystories shows it (stories.service's words).
+STATUSES = {
+    "queued": N_("queued"),
+    "generating": N_("generating"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "cancelled": N_("cancelled"),
+    "interrupted": N_("interrupted"),
+}
+
+
+def page_text(t: Messages, page: StoryPage, genre: str | None) -> str:
     if page.total == 0:
-        where = f" in {genre}" if genre else ""
-        return f"You have no stories{where} yet. Start one with `/story`."
+        if genre:
+            return t._("You have no stories in {genre} yet. Start one with `/story`.", genre=genre)
+        return t._("You have no stories yet. Start one with `/story`.")
     first = page.offset + 1
     last = page.offset + len(page.items)
-    lines = [f"**Your stories** ({first}–{last} of {page.total}{', ' + genre if genre else ''})"]
+    heading = (
+        t._(
+            "**Your stories** ({first}–{last} of {total}, {genre})",
+            genre=genre,
+            first=first,
+            last=last,
+            total=page.total,
+        )
+        if genre
+        else t._(
+            "**Your stories** ({first}–{last} of {total})", first=first, last=last, total=page.total
+        )
+    )
+    lines = [heading]
     for summary in page.items:
         story = summary.story
         title = discord.utils.escape_markdown(story.title)
+        parts = t._("{count} part(s)", count=summary.part_count - 1)
+        status = t._(STATUSES[story.status]) if story.status in STATUSES else story.status
         lines.append(
-            f"`#{story.id}` **{title}** · {story.genre} · {summary.part_count - 1} part(s) · "
-            f"{story.status} · {_ago(story.created_at)}"
+            f"`#{story.id}` **{title}** · {story.genre} · {parts} · "
+            f"{status} · {_ago(t, story.created_at)}"
         )
     return "\n".join(lines)
 
@@ -254,13 +304,24 @@ def page_text(page: StoryPage, genre: str | None) -> str:
 class MyStoriesView(GuardedView):
     PER_PAGE = 10
 
-    def __init__(self, library: Library, user_id: int, genres: list[tuple[str, str]]) -> None:
-        super().__init__(user_id, library.on_error, timeout=900)
+    def __init__(
+        self,
+        library: Library,
+        user_id: int,
+        genres: list[tuple[str, str]],
+        t: Messages | None = None,
+    ) -> None:
+        super().__init__(user_id, library.on_error, timeout=900, t=t)
         self.library = library
         self.page = 0
         self.genre: str | None = None
+        t = self.t
+        self.previous.label = t._("Previous")
+        self.next.label = t._("Next")
+        self.genre_select.placeholder = t._("Filter by genre")
+        self.open_story.placeholder = t._("Open a story")
         self.genre_select.options = [
-            discord.SelectOption(label="All genres", value="*", default=True)
+            discord.SelectOption(label=t._("All genres"), value="*", default=True)
         ] + [discord.SelectOption(label=title, value=key) for key, title in genres[:24]]
 
     async def render(self) -> tuple[str, StoryPage]:
@@ -276,9 +337,9 @@ class MyStoriesView(GuardedView):
                 label=f"#{s.story.id} {s.story.title}"[:100], value=str(s.story.id)
             )
             for s in page.items
-        ] or [discord.SelectOption(label="(none)", value="0")]
+        ] or [discord.SelectOption(label=self.t._("(none)"), value="0")]
         self.open_story.disabled = not page.items
-        return page_text(page, self.genre), page
+        return page_text(self.t, page, self.genre), page
 
     async def refresh(self, interaction: discord.Interaction) -> None:
         text, _ = await self.render()
@@ -316,10 +377,19 @@ class MyStoriesView(GuardedView):
 
 class StoryDetailView(GuardedView):
     def __init__(
-        self, library: Library, user_id: int, story_id: int, back: MyStoriesView | None
+        self,
+        library: Library,
+        user_id: int,
+        story_id: int,
+        back: MyStoriesView | None,
+        t: Messages | None = None,
     ) -> None:
-        super().__init__(user_id, library.on_error, timeout=900)
+        super().__init__(user_id, library.on_error, timeout=900, t=t)
         self.library, self.story_id, self.back_to = library, story_id, back
+        self.export.label = self.t._("Export")
+        self.share.label = self.t._("Share")
+        self.delete.label = self.t._("Delete")
+        self.back.label = self.t._("Back")
         if back is None:
             self.remove_item(self.back)
 
@@ -340,11 +410,15 @@ class StoryDetailView(GuardedView):
         confirm = ConfirmView(
             self.owner,
             self.library.on_error,
-            "Delete it",
+            self.t._("Delete it"),
             lambda i: self.library.delete_story(i, self.story_id),
+            t=self.t,
         )
         await interaction.response.edit_message(
-            content=f"Delete story #{self.story_id} and all its parts? This cannot be undone.",
+            content=self.t._(
+                "Delete story #{story} and all its parts? This cannot be undone.",
+                story=self.story_id,
+            ),
             view=confirm,
         )
 
@@ -361,10 +435,12 @@ class ConfirmView(GuardedView):
         on_error: ErrorHandler,
         label: str,
         on_confirm: Callable[[discord.Interaction], Awaitable[None]],
+        t: Messages | None = None,
     ) -> None:
-        super().__init__(user_id, on_error, timeout=300)
+        super().__init__(user_id, on_error, timeout=300, t=t)
         self.on_confirm = on_confirm
         self.confirm.label = label
+        self.keep.label = self.t._("Keep everything")
 
     @discord.ui.button(label="Yes", style=discord.ButtonStyle.danger)
     async def confirm(
@@ -376,4 +452,4 @@ class ConfirmView(GuardedView):
     @discord.ui.button(label="Keep everything", style=discord.ButtonStyle.secondary)
     async def keep(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
         self.stop()
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+        await interaction.response.edit_message(content=self.t._("Nothing was deleted."), view=None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from generation.messages import N_
+
 
 class GenerationError(Exception):
     """Base class: `str(error)` is a short sentence a person can read."""
@@ -36,21 +38,21 @@ class Busy(GenerationError):
 class Cancelled(GenerationError):
     code = "cancelled"
 
-    def __init__(self, message: str = "The story was cancelled.") -> None:
+    def __init__(self, message: str = N_("The story was cancelled.")) -> None:
         super().__init__(message)
 
 
 class TimedOut(GenerationError):
     code = "timeout"
 
-    def __init__(self, message: str = "The story took too long and was stopped.") -> None:
+    def __init__(self, message: str = N_("The story took too long and was stopped.")) -> None:
         super().__init__(message)
 
 
 class PoolClosed(GenerationError):
     code = "shutting_down"
 
-    def __init__(self, message: str = "storybot is shutting down; try again shortly.") -> None:
+    def __init__(self, message: str = N_("storybot is shutting down; try again shortly.")) -> None:
         super().__init__(message)
 
 
@@ -67,7 +69,9 @@ class EngineUnavailable(GenerationError):
 
     def __init__(
         self,
-        message: str = "The story engine is not answering right now; please try again in a minute.",
+        message: str = N_(
+            "The story engine is not answering right now; please try again in a minute."
+        ),
         retry_after: float = 30.0,
     ) -> None:
         self.retry_after = max(1.0, round(retry_after))
@@ -80,7 +84,8 @@ class EngineRefused(GenerationError):
     code = "engine_refused"
 
     def __init__(
-        self, message: str = "The story engine refused the request; the operator has been told."
+        self,
+        message: str = N_("The story engine refused the request; the operator has been told."),
     ) -> None:
         super().__init__(message)
 

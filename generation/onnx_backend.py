@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from generation.decode import LocalBackend, Logits
+from generation.decode_loop import LocalBackend, Logits, distinct_rows
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir, load_fast_tokenizer, model_id_of
 
@@ -208,11 +208,39 @@ class OnnxStepModel:
     def prefill(
         self, rows: Sequence[Sequence[int]], after: _State | None = None
     ) -> tuple[_State, Logits]:
-        """Write the prompts into the rows after `after`'s (or from row 0)."""
+        """Write the prompts into the rows after `after`'s (or from row 0). A
+        prompt given more than once (a vote's candidates) is computed once and
+        its cache copied to the rows that repeat it."""
         start = 0
         if after is not None:
             self._check(after)
             start = len(after.lengths)
+        if start + len(rows) > self.max_rows:
+            raise RuntimeError(f"{start + len(rows)} rows do not fit the cache's {self.max_rows}")
+        distinct, index = distinct_rows(rows)
+        if len(distinct) < len(rows):
+            state, logits = self._prefill(start, distinct)
+            return self._repeat(state, index), logits[index]
+        return self._prefill(start, rows)
+
+    def _repeat(self, state: _State, index: list[int]) -> _State:
+        """Rows [start, start + len(index)) become copies of the prefilled rows
+        `index` names. Copied from the last row back: a row's source is never
+        after it (`distinct_rows` numbers first occurrences), so no source is
+        overwritten before it is read."""
+        for target in reversed(range(len(index))):
+            source = index[target]
+            if source != target:
+                used = int(state.lengths[source])
+                self.cache[:, :, state.start + target, :, :used] = self.cache[
+                    :, :, state.start + source, :, :used
+                ]
+        if self._last_top is not None:
+            self._last_top = self._last_top[index]
+        # The prefill's state was never handed out: this one takes its place.
+        return _State(state.lengths[index], state.version, state.start)
+
+    def _prefill(self, start: int, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
         lengths = np.array([len(row) for row in rows], dtype=np.int32)
         if lengths.min() < 1 or lengths.max() > self.context:
             raise ValueError("every prompt needs 1 to context tokens")

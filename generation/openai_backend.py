@@ -44,9 +44,10 @@ from typing import Any
 
 import aiohttp
 
-from generation.backend import Job
 from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
 from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
+from generation.job import Job
+from generation.messages import N_
 from generation.text import ENDOFTEXT, TextStream
 from generation.types import FinishReason, GenerationParams
 
@@ -193,7 +194,8 @@ class OpenAIBackend:
 
         def launch(batch: list[Job]) -> None:
             for job in batch:
-                tasks[asyncio.create_task(self._run(job))] = job
+                # In a copy of the asker's context: its log lines carry the ids.
+                tasks[asyncio.create_task(self._run(job), context=job.context.copy())] = job
 
         launch(jobs)
         while tasks:
@@ -256,7 +258,10 @@ class OpenAIBackend:
                     )
                     job.fail(
                         EngineUnavailable(
-                            "The story engine stopped in the middle of the story; please try again."
+                            N_(
+                                "The story engine stopped in the middle of the story; "
+                                "please try again."
+                            )
                         )
                     )
                     return

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from generation.backend import Backend, Job
+from generation.backend import Backend
 from generation.errors import (
     Busy,
     Cancelled,
@@ -42,6 +42,8 @@ from generation.errors import (
     PromptTooLong,
     TimedOut,
 )
+from generation.job import Job
+from generation.messages import N_
 from generation.throughput import Throughput
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 
@@ -269,7 +271,7 @@ class GenerationPool:
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequest` for anything the worker could not serve."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise InvalidRequest("The prompt is empty.")
+            raise InvalidRequest(N_("The prompt is empty."))
         request.params.validate(self.max_new_tokens_limit)
         context = self.backend.context_size if self.backend else 1024
         # Byte-level BPE never makes more tokens than UTF-8 bytes: a sound bound
@@ -426,7 +428,7 @@ class GenerationPool:
             if job not in self._waiting:
                 return  # running jobs watch their own deadline
             self._waiting.remove(job)
-        self._finish_on_loop(job, None, TimedOut("The story waited too long in the queue."))
+        self._finish_on_loop(job, None, TimedOut(N_("The story waited too long in the queue.")))
         self._positions_changed()
 
     # ------------------------------------------------------------- loop thread
@@ -469,7 +471,7 @@ class GenerationPool:
                     with self._cond:
                         stranded = [job for job in self._running if not job.finished]
                     for job in stranded:
-                        self._fail(job, GenerationError("Generation failed; please try again."))
+                        self._fail(job, GenerationError(N_("Generation failed; please try again.")))
         finally:
             backend.close()
 
@@ -488,7 +490,12 @@ class GenerationPool:
             try:
                 job.prepare(backend)
             except Exception as error:
-                log.exception("could not prepare a request; the rest of its batch goes on")
+                job.log(
+                    log,
+                    logging.ERROR,
+                    "could not prepare a request; the rest of its batch goes on",
+                    exc_info=True,
+                )
                 self._fail(
                     job,
                     GenerationError(
@@ -530,7 +537,7 @@ class GenerationPool:
             with self._cond:
                 stranded = [job for job in self._running if not job.finished]
             for job in stranded:
-                self._fail(job, GenerationError("Generation failed; please try again."))
+                self._fail(job, GenerationError(N_("Generation failed; please try again.")))
         elapsed = time.monotonic() - started
         with self._cond:
             self.throughput.batch_ended()
@@ -567,7 +574,7 @@ class GenerationPool:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._finish_on_loop, job, result, error)
         if job.finish_reason == "timeout":
-            log.warning("request timed out after %d tokens", job.new_tokens)
+            job.log(log, logging.WARNING, "request timed out after %d tokens", job.new_tokens)
 
 
 def _set_result(future: asyncio.Future[Backend], value: Backend) -> None:

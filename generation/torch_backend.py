@@ -1,7 +1,7 @@
 """The reference backend: transformers + torch on a local model folder.
 
 It runs GPT-2's forward pass with a KV cache under our own decoding loop
-(`generation.decode`) rather than `model.generate`: `generate` applies one set
+(`generation.decode_loop`) rather than `model.generate`: `generate` applies one set
 of sampling parameters and one random stream to a whole batch, which would make
 a seed's text depend on who else was in the batch, and it cannot take a new
 request into a running batch. Batches are left-padded with explicit position
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from generation.backend import Job
-from generation.decode import LocalBackend, Logits
+from generation.decode_loop import LocalBackend, Logits, distinct_rows
 from generation.errors import ModelLoadError
+from generation.job import Job
 from generation.modelfiles import load_causal_lm, model_id_of
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,17 @@ class TorchStepModel:
         return torch.topk(self._last, width, dim=-1, sorted=False).indices.cpu().numpy()
 
     def prefill(self, rows: Sequence[Sequence[int]], after: Any = None) -> tuple[_State, Logits]:
+        """Start these prompts; one given more than once (a vote's candidates)
+        is computed once and its cache repeated."""
+        distinct, index = distinct_rows(rows)
+        if len(distinct) == len(rows):
+            return self._prefill(rows)
+        state, _ = self._prefill(distinct)
+        assert self._last is not None
+        self._last = self._last[torch.tensor(index, device=self._last.device)]
+        return self.select(state, index), self._logits()
+
+    def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[_State, Logits]:
         from transformers import DynamicCache
 
         width = max(len(row) for row in rows)

@@ -19,18 +19,23 @@ for script in storybot storybot-download storybot-generate storybot-finetune sto
 done
 "$work/venv/bin/python" -m storage.copy --help > /dev/null \
   || { echo "error: python -m storage.copy --help failed" >&2; exit 1; }
-# The package data: the built-in genres and the schema files, from a folder with
-# neither; then a story from the installed code, on the tiny model.
+# The package data: the built-in genres, the schema files and the bot's message
+# catalogues, from a folder with none of them; then a story from the installed
+# code, on the tiny model.
 "$work/venv/bin/python" - <<'PY'
 import asyncio, tempfile
 from pathlib import Path
 from app.settings import load_settings
+from bot.i18n import messages
 from stories.genres import GenreRegistry
 from storage.db import PG_SCHEMA_DIR, SCHEMA_DIR, migrations
 from storage.store import Store
 
 # PostgreSQL's schema files ship too, reaching the version SQLite's reach.
 assert migrations(PG_SCHEMA_DIR, baseline=True)[-1][0] == migrations(SCHEMA_DIR)[-1][0]
+assert messages("de")._("Cancelled.") == "Abgebrochen.", "no German catalogue in the wheel"
+assert messages("es-ES")._("Cancelled.") == "Cancelado.", "no Spanish catalogue in the wheel"
+
 settings = load_settings()
 genres = GenreRegistry.load(settings.genres_path)
 assert "crime" in {genre.key for genre in genres}, settings.genres_path

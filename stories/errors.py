@@ -6,6 +6,8 @@ HTTP interface to status codes, the bot to private messages and notices.
 
 from __future__ import annotations
 
+from generation.messages import N_
+
 
 class StoryError(Exception):
     """Base class: `str(error)` is a short sentence a person can read."""
@@ -24,14 +26,14 @@ class EmptyPrompt(InvalidPrompt):
     code = "empty_input"
 
     def __init__(self) -> None:
-        super().__init__("The prompt is empty: give the story a first line.")
+        super().__init__(N_("The prompt is empty: give the story a first line."))
 
 
 class OverlongPrompt(InvalidPrompt):
     code = "input_too_long"
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"The prompt is too long: at most {limit} characters.")
+        super().__init__(N_("The prompt is too long: at most {limit} characters.", limit=limit))
 
 
 class ControlCharacter(InvalidPrompt):
@@ -39,8 +41,11 @@ class ControlCharacter(InvalidPrompt):
 
     def __init__(self, character: str) -> None:
         super().__init__(
-            f"The prompt contains an invisible control character "
-            f"(U+{ord(character):04X}); remove it and try again."
+            N_(
+                "The prompt contains an invisible control character ({code}); "
+                "remove it and try again.",
+                code=f"U+{ord(character):04X}",
+            )
         )
 
 
@@ -55,7 +60,7 @@ class ContentFiltered(InvalidPrompt):
 
     code = "content_filtered"
 
-    def __init__(self, message: str = "The content filter refused this prompt.") -> None:
+    def __init__(self, message: str = N_("The content filter refused this prompt.")) -> None:
         super().__init__(message)
 
 
@@ -79,7 +84,7 @@ class SharingOff(NotAllowed):
     code = "sharing_disabled"
 
     def __init__(
-        self, message: str = "This server's admins have turned sharing stories off."
+        self, message: str = N_("This server's admins have turned sharing stories off.")
     ) -> None:
         super().__init__(message)
 
@@ -118,7 +123,8 @@ class PartHidden(NothingToContinue):
     code = "part_hidden"
 
     def __init__(
-        self, message: str = "That part was removed after reports; it cannot be continued."
+        self,
+        message: str = N_("That part was removed after reports; it cannot be continued."),
     ) -> None:
         super().__init__(message)
 
@@ -136,9 +142,7 @@ class WritingElsewhere(Conflict):
     code = "writing_elsewhere"
 
     def __init__(self) -> None:
-        super().__init__(
-            "Someone is writing the next part already: it appears in the channel when it is done."
-        )
+        super().__init__(N_("Someone is writing the next part already."))
 
 
 class StillWriting(Conflict):
@@ -152,5 +156,5 @@ class StoryDeleted(StoryError):
 
     code = "story_deleted"
 
-    def __init__(self, message: str = "The story was deleted.") -> None:
+    def __init__(self, message: str = N_("The story was deleted.")) -> None:
         super().__init__(message)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.errors import InvalidRequest
+from generation.messages import N_
 from generation.types import GenerationParams
 
 MAX_GENRES = 25  # Discord's limit for slash-command choices
@@ -71,7 +72,13 @@ class GenreRegistry:
         genre = self._genres.get(str(key).strip().lower())
         if genre is None:
             names = ", ".join(self._genres)
-            raise UnknownGenre(f"Unknown genre {str(key)[:40]!r}. Choose one of: {names}.")
+            raise UnknownGenre(
+                N_(
+                    "Unknown genre {genre}. Choose one of: {genres}.",
+                    genre=repr(str(key)[:40]),
+                    genres=names,
+                )
+            )
         return genre
 
     @classmethod

@@ -35,6 +35,8 @@ from typing import NamedTuple, overload
 
 import ahocorasick
 
+from generation.messages import N_
+
 BLOCKLIST = Path(__file__).resolve().parent / "blocklist.txt"
 MASK = "█"  # U+2588: plainly redacted, and no Markdown meaning in Discord
 MAX_TERM_LENGTH = 50
@@ -252,12 +254,14 @@ def normalise_term(term: str) -> str:
     is empty, longer than MAX_TERM_LENGTH characters, or all punctuation."""
     term = term.strip()
     if not term:
-        raise ValueError("The term is empty.")
+        raise ValueError(N_("The term is empty."))
     if len(term) > MAX_TERM_LENGTH:
-        raise ValueError(f"The term is too long: at most {MAX_TERM_LENGTH} characters.")
+        raise ValueError(
+            N_("The term is too long: at most {limit} characters.", limit=MAX_TERM_LENGTH)
+        )
     normalised = _normalise(term).text
     if not normalised:
-        raise ValueError(f"The term {term!r} has no letters or digits to match.")
+        raise ValueError(N_("The term {term} has no letters or digits to match.", term=repr(term)))
     return normalised
 
 

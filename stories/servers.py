@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from generation.messages import N_
 from storage.guilds import DAY_S, GuildStore
 from storage.models import GuildCounts, GuildSettings, HiddenPart, ReportTally
 from stories.errors import (
@@ -30,6 +31,13 @@ from stories.genres import GenreRegistry
 from stories.moderation import ContentFilter, normalise_term
 
 log = logging.getLogger(__name__)
+
+
+def _reason(error: ValueError) -> str:
+    """What a refused filter term's error says: the `Text` it was raised with,
+    so a front-end can say it in another language."""
+    return error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+
 
 # How long a server the bot left keeps its settings (the README says so too).
 KEEP_LEFT_SERVERS_S = 30 * DAY_S
@@ -49,9 +57,9 @@ class Length:
 
 
 LENGTHS = {
-    "short": Length("Short (a paragraph)", 60, 20),
-    "medium": Length("Medium", 120, 50),
-    "long": Length("Long (several paragraphs)", 250, 120),
+    "short": Length(N_("Short (a paragraph)"), 60, 20),
+    "medium": Length(N_("Medium"), 120, 50),
+    "long": Length(N_("Long (several paragraphs)"), 250, 120),
 }
 DEFAULT_LENGTH = "medium"
 
@@ -130,15 +138,17 @@ class ServerRules:
             return
         if channel_id not in settings.channels:
             raise ChannelClosed(
-                "storybot does not write stories in this channel: "
-                "this server's admins chose other channels for it."
+                N_(
+                    "storybot does not write stories in this channel: "
+                    "this server's admins chose other channels for it."
+                )
             )
 
     def check_genre(self, settings: GuildSettings | None, key: str) -> None:
         if settings is None or settings.genres is None or key in settings.genres:
             return
         raise GenreDisabled(
-            f"The {self.genres.get(key).title} genre is not enabled in this server."
+            N_("The {genre} genre is not enabled in this server.", genre=self.genres.get(key).title)
         )
 
     def check_continue(
@@ -152,12 +162,12 @@ class ServerRules:
         if settings is None or user_id is None or user_id == author or member.admin:
             return
         if settings.continue_policy == "author":
-            raise NotAllowed("In this server only a story's author can continue it.")
+            raise NotAllowed(N_("In this server only a story's author can continue it."))
         if settings.continue_policy == "role" and (
             settings.continue_role_id is None or settings.continue_role_id not in member.roles
         ):
             raise NotAllowed(
-                "In this server only members with the storytellers' role can continue stories."
+                N_("In this server only members with the storytellers' role can continue stories.")
             )
 
     def check_reroll(
@@ -177,7 +187,7 @@ class ServerRules:
             and settings.continue_role_id in member.roles
         ):
             return
-        raise NotAllowed("Only the story's author can reroll it.")
+        raise NotAllowed(N_("Only the story's author can reroll it."))
 
     def check_sharing(self, settings: GuildSettings | None) -> None:
         """Share links for the server's stories (always, outside a server)."""
@@ -191,8 +201,12 @@ class ServerRules:
         if not await self.guilds.take_daily_story(settings.guild_id, settings.daily_quota):
             wait = seconds_to_midnight_utc()
             raise QuotaReached(
-                f"This server's {settings.daily_quota} stories for today are written; "
-                f"more in {wait / 3600:.0f} h (at midnight UTC).",
+                N_(
+                    "This server's {quota} stories for today are written; "
+                    "more in {hours} h (at midnight UTC).",
+                    quota=settings.daily_quota,
+                    hours=f"{wait / 3600:.0f}",
+                ),
                 retry_after=wait,
             )
 
@@ -224,25 +238,28 @@ class ServerRules:
                 return None
             unknown = [key for key in value if key not in self.genres]
             if unknown:
-                raise InvalidSetting(f"Unknown genre: {', '.join(unknown)}.")
+                raise InvalidSetting(N_("Unknown genre: {genres}.", genres=", ".join(unknown)))
             if not value:
-                raise InvalidSetting("At least one genre must stay enabled.")
+                raise InvalidSetting(N_("At least one genre must stay enabled."))
             return tuple(dict.fromkeys(value))
         if name == "channels":
             if value is None:
                 return None
             if not value:
-                raise InvalidSetting("At least one channel must stay open to stories.")
+                raise InvalidSetting(N_("At least one channel must stay open to stories."))
             if len(value) > MAX_CHANNELS:
-                raise InvalidSetting(f"At most {MAX_CHANNELS} channels.")
+                raise InvalidSetting(N_("At most {count} channels.", count=MAX_CHANNELS))
             return tuple(dict.fromkeys(int(c) for c in value))
         if name == "cooldown_s":
             if value is None:
                 return None
             if not self.user_cooldown_s <= value <= MAX_COOLDOWN_S:
                 raise InvalidSetting(
-                    f"The cooldown must be between {self.user_cooldown_s:g} s (this bot's "
-                    f"minimum) and {MAX_COOLDOWN_S:g} s."
+                    N_(
+                        "The cooldown must be between {low} s (this bot's minimum) and {high} s.",
+                        low=f"{self.user_cooldown_s:g}",
+                        high=f"{MAX_COOLDOWN_S:g}",
+                    )
                 )
             return float(value)
         if name == "max_active":
@@ -250,50 +267,70 @@ class ServerRules:
                 return None
             if not 1 <= value <= self.user_max_active:
                 raise InvalidSetting(
-                    f"Stories at once per member must be between 1 and {self.user_max_active} "
-                    "(this bot's maximum)."
+                    N_(
+                        "Stories at once per member must be between 1 and {high} "
+                        "(this bot's maximum).",
+                        high=self.user_max_active,
+                    )
                 )
             return int(value)
         if name == "daily_quota":
             if value is None:
                 return None
             if not 1 <= value <= MAX_DAILY_QUOTA:
-                raise InvalidSetting(f"The daily quota must be between 1 and {MAX_DAILY_QUOTA}.")
+                raise InvalidSetting(
+                    N_("The daily quota must be between 1 and {high}.", high=MAX_DAILY_QUOTA)
+                )
             return int(value)
         if name == "continue_policy":
             if value not in ("anyone", "author", "role"):
-                raise InvalidSetting("Who may continue: anyone, author or role.")
+                raise InvalidSetting(N_("Who may continue: anyone, author or role."))
             return value
         if name == "continue_role_id":
             return None if value is None else int(value)
         if name == "default_length":
             if value is not None and value not in LENGTHS:
-                raise InvalidSetting(f"The length must be one of {', '.join(LENGTHS)}.")
+                raise InvalidSetting(
+                    N_("The length must be one of {lengths}.", lengths=", ".join(LENGTHS))
+                )
             return value
         if name in ("report_threshold", "admin_report_threshold"):
             if not 1 <= value <= MAX_REPORT_THRESHOLD:
                 raise InvalidSetting(
-                    f"A report threshold must be between 1 and {MAX_REPORT_THRESHOLD}."
+                    N_(
+                        "A report threshold must be between 1 and {high}.",
+                        high=MAX_REPORT_THRESHOLD,
+                    )
                 )
             return int(value)
         if name in ("notes_by_anyone", "vote_by_default"):
             return bool(value)
         if name == "vote_seconds":
             if not MIN_VOTE_S <= value <= MAX_VOTE_S:
-                raise InvalidSetting(f"A vote lasts between {MIN_VOTE_S} and {MAX_VOTE_S} seconds.")
+                raise InvalidSetting(
+                    N_(
+                        "A vote lasts between {low} and {high} seconds.",
+                        low=MIN_VOTE_S,
+                        high=MAX_VOTE_S,
+                    )
+                )
             return int(value)
         if name == "sharing":
             if not isinstance(value, bool):
-                raise InvalidSetting("Sharing is on or off.")
+                raise InvalidSetting(N_("Sharing is on or off."))
             return value
         if name == "filter_terms":
             if len(value) > MAX_FILTER_TERMS:
-                raise InvalidSetting(f"At most {MAX_FILTER_TERMS} filter terms per server.")
+                raise InvalidSetting(
+                    N_("At most {count} filter terms per server.", count=MAX_FILTER_TERMS)
+                )
             try:  # stored as matched: case, accents and look-alikes folded
                 return tuple(dict.fromkeys(normalise_term(term) for term in value))
             except ValueError as error:
-                raise InvalidSetting(f"That term cannot be filtered: {error}.") from None
-        raise InvalidSetting(f"There is no setting {name!r}.")
+                raise InvalidSetting(
+                    N_("That term cannot be filtered: {reason}", reason=_reason(error))
+                ) from None
+        raise InvalidSetting(N_("There is no setting {name}.", name=repr(name)))
 
     async def counts(self, guild_id: int) -> tuple[GuildCounts, GuildCounts]:
         """Today's counts and the last 30 days'."""

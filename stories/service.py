@@ -34,8 +34,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from generation.engines import ModelPools
 from generation.errors import Cancelled, GenerationError, InvalidRequest, PoolClosed
+from generation.messages import N_
+from generation.model_pools import ModelPools
 from generation.pool import GenerationPool, Reservation, Ticket
 from generation.types import GenerationParams, GenerationRequest, GenerationResult
 from storage.errors import Claimed, NotFound, StorageError
@@ -84,7 +85,21 @@ MAX_PROMPT_CHARS = 4000  # a prompt longer than this is refused, not silently cu
 MAX_MEMORY_CHARS = 500  # a story's memory: who and where
 MAX_NOTE_CHARS = 200  # a story's author's note: the tone, what should happen next
 REMOVED_TEXT = " [removed after reports]"  # what a hidden part reads as
-INTERRUPTED = "Interrupted by a restart."
+INTERRUPTED = N_("Interrupted by a restart.")
+# What is wrong with a story's notes: a sentence per note, since the words
+# around "memory" and "author's note" differ from language to language.
+_MEMORY_ERRORS = {
+    "type": N_("The memory must be text."),
+    "long": N_("The memory is too long: at most {limit} characters.", limit=MAX_MEMORY_CHARS),
+    "control": N_("The memory contains an invisible control character."),
+    "filtered": N_("The content filter refused that memory."),
+}
+_NOTE_ERRORS = {
+    "type": N_("The author's note must be text."),
+    "long": N_("The author's note is too long: at most {limit} characters.", limit=MAX_NOTE_CHARS),
+    "control": N_("The author's note contains an invisible control character."),
+    "filtered": N_("The content filter refused that author's note."),
+}
 # Zero-width and other invisible characters: a prompt of only these is empty.
 # Control characters other than tab and line breaks: never part of a story (and
 # a NUL cuts the text short in many a client).
@@ -286,20 +301,24 @@ def _lost_claim(lost: Claimed, doing: ClaimKind) -> Conflict:
     (the words are those of the same refusal within one process)."""
     if doing == "reroll":
         if lost.by == "reroll":
-            return Conflict("This part is already being rerolled.")
+            return Conflict(N_("This part is already being rerolled."))
         return Conflict(
-            "Someone is continuing this part; reroll the newest part once it is written."
+            N_("Someone is continuing this part; reroll the newest part once it is written.")
         )
     if doing == "vote":
         if lost.by == "vote":
-            return Conflict("The channel is voting on this part already.")
-        return Conflict("Someone is writing the next part already.")
+            return Conflict(N_("The channel is voting on this part already."))
+        return Conflict(N_("Someone is writing the next part already."))
     if lost.by == "reroll":
-        return Conflict("That part is being rerolled: continue it once its new version is shown.")
+        return Conflict(
+            N_("That part is being rerolled: continue it once its new version is shown.")
+        )
     if lost.by == "vote":
         return Conflict(
-            "The channel is voting on what happens next: vote, and continue the "
-            "winning option once the vote is over."
+            N_(
+                "The channel is voting on what happens next: vote, and continue the "
+                "winning option once the vote is over."
+            )
         )
     return WritingElsewhere()
 
@@ -348,7 +367,7 @@ class StoryService:
     # ------------------------------------------------------------------ checks
     def _check_open(self) -> None:
         if self._closing:
-            raise PoolClosed("storybot is restarting; try again in a minute.")
+            raise PoolClosed(N_("storybot is restarting; try again in a minute."))
 
     def _check_prompt(self, prompt: str) -> str:
         """The one check of a first line, for every front-end: the Discord option's
@@ -364,18 +383,20 @@ class StoryService:
     def _check_notes(self, memory: str, note: str, words: ContentFilter) -> tuple[str, str]:
         """A story's memory and author's note: short, no control characters, and
         nothing the content filter refuses (they steer what the model writes)."""
-        for name, text, limit in (
-            ("memory", memory, MAX_MEMORY_CHARS),
-            ("author's note", note, MAX_NOTE_CHARS),
+        # One sentence per note and problem: "memory" and "author's note" take
+        # different words around them in other languages.
+        for text, limit, wrong in (
+            (memory, MAX_MEMORY_CHARS, _MEMORY_ERRORS),
+            (note, MAX_NOTE_CHARS, _NOTE_ERRORS),
         ):
             if not isinstance(text, str):
-                raise InvalidNotes(f"The {name} must be text.")
+                raise InvalidNotes(wrong["type"])
             if len(text) > limit:
-                raise InvalidNotes(f"The {name} is too long: at most {limit} characters.")
+                raise InvalidNotes(wrong["long"])
             if _CONTROL.search(text):
-                raise InvalidNotes(f"The {name} contains an invisible control character.")
+                raise InvalidNotes(wrong["control"])
             if words.matches(text):
-                raise ContentFiltered(f"The content filter refused that {name}.")
+                raise ContentFiltered(wrong["filtered"])
         return memory.strip(), note.strip()
 
     def _take_slot(self, who: Requester, limits: Limits) -> Callable[[], None]:
@@ -387,8 +408,11 @@ class StoryService:
         active = self._active.get(user, 0)
         if active >= limits.max_active:
             raise UserLimit(
-                f"You already have {active} stories being written; "
-                "wait for one to finish (or cancel it)."
+                N_(
+                    "You already have {active} stories being written; "
+                    "wait for one to finish (or cancel it).",
+                    active=active,
+                )
             )
         last = self._last_start.get(user)
         if last is not None:
@@ -396,7 +420,10 @@ class StoryService:
             wait = max(until, started + limits.cooldown_s) - time.monotonic()
             if wait > 0:
                 raise UserLimit(
-                    f"Slow down a little: try again in {max(1, round(wait))} s.", retry_after=wait
+                    N_(
+                        "Slow down a little: try again in {seconds} s.", seconds=max(1, round(wait))
+                    ),
+                    retry_after=wait,
                 )
         self._active[user] = active + 1
         released = False
@@ -425,7 +452,10 @@ class StoryService:
         genre = self.genres.get(key)
         if genre.age_restricted and not who.age_restricted_ok:
             raise AgeRestricted(
-                f"The {genre.title} genre is only available in age-restricted channels."
+                N_(
+                    "The {genre} genre is only available in age-restricted channels.",
+                    genre=genre.title,
+                )
             )
         return genre
 
@@ -468,9 +498,9 @@ class StoryService:
             await self.servers.count(who.guild_id, "refused")
             log.info("a prompt from %s was refused by the content filter", who.user_id)
             raise ContentFiltered(
-                "This server's filter refused that prompt."
+                N_("This server's filter refused that prompt.")
                 if who.guild_id is not None
-                else "The content filter refused that prompt."
+                else N_("The content filter refused that prompt.")
             )
         genre = self._genre(options.genre, who)
         self.servers.check_genre(server, genre.key)
@@ -534,12 +564,14 @@ class StoryService:
         while (claim := self._claims.get(part_id)) is not None:
             if claim.kind == "reroll":
                 raise Conflict(
-                    "That part is being rerolled: continue it once its new version is shown."
+                    N_("That part is being rerolled: continue it once its new version is shown.")
                 )
             if claim.kind == "vote":
                 raise Conflict(
-                    "The channel is voting on what happens next: vote, and continue the "
-                    "winning option once the vote is over."
+                    N_(
+                        "The channel is voting on what happens next: vote, and continue the "
+                        "winning option once the vote is over."
+                    )
                 )
             try:
                 return Started(await asyncio.shield(claim.ready), new=False)
@@ -566,8 +598,12 @@ class StoryService:
         busy = [run for run in self._runs.values() if run.story.id == story_id]
         if busy:
             raise StillWriting(
-                f"Story {story_id} is still being written (part {busy[0].number}); "
-                "continue it once that part is done."
+                N_(
+                    "Story {story} is still being written (part {part}); "
+                    "continue it once that part is done.",
+                    story=story_id,
+                    part=busy[0].number,
+                )
             )
         if options is not None and (options.memory is not None or options.authors_note is not None):
             await self.set_notes(story_id, who, options.memory, options.authors_note)
@@ -583,11 +619,13 @@ class StoryService:
         showed the run). Refused while the run is still writing it."""
         run = self._runs.get(run_id)
         if run is not None:
-            raise StillWriting("That part is still being written: react again once it is finished.")
+            raise StillWriting(
+                N_("That part is still being written: react again once it is finished.")
+            )
         record = await self.store.get_run(run_id)
         if record.part_id is None:
             raise NothingToContinue(
-                "That part was never written: press Retry on it to write it again."
+                N_("That part was never written: press Retry on it to write it again.")
             )
         return await self.continue_from(record.part_id, who, announce=announce)
 
@@ -601,9 +639,11 @@ class StoryService:
         claim = self._claims.get(part_id)
         if claim is not None:
             raise Conflict(
-                "This part is already being rerolled."
+                N_("This part is already being rerolled.")
                 if claim.kind == "reroll"
-                else "Someone is continuing this part; reroll the newest part once it is written."
+                else N_(
+                    "Someone is continuing this part; reroll the newest part once it is written."
+                )
             )
         claim = self._claim(part_id, "reroll")
         try:
@@ -611,12 +651,14 @@ class StoryService:
             story = await self.store.get_story(part.story_id)
             if part.parent_id is None:
                 raise NothingToContinue(
-                    "The prompt itself cannot be rerolled; continue the story instead."
+                    N_("The prompt itself cannot be rerolled; continue the story instead.")
                 )
             if await self.store.has_children(part_id):
                 raise Conflict(
-                    "This part has been continued already, so a new version would leave the "
-                    "next parts hanging: reroll the newest part instead."
+                    N_(
+                        "This part has been continued already, so a new version would leave the "
+                        "next parts hanging: reroll the newest part instead."
+                    )
                 )
             parent = await self.store.get_part(part.parent_id)
             keep = StoryOptions(max_new_tokens=(part.params or {}).get("max_new_tokens"))
@@ -637,16 +679,16 @@ class StoryService:
         writing, under the same rules as the first time."""
         self._check_open()
         if run_id in self._runs:
-            raise Conflict("This part is being written already.")
+            raise Conflict(N_("This part is being written already."))
         record = await self.store.get_run(run_id)
         if record.state == "done":
-            raise Conflict("This part was written already.")
+            raise Conflict(N_("This part was written already."))
         if record.kind == "reroll":
             if record.replaces_id is None:
-                raise NothingToContinue("The part this would replace no longer exists.")
+                raise NothingToContinue(N_("The part this would replace no longer exists."))
             return Started(await self.reroll(record.replaces_id, who, announce=announce), True)
         if record.kind == "start" and await self.store.has_children(record.parent_id):
-            raise Conflict("This story's first part was written already.")
+            raise Conflict(N_("This story's first part was written already."))
         return await self.continue_from(record.parent_id, who, announce=announce, kind=record.kind)
 
     async def cancel(self, run_id: int, who: Requester) -> bool:
@@ -655,7 +697,7 @@ class StoryService:
         if run is None:
             return False
         if who.user_id is not None and run.requested_by not in (who.user_id, None):
-            raise NotAllowed("Only the person who asked for this part can cancel it.")
+            raise NotAllowed(N_("Only the person who asked for this part can cancel it."))
         return run.cancel()
 
     async def delete_story(self, story_id: int, who: Requester) -> Deleted:
@@ -663,7 +705,7 @@ class StoryService:
         front-end to clear (they show nothing any more)."""
         story = await self.store.get_story(story_id)
         if who.user_id is not None and story.author_id != who.user_id:
-            raise NotAllowed("Only the story's author can delete it.")
+            raise NotAllowed(N_("Only the story's author can delete it."))
         deleted = await self.store.delete_story(story_id)
         await self._stop_orphans()
         return deleted
@@ -758,7 +800,7 @@ class StoryService:
             raise PartHidden()
         if any(part.candidate for part in path):
             raise NothingToContinue(
-                "That option was not chosen by the vote: continue the story's chosen part."
+                N_("That option was not chosen by the vote: continue the story's chosen part.")
             )
         previous_text = "".join(part.text for part in path)
         request = GenerationRequest(
@@ -913,7 +955,7 @@ class StoryService:
             error = failed
         except Exception:
             log.exception("story %d: run %d could not complete", run.story.id, run.id)
-            error = GenerationError("Something went wrong while writing this part.")
+            error = GenerationError(N_("Something went wrong while writing this part."))
         finally:
             if run.ticket is not None and not run.ticket.done():
                 run.ticket.cancel()  # nobody will store or see what it writes
@@ -1004,7 +1046,7 @@ class StoryService:
             or who.member.admin
             or (server is not None and server.notes_by_anyone)
         ):
-            raise NotAllowed("Only the story's author can change its notes here.")
+            raise NotAllowed(N_("Only the story's author can change its notes here."))
         words = self.servers.content_filter(server)
         memory, note = self._check_notes(
             story.memory if memory is None else memory,
@@ -1020,7 +1062,7 @@ class StoryService:
         """A member reports a part; past the server's threshold it is hidden
         everywhere until an admin restores or deletes it."""
         if who.user_id is None:
-            raise NotAllowed("Reports come from members of a server.")
+            raise NotAllowed(N_("Reports come from members of a server."))
         part = await self.store.get_part(part_id)
         story = await self.store.get_story(part.story_id)
         tally = await self.servers.report(story.guild_id, part_id, who.user_id, who.member)
@@ -1046,7 +1088,7 @@ class StoryService:
     @staticmethod
     def _check_admin(who: Requester) -> None:
         if who.user_id is not None and not who.member.admin:
-            raise NotAllowed("Only the server's admins can do that.")
+            raise NotAllowed(N_("Only the server's admins can do that."))
 
     async def describe_part(self, part_id: int) -> PartView:
         part = await self.store.get_part(part_id)

@@ -30,6 +30,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from generation.messages import N_
 from storage.errors import NotFound
 from storage.models import Story
 from storage.shares import ShareLink, ShareStore
@@ -140,9 +141,9 @@ class Sharing:
         """The story's live link (made now if it has none)."""
         story = await self.service.store.get_story(story_id)
         if who.user_id is not None and story.author_id != who.user_id:
-            raise NotAllowed("Only the story's author can share it.")
+            raise NotAllowed(N_("Only the story's author can share it."))
         if self._age_restricted(story):
-            raise AgeRestricted("Stories in 18+ genres cannot be shared as web pages.")
+            raise AgeRestricted(N_("Stories in 18+ genres cannot be shared as web pages."))
         self.service.servers.check_sharing(await self.service.servers.settings(story.guild_id))
         link, made = await self.links.share(story_id, who.user_id, new_token)
         if made:
@@ -176,7 +177,7 @@ class Sharing:
     @staticmethod
     def _check_may_revoke(story: Story, who: Requester) -> None:
         if who.user_id is not None and who.user_id != story.author_id:
-            raise NotAllowed("Only the story's author can revoke its link.")
+            raise NotAllowed(N_("Only the story's author can revoke its link."))
 
     async def remember_name(self, user_id: int, name: str) -> None:
         """The name a share page shows for this person's parts."""

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from generation.messages import N_
 from storage.errors import InvalidData, NotFound
 from storage.models import Part, Story
 from storage.votes import VoteRecord, VoteStore
@@ -105,9 +106,9 @@ class Votes:
         existing = service._claims.get(part_id)
         if existing is not None:
             raise Conflict(
-                "The channel is voting on this part already."
+                N_("The channel is voting on this part already.")
                 if existing.kind == "vote"
-                else "Someone is writing the next part already."
+                else N_("Someone is writing the next part already.")
             )
         claim = service._claim(part_id, "vote")
         runs: list[Run] = []
@@ -117,7 +118,9 @@ class Votes:
             if parent.hidden:
                 raise PartHidden()
             if parent.candidate:
-                raise NothingToContinue("That option was not chosen: continue the story's part.")
+                raise NothingToContinue(
+                    N_("That option was not chosen: continue the story's part.")
+                )
             for number in range(count):
                 # One person's slot for the whole vote: the candidates are one action.
                 runs.append(
@@ -185,11 +188,11 @@ class Votes:
         """A member's ballot (their earlier one is replaced). A strict majority of
         three or more ballots ends the vote at once."""
         if who.user_id is None:
-            raise NotAllowed("Ballots come from members of the channel.")
+            raise NotAllowed(N_("Ballots come from members of the channel."))
         try:
             record = await self.store.cast(vote_id, who.user_id, number)
         except InvalidData:
-            raise Conflict("This vote is over.") from None
+            raise Conflict(N_("This vote is over.")) from None
         running = self._votes.get(vote_id)
         if running is not None:
             running.record = record

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from generation.backend import Job
+from generation.job import Job
 from generation.pool import GenerationPool
 from generation.tiny import build_tiny_model
 from generation.torch_backend import TransformersBackend

@@ -1,5 +1,5 @@
-"""compose.monitoring.yaml and deploy/: Prometheus scrapes the bot with its key,
-and the Grafana dashboard asks only for metrics storybot serves."""
+"""compose.yaml's monitoring profile and deploy/: Prometheus scrapes the bot with
+its key, and the Grafana dashboard asks only for metrics storybot serves."""
 
 from __future__ import annotations
 
@@ -15,10 +15,19 @@ from tests.conftest import REPO
 DEPLOY = REPO / "deploy"
 
 
-def test_monitoring_override_adds_prometheus_and_grafana_beside_one_bot() -> None:
-    compose = yaml.safe_load((REPO / "compose.monitoring.yaml").read_text())
-    services = compose["services"]
-    assert set(services) == {"prometheus", "grafana"}  # the bot is compose.yaml's
+def test_the_monitoring_profile_adds_prometheus_and_grafana_beside_the_bot() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    profiled = {
+        name: s for name, s in compose["services"].items() if "monitoring" in s.get("profiles", ())
+    }
+    # Only with `--profile monitoring`: a plain `docker compose up` runs the bot alone
+    # (the postgres profile's server: tests/app/test_dockerfile.py).
+    assert {name: s["profiles"] for name, s in profiled.items()} == {
+        "prometheus": ["monitoring"],
+        "grafana": ["monitoring"],
+    }
+    assert all("profiles" in s for name, s in compose["services"].items() if name != "storybot")
+    services = profiled
     for service in services.values():
         assert all(port.startswith("127.0.0.1:") for port in service["ports"])
         for volume in service["volumes"]:
@@ -46,16 +55,26 @@ def test_grafana_is_provisioned_with_the_dashboard() -> None:
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "storybot.yaml").read_text())[
         "providers"
     ]
-    compose = yaml.safe_load((REPO / "compose.monitoring.yaml").read_text())
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in mounts
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "storybot.json").read_text())
     uids = {
         target["datasource"]["uid"]
         for panel in dashboard["panels"]
-        for target in panel.get("targets", [])
+        for target in [panel, *panel.get("targets", [])]
+        if "datasource" in target
     }
-    assert uids == {source["uid"]}
+    # Every query goes through the dashboard's datasource variable, which
+    # defaults to the provisioned Prometheus and can be any other on import.
+    assert uids == {"${datasource}"}
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource",
+        "datasource",
+        "prometheus",
+    )
+    assert variable["current"]["value"] == source["uid"]
 
 
 def test_the_dashboard_asks_only_for_metrics_storybot_serves() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.finetune import main
-from generation.engines import ModelPools
+from generation.model_pools import ModelPools
 from generation.modelfiles import check_model_dir
 from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend

@@ -103,3 +103,16 @@ def test_configure_logging_json_writes_json_to_stderr(capsys: pytest.CaptureFixt
     (line,) = [json.loads(raw) for raw in capsys.readouterr().err.splitlines()]
     # A secret under 8 characters is not searched for: it would garble every line.
     assert line["message"] == f"token {REDACTED}, short" and line["guild_id"] == "5"
+
+
+def test_a_request_id_that_repeats_a_secret_is_redacted(
+    json_lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """A client chooses its X-Request-Id: sending the API key as one must not
+    put the key in the log."""
+    logger, out = json_lines
+    with telemetry.bound(request_id=SECRET):
+        logger.info("a request")
+    (line,) = lines(out)
+    assert SECRET not in out.getvalue()
+    assert line["request_id"] == REDACTED

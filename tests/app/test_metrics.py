@@ -220,6 +220,34 @@ async def test_metrics_need_the_key(metered: Metered) -> None:
     assert described["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}]
 
 
+def test_no_created_series() -> None:
+    """One `_created` series per labelled child would double what Prometheus
+    stores for nothing: none is exported."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    Metrics(registry, process=False)
+    text = generate_latest(registry).decode()
+    assert "storybot_requests_total" in text
+    assert "_created" not in text
+
+
+async def test_without_a_key_metrics_answer_only_this_servers_names(
+    service: StoryService,
+) -> None:
+    """With no key (the loopback default), the Host check is what keeps a page
+    that rebinds its own name to 127.0.0.1 from reading the metrics."""
+    metrics = Metrics(CollectorRegistry(), process=False)
+    client = TestClient(TestServer(create_app(service, observer=metrics, metrics=metrics)))
+    await client.start_server()
+    try:
+        assert (await client.get("/metrics")).status == 200
+        rebound = await client.get("/metrics", headers={"Host": "evil.example"})
+        assert rebound.status == 421
+    finally:
+        await client.close()
+
+
 async def test_without_metrics_there_is_no_route(service: StoryService) -> None:
     client = TestClient(TestServer(create_app(service)))
     await client.start_server()
@@ -249,7 +277,7 @@ async def test_a_port_of_its_own_answers_loopback_names_only() -> None:
 async def test_loaded_models_and_evictions(tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from tests.generation.test_engines import pools
+    from tests.generation.test_model_pools import pools
 
     folders = []
     for name in ("a", "b", "c"):

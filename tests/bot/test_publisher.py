@@ -23,11 +23,14 @@ import pytest
 
 import bot.publisher as publisher_module
 from bot import render
+from bot.i18n import messages
 from bot.publisher import CONTINUE_EMOJI, ChannelGone, Edit, Publisher
 from generation.errors import Cancelled
 from storage.models import MessageRecord, Part, Story
 from stories.errors import StoryDeleted
 from stories.service import PartView
+
+EN = messages()  # the bot's English, its source language
 
 UNKNOWN_MESSAGE, UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS = 10008, 10003, 50001, 50013
 _ids = itertools.count(5000)
@@ -259,13 +262,13 @@ def custom_ids(view: discord.ui.View | None) -> list[str | None]:
 def test_waiting_text_shows_the_prompt_of_a_new_story_only(book: FakeBook) -> None:
     publisher = make(book)
     start = FakeRun(previous_text="A *dark* night")
-    assert publisher.waiting_text(start, 3) == (
+    assert publisher.waiting_text(start, 3, EN) == (
         "**A \\*dark\\* night** ▌\n-# ⏳ Crime · queued, position 3"
     )
     later = FakeRun(kind="continue", number=2, previous_text="everything so far")
-    assert publisher.waiting_text(later, 0) == "-# ✍️ Crime · writing…"
+    assert publisher.waiting_text(later, 0, EN) == "-# ✍️ Crime · writing…"
     reroll = FakeRun(kind="reroll", number=4)
-    assert "new version of part 4" in publisher.waiting_text(reroll, 1)
+    assert "new version of part 4" in publisher.waiting_text(reroll, 1, EN)
 
 
 async def test_post_sends_the_waiting_message_with_cancel(
@@ -362,16 +365,16 @@ async def test_queue_positions_are_throttled_and_unchanged_text_is_not_sent(
     publisher = make(book, edit_interval=1.0)
     run = FakeRun(kind="continue", position_steps=[5, 4, 3, 3, 3, 3, 2, 1, 0], step_s=0.5)
     run.clock = clock
-    message = channel.message(publisher.waiting_text(run, 5))  # type: ignore[arg-type]
+    message = channel.message(publisher.waiting_text(run, 5, EN))  # type: ignore[arg-type]
     await publisher._follow_progress(run, channel, message)  # type: ignore[arg-type]
     shown = [e["content"] for e in message.edits]
     # Every 0.5 s a position: 5 (shown already), 4 (1 s since the start: due),
     # 3 (0.5 s later: not due), 3 (due), 3, 3 (shown already), 2 (due), 1 (not
     # due); 0 is "writing", which the stream shows.
     assert shown == [
-        publisher.waiting_text(run, 4),  # type: ignore[arg-type]
-        publisher.waiting_text(run, 3),  # type: ignore[arg-type]
-        publisher.waiting_text(run, 2),  # type: ignore[arg-type]
+        publisher.waiting_text(run, 4, EN),  # type: ignore[arg-type]
+        publisher.waiting_text(run, 3, EN),  # type: ignore[arg-type]
+        publisher.waiting_text(run, 2, EN),  # type: ignore[arg-type]
     ]
 
 
@@ -502,7 +505,7 @@ async def test_a_long_part_fills_the_run_message_then_posts_the_rest(
         part_view(" " + LONG), channel, [(run_message, "run:7:queued")]
     )
     chunks = render.final_chunks(
-        render.story_body("Prompt", " " + LONG), render.footer("Crime", 42, 1, 1234)
+        render.story_body("Prompt", " " + LONG), render.footer(EN, "Crime", 42, 1, 1234)
     )
     assert len(chunks) == 3 and len(shown) == 3 and shown[0] is run_message
     assert [m.content for m in shown] == chunks

@@ -14,6 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot import render
+from bot.i18n import messages
+
+EN = messages()  # the bot's English, its source language
 
 EMBED_DESCRIPTION_LIMIT = 4096
 
@@ -194,7 +197,7 @@ def test_mentions_are_left_as_text() -> None:
 
 
 def test_final_chunks_put_the_footer_on_the_last_chunk_only() -> None:
-    foot = render.footer("Crime", 123, 2, 42)
+    foot = render.footer(EN, "Crime", 123, 2, 42)
     assert foot == "-# Crime · by <@123> · part 2 · seed 42"
     chunks = render.final_chunks(render.story_body("Prompt", " " + sentences(80)), foot)
     assert len(chunks) > 1
@@ -207,14 +210,14 @@ def test_final_chunks_put_the_footer_on_the_last_chunk_only() -> None:
 @given(st.text(alphabet="ab *_~`|>#-\n.😀", max_size=6000))
 def test_final_chunks_always_fit_a_message(text: str) -> None:
     """Escaping can double the text; the footer is added after splitting."""
-    foot = render.footer("Science fiction", 2**63 - 1, 999, 2**32 - 1, " · edited")
+    foot = render.footer(EN, "Science fiction", 2**63 - 1, 999, 2**32 - 1, " · edited")
     chunks = render.final_chunks(render.story_body("A prompt", text), foot)
     assert all(len(chunk) <= render.MESSAGE_LIMIT for chunk in chunks)
     assert chunks[-1].endswith(foot)
 
 
 def test_footer_without_an_author() -> None:
-    assert render.footer("Fantasy", None, 1, 7) == "-# Fantasy · part 1 · seed 7"
+    assert render.footer(EN, "Fantasy", None, 1, 7) == "-# Fantasy · part 1 · seed 7"
 
 
 @pytest.mark.parametrize("marker", ["# ", "- ", "> ", "-# "])
@@ -236,7 +239,7 @@ def test_a_chunk_never_starts_with_unescaped_line_markdown(marker: str) -> None:
 @pytest.mark.parametrize("cursor", [True, False])
 def test_progress_fits_a_message_and_shows_the_newest_text(length: int, cursor: bool) -> None:
     body = "".join(chr(ord("a") + i % 26) for i in range(length))
-    status = render.waiting_status("Crime", 0)
+    status = render.waiting_status(EN, "Crime", 0)
     message = render.progress(body, status, cursor=cursor)
     assert len(message) <= render.MESSAGE_LIMIT
     shown = message.removesuffix("\n-# " + status).removesuffix(" ▌")
@@ -252,19 +255,19 @@ def test_progress_fits_a_message_and_shows_the_newest_text(length: int, cursor: 
 
 
 def test_waiting_and_ended_status_lines() -> None:
-    assert render.waiting_status("Crime", 3) == "⏳ Crime · queued, position 3"
-    assert render.waiting_status("Crime", 0) == "✍️ Crime · writing…"
-    assert render.waiting_status("Crime", 2, reroll_of=4) == (
+    assert render.waiting_status(EN, "Crime", 3) == "⏳ Crime · queued, position 3"
+    assert render.waiting_status(EN, "Crime", 0) == "✍️ Crime · writing…"
+    assert render.waiting_status(EN, "Crime", 2, reroll_of=4) == (
         "🎲 Crime · new version of part 4 · queued, position 2"
     )
-    assert render.ended("cancelled", "ignored") == "🚫 Cancelled."
-    assert "Retry" in render.ended("interrupted", None)
-    assert render.ended("failed", "The disk is full.") == "⚠️ The disk is full."
-    assert "Retry" in render.ended("failed", None)
+    assert render.ended(EN, "cancelled", "ignored") == "🚫 Cancelled."
+    assert "Retry" in render.ended(EN, "interrupted", None)
+    assert render.ended(EN, "failed", "The disk is full.") == "⚠️ The disk is full."
+    assert "Retry" in render.ended(EN, "failed", None)
 
 
 def test_tombstones_and_links() -> None:
-    assert "story" in render.tombstone(whole_story=True)
-    assert "part" in render.tombstone(whole_story=False)
+    assert "story" in render.tombstone(EN, whole_story=True)
+    assert "part" in render.tombstone(EN, whole_story=False)
     assert render.jump_url(1, 2, 3) == "https://discord.com/channels/1/2/3"
     assert render.jump_url(None, 2, 3) == "https://discord.com/channels/@me/2/3"

@@ -112,3 +112,47 @@ async def test_a_command_logs_with_its_interaction_and_guild(metered: BotEnv) ->
     (setting,) = records.of(admin.id)
     assert "set to" in setting.getMessage()
     assert setting.guild_id == int(fake.server.guild_id)  # type: ignore[attr-defined]
+
+
+class _Waits:
+    def __init__(self) -> None:
+        self.waits: list[tuple[str, float]] = []
+        self.errors: list[tuple[int, int]] = []
+
+    def discord_error(self, status: int, code: int) -> None:
+        self.errors.append((status, code))
+
+    def discord_rate_limited(self, scope: str, seconds: float) -> None:
+        self.waits.append((scope, seconds))
+
+
+async def test_an_emptied_bucket_counts_as_a_wait() -> None:
+    """Streaming edits mostly wait without a 429: an answer says the route's
+    bucket is empty and discord.py holds the next request until it resets."""
+    import json
+    from types import SimpleNamespace
+    from typing import Any
+
+    from multidict import CIMultiDict
+
+    from bot.telemetry import trace_config
+
+    observer = _Waits()
+    (hook,) = trace_config(observer).on_request_end
+
+    async def answer(status: int, headers: dict[str, str], body: object = None) -> None:
+        async def read() -> bytes:
+            return json.dumps(body).encode()
+
+        response: Any = SimpleNamespace(status=status, headers=CIMultiDict(headers), read=read)
+        await hook(None, None, SimpleNamespace(response=response))  # type: ignore[arg-type]
+
+    await answer(200, {"X-RateLimit-Remaining": "3", "X-RateLimit-Reset-After": "1.5"})
+    assert observer.waits == []
+    await answer(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "0.75"})
+    await answer(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "soon"})
+    assert observer.waits == [("bucket", 0.75), ("bucket", 0.0)]
+    # An error code outside Discord's range is not a label value of its own.
+    await answer(400, {}, {"code": 10**12, "message": "?"})
+    await answer(403, {}, {"code": 50013, "message": "Missing Permissions"})
+    assert observer.errors == [(400, 0), (403, 50013)]

@@ -19,7 +19,10 @@ import discord
 import pytest
 
 from bot import views
+from bot.i18n import messages
 from storage.models import Story, StoryPage, StorySummary
+
+EN = messages()  # the bot's English, its source language
 
 OWNER, STRANGER = 1001, 2002
 
@@ -148,7 +151,7 @@ async def test_the_buttons_posted_are_the_ones_the_registered_item_answers(
 ) -> None:
     """`buttons()` builds plain buttons; clicks reach the DynamicItem by custom_id,
     and after a restart it rebuilds an identical button from that id alone."""
-    view = views.buttons(("continue", 4), ("reroll", 4), ("cancel", 9), ("retry", 9))
+    view = views.buttons(EN, ("continue", 4), ("reroll", 4), ("cancel", 9), ("retry", 9))
     assert view.timeout is None and view.is_finished()  # not kept per message
     for posted in view.children:
         assert isinstance(posted, discord.ui.Button)
@@ -162,7 +165,7 @@ async def test_part_cancel_and_retry_buttons() -> None:
     def ids(view: discord.ui.View) -> list[str | None]:
         return [getattr(item, "custom_id", None) for item in view.children]
 
-    assert ids(views.part_buttons(7)) == [
+    assert ids(views.part_buttons(EN, 7)) == [
         "story:continue:7",
         "story:vote:7",
         "story:reroll:7",
@@ -170,8 +173,8 @@ async def test_part_cancel_and_retry_buttons() -> None:
         "story:report:7",
         "story:share:7",
     ]
-    assert ids(views.cancel_button(8)) == ["story:cancel:8"]
-    assert ids(views.retry_button(9)) == ["story:retry:9"]
+    assert ids(views.cancel_button(EN, 8)) == ["story:cancel:8"]
+    assert ids(views.retry_button(EN, 9)) == ["story:retry:9"]
 
 
 async def test_a_click_calls_the_handler_with_action_and_id(
@@ -371,7 +374,7 @@ def test_page_text_escapes_titles_and_says_how_long_ago() -> None:
         Story(3, OWNER, "discord", 1, 2, "crime", "c", "done", now - 3 * 86400, now),
     ]
     page = StoryPage([StorySummary(s, 1) for s in stories], 3, 0, 10)
-    lines = views.page_text(page, None).splitlines()
+    lines = views.page_text(EN, page, None).splitlines()
     assert r"**\*\*bold\*\* \_x\_**" in lines[1] and lines[1].endswith("just now")
     assert lines[2].endswith("· 0 part(s) · failed · 1 min ago")
     assert lines[3].endswith("3 d ago")

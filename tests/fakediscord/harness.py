@@ -376,8 +376,8 @@ class FakeDiscord:
             "token": token,
             "version": 1,
             "app_permissions": str(self.server.bot_permissions),
-            "locale": "en-US",
-            "guild_locale": "en-US",
+            "locale": user.locale,
+            "guild_locale": self.server.guild_locale,
             "entitlements": [],
             "context": 0,
             "authorizing_integration_owners": {"0": self.server.guild_id},
@@ -420,6 +420,15 @@ class FakeDiscord:
             if c["id"] == opened.state["channel_id"]
         )
         return await self._interaction(5, data, user, channel)
+
+    async def set_guild_locale(self, locale: str) -> None:
+        """The server's admins choose its language (a Discord locale, "de",
+        "es-ES"): a GUILD_UPDATE, and the guild_locale of interactions from now on."""
+        self.server.guild_locale = locale
+        update = self.server.guild_payload()
+        for key in ("members", "channels", "presences", "voice_states", "threads"):
+            update.pop(key, None)  # as Discord sends it: the guild's own fields
+        await self.server.dispatch("GUILD_UPDATE", update)
 
     async def react(self, message: dict[str, Any], emoji: str, *, user: User) -> None:
         message.setdefault("user_reactions", []).append((user.id, emoji))

@@ -76,6 +76,7 @@ class User:
     bot: bool = False
     admin: bool = False  # has Manage Server (the bot itself has every permission)
     roles: list[str] = field(default_factory=list)  # role ids, besides @everyone
+    locale: str = "en-US"  # the language of their Discord client (interactions carry it)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ class FakeDiscordServer:
         self.users: dict[str, User] = {self.bot_user.id: self.bot_user}
         self.other_bot = self.add_user("otherbot", bot=True)
         self.bot_permissions = int(ALL_PERMISSIONS)
+        self.guild_locale = "en-US"  # the server's language (FakeDiscord.set_guild_locale)
         self.roles: dict[str, dict[str, Any]] = {}
         self.admin_role = self.add_role("Admins", int(ALL_PERMISSIONS))
         self.bot_role = self.add_role("storybot", int(ALL_PERMISSIONS))
@@ -266,7 +268,7 @@ class FakeDiscordServer:
             "system_channel_id": None,
             "afk_channel_id": None,
             "afk_timeout": 300,
-            "preferred_locale": "en-US",
+            "preferred_locale": self.guild_locale,
             "joined_at": iso_now(),
             "premium_subscription_count": 0,
             "application_id": None,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.decode import greedy_tokens
+from generation.decode_loop import greedy_tokens
 from generation.modelfiles import load_causal_lm
 from generation.onnx_backend import OnnxBackend, convert, onnx_path
 from generation.pool import GenerationPool

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from generation.backend import Job
 from generation.errors import GenerationError
+from generation.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,34 @@ class StepModel(Protocol):
         ...
 
 
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """The distinct prompts among `rows`, in order of first appearance, and for
+    each row the index of its prompt among them (never more than the row's own
+    index). A vote's candidates share one prompt: an engine prefills it once."""
+    first: dict[tuple[int, ...], int] = {}
+    distinct: list[Sequence[int]] = []
+    index: list[int] = []
+    for row in rows:
+        key = tuple(row)
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(row)
+        index.append(first[key])
+    return distinct, index
+
+
 def _advance(job: Job, logits: Logits, top: Any) -> None:
     """Sample, record and stream one row's next token. A failure here is that
     row's alone: it ends with an error and the rest of the batch goes on."""
     try:
         job.accept(job.choose(logits, top))
     except Exception as error:
-        log.exception("one story failed while sampling or decoding; its batch goes on")
+        job.log(
+            log,
+            logging.ERROR,
+            "one story failed while sampling or decoding; its batch goes on",
+            exc_info=True,
+        )
         job.fail(
             GenerationError(
                 f"This story could not be written ({type(error).__name__}); please try again."

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generation.errors import Busy, GenerationError, ModelLoadError
+from generation.messages import N_
 from generation.pool import GenerationPool
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class ModelPools:
             except ModelLoadError as error:
                 log.error("genre model %s could not be loaded: %s", key, error)
                 raise GenerationError(
-                    "This genre's model could not be loaded; the operator has been told."
+                    N_("This genre's model could not be loaded; the operator has been told.")
                 ) from None
             self._loaded[key] = _Loaded(pool, need, time.monotonic())
             return pool

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from generation.engines import ModelPools, model_memory_mb
 from generation.errors import Busy, GenerationError
+from generation.model_pools import ModelPools, model_memory_mb
 from generation.pool import GenerationPool
 from generation.torch_backend import TransformersBackend
 from generation.types import GenerationParams, GenerationRequest

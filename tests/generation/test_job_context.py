@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from generation.backend import Job, note_position
 from generation.errors import PromptTooLong
+from generation.job import Job, note_position
 from generation.pool import GenerationPool
 from generation.types import GenerationParams, GenerationRequest
 
