@@ -326,17 +326,24 @@ async def run(
         metrics_runner: web.AppRunner | None = None
         discord_app = None
         try:
-            runner = await start_http(service, settings, metrics)
+            if settings.http_enabled:
+                runner = await start_http(service, settings, metrics)
             if metrics is not None and settings.metrics_port is not None:
                 metrics_runner = await start_metrics_port(metrics, settings)
                 log.info("metrics on %s/metrics", bound_addresses(metrics_runner)[0])
             log.info(
-                "HTTP interface on %s (model %s, backend %s)",
-                ", ".join(bound_addresses(runner)),
+                "%s (model %s, backend %s)",
+                f"HTTP interface on {', '.join(bound_addresses(runner))}"
+                if runner is not None
+                else "no HTTP interface here (HTTP_ENABLED=false)",
                 pool.backend.model_id if pool.backend else "?",
                 pool.backend.name if pool.backend else "?",
             )
-            if settings.public_base_url is None and settings.http_host in ("0.0.0.0", "::"):
+            if (
+                runner is not None
+                and settings.public_base_url is None
+                and settings.http_host in ("0.0.0.0", "::")
+            ):
                 log.warning(
                     "share links start with %s, which nobody elsewhere can open: "
                     "set PUBLIC_BASE_URL to where people reach this server",
@@ -349,7 +356,7 @@ async def run(
                 discord_app.start().add_done_callback(lambda _: stop.set())
             if interrupted:
                 log.info("%d interrupted parts can be retried", len(interrupted))
-            if started is not None:
+            if started is not None and runner is not None:
                 started(runner)
             await stop.wait()
             log.info("shutting down")
@@ -382,6 +389,9 @@ def _discord_app(
         notice_window_s=max(10.0, settings.user_cooldown_s),
         public_base_url=settings.share_base_url,
         observer=metrics,
+        shard_count=settings.shard_count,
+        shard_ids=settings.shards,
+        requests_per_s=settings.discord_requests_per_s,
     )
     return DiscordApp(bot, settings.discord_token.get_secret_value())
 

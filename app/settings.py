@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     # Discord. Without a token only the HTTP service starts.
     discord_token: SecretStr | None = None
     discord_dev_guild_id: int | None = None
+    # Gateway shards (README, "Several processes"). Empty: Discord says how many
+    # (GET /gateway/bot) and this process runs them all. SHARD_IDS: the shards
+    # this process runs, like 0,1 (needs SHARD_COUNT); empty: all of them.
+    shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    shard_ids: str = ""
+    # REST requests a second this process may send Discord, all stories
+    # together: Discord allows a bot token about 50 over all its processes, so
+    # split this between processes. Stream edits give way to new messages and
+    # final text, and come less often as load rises.
+    discord_requests_per_s: float = Field(default=40.0, gt=0, le=10_000)
 
     # Model and generation.
     model_dir: Path = Path("models/gpt2")
@@ -134,7 +144,9 @@ class Settings(BaseSettings):
     # process its own, stable across restarts; empty: host name and process id.
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
 
-    # HTTP interface (the old Flask service's contract on port 5000).
+    # HTTP interface (the old Flask service's contract on port 5000). false: no
+    # HTTP interface in this process (another one serves it; needs DISCORD_TOKEN).
+    http_enabled: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=5000, ge=0, le=65535)
     http_api_key: SecretStr | None = None
@@ -191,7 +203,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "discord_dev_guild_id", "generation_threads", "torch_threads", "metrics_port", mode="before"
+        "discord_dev_guild_id",
+        "generation_threads",
+        "torch_threads",
+        "metrics_port",
+        "shard_count",
+        mode="before",
     )
     @classmethod
     def _blank_int_is_none(cls, value: object) -> object:
@@ -215,6 +232,45 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"METRICS_PORT={self.metrics_port} is HTTP_PORT too: choose another port, "
                 "or leave METRICS_PORT empty to serve /metrics on the HTTP interface"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shards(self) -> Settings:
+        ids = self.shards  # raises on a malformed list
+        if ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("SHARD_IDS needs SHARD_COUNT, the number of shards in all")
+        wrong = [i for i in ids if i >= self.shard_count]
+        if wrong:
+            raise ValueError(
+                f"SHARD_IDS: shard {wrong[0]} does not exist with SHARD_COUNT={self.shard_count} "
+                f"(shards are numbered 0 to {self.shard_count - 1})"
+            )
+        return self
+
+    @property
+    def shards(self) -> list[int] | None:
+        """SHARD_IDS as a list, or None for every shard."""
+        if not self.shard_ids.strip():
+            return None
+        try:
+            ids = [int(part) for part in self.shard_ids.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(
+                f"SHARD_IDS must be shard numbers separated by commas, like 0,1 "
+                f"(got {self.shard_ids!r})"
+            ) from None
+        if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError("SHARD_IDS must name each shard once, from 0 up")
+        return ids
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> Settings:
+        if not self.http_enabled and self.discord_token is None:
+            raise ValueError(
+                "HTTP_ENABLED=false needs DISCORD_TOKEN: without either there is nothing to serve"
             )
         return self
 

@@ -7,6 +7,11 @@ never reads message content. Every message it sends uses
 `DiscordApp` is the bot's life in the composition root: start it, and at
 shutdown `settle` (post what finished, mark what did not, while the session is
 still open) before `close`.
+
+The client is discord.py's `AutoShardedClient`: given `shard_count` (and
+`shard_ids`, the shards of this process), it runs those; without, it asks
+Discord how many shards the bot needs and runs them all. Every REST request
+counts against one `RequestBudget` (bot/budget.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from discord import app_commands
 from discord.app_commands import locale_str
 
 from bot.admin import admin_group
+from bot.budget import RequestBudget
 from bot.handlers import Handlers
 from bot.i18n import CommandTranslator
 from bot.notices import Notices
@@ -97,7 +103,10 @@ def build_commands(
     return [story, mystories, forgetme, admin_group(handlers.admin)]
 
 
-class StoryBot(discord.Client):
+IDENTIFY_EVERY_S = 5.0  # Discord: one IDENTIFY per 5 s in each max_concurrency bucket
+
+
+class StoryBot(discord.AutoShardedClient):
     def __init__(
         self,
         service: StoryService,
@@ -112,6 +121,9 @@ class StoryBot(discord.Client):
         retry_base_s: float = 1.0,
         public_base_url: str = "http://127.0.0.1:5000",
         observer: DiscordObserver | None = None,
+        shard_count: int | None = None,
+        shard_ids: list[int] | None = None,
+        requests_per_s: float = 40.0,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = False  # never needed: we read reactions and interactions only
@@ -121,13 +133,23 @@ class StoryBot(discord.Client):
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=guild_ready_timeout,
+            shard_count=shard_count,
+            shard_ids=shard_ids,  # type: ignore[arg-type]  # None (its default): all
         )
         self.service = service
         self.dev_guild_id = dev_guild_id
         self.tree = app_commands.CommandTree(self)
+        self.budget = RequestBudget(requests_per_s)
+        self.http.request = self.budget.wrap(self.http.request)  # type: ignore[method-assign,assignment]
         self.publisher = Publisher(
-            book, service, edit_interval=edit_interval, retry_base_s=retry_base_s
+            book,
+            service,
+            edit_interval=edit_interval,
+            retry_base_s=retry_base_s,
+            budget=self.budget,
         )
+        self._max_concurrency = 1
+        self._identified_at: dict[int, float] = {}  # max_concurrency bucket -> when
         self.handlers = Handlers(
             self,
             service,
@@ -142,6 +164,9 @@ class StoryBot(discord.Client):
             instrument(self, observer)  # Discord's errors and rate limits, counted
 
     async def setup_hook(self) -> None:
+        if self.shard_count is None or self.shard_count > 1:
+            limits = await self.fetch_session_start_limits()
+            self._max_concurrency = max(1, limits.max_concurrency)
         self.add_dynamic_items(story_button_type(self.handlers))
         for command in build_commands(self.handlers):
             self.tree.add_command(command)
@@ -160,8 +185,28 @@ class StoryBot(discord.Client):
             f" to guild {self.dev_guild_id}" if self.dev_guild_id else " globally",
         )
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Discord lets `max_concurrency` shards IDENTIFY every 5 s, one per
+        bucket (shard id % max_concurrency); discord.py's own hook waits 5 s
+        before every IDENTIFY but the first, whatever the bucket."""
+        loop = asyncio.get_running_loop()
+        bucket = (shard_id or 0) % self._max_concurrency
+        last = self._identified_at.get(bucket)
+        if last is not None and loop.time() - last < IDENTIFY_EVERY_S:
+            await asyncio.sleep(last + IDENTIFY_EVERY_S - loop.time())
+        self._identified_at[bucket] = loop.time()
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("shard %d of %s ready", shard_id, self.shard_count)
+
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s in %d guild(s)", self.user, len(self.guilds))
+        log.info(
+            "connected to Discord as %s in %d guild(s), shard(s) %s of %s",
+            self.user,
+            len(self.guilds),
+            ",".join(str(i) for i in sorted(self.shards)),
+            self.shard_count,
+        )
         if not self._synced_messages:  # once: on_ready comes again after a reconnect
             self._synced_messages = True
             await self.handlers.bring_messages_up_to_date()

@@ -34,7 +34,7 @@ from generation.errors import Busy, GenerationError
 from generation.messages import N_
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
-from stories.errors import StoryError, UserLimit
+from stories.errors import StoryError, UserLimit, WritingElsewhere
 from stories.message_book import MessageBook
 from stories.servers import Member
 from stories.service import (
@@ -530,6 +530,12 @@ class Handlers:
                 await self._vote(record.part_id, who, channel, message)
                 return
             started = await self._continue_message(record.part_id, record.run_id, who, show)
+        except WritingElsewhere:
+            # Another process (sharing the database) took the same part, maybe
+            # for this very reaction (two sessions of one shard both get it):
+            # like joining a run here, nothing to say; the part appears there.
+            log.info("continue by reaction from %s: another process writes it", payload.user_id)
+            return
         except (StoryError, GenerationError, StorageError, discord.HTTPException) as error:
             t = for_channel(channel)  # a notice in the channel: the server's language
             reason = describe(error, t) or t._("That could not be continued.")

@@ -16,6 +16,10 @@ sentence boundaries, with Continue and Reroll buttons and one ➕ reaction.
 - A message deleted meanwhile is posted again; a deleted channel stops the run.
 - Everything here is said in the channel's server's language (bot.i18n), the
   story text itself excepted.
+- Every request counts against the bot's `RequestBudget`: stream and queue
+  edits go out only when there is room to spare (a skipped one is made up by
+  the next), and each message's edits are spaced further apart the more
+  stories stream at once, so new messages and final text never wait on them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import discord
 
 from bot import render
+from bot.budget import RequestBudget, Skipped
 from bot.i18n import Messages, for_channel
 from bot.views import ballot_buttons, cancel_button, part_buttons, retry_button
 from generation.errors import Cancelled
@@ -71,10 +76,14 @@ class Publisher:
         edit_interval: float = 1.0,
         final_retries: int = 3,
         retry_base_s: float = 1.0,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.book = book
         self.service = service
         self.edit_interval = edit_interval
+        # The client's, which counts its requests; None: edits are spaced by
+        # `edit_interval` alone.
+        self.budget = budget
         self.final_retries = final_retries
         self.retry_base_s = retry_base_s
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,36 +242,51 @@ class Publisher:
         shown = message.content
         last_edit = time.monotonic()
         t = for_channel(channel)
-        async for position in run.positions():
-            content = self.waiting_text(run, position, t)
-            if position > 0 and content != shown and self._due(last_edit):
-                message = await self._progress(run, channel, message, content)
-                shown, last_edit = content, time.monotonic()
-        head = run.previous_text if run.kind == "start" else None
-        reroll_of = run.number if run.kind == "reroll" else None
-        text = ""
-        last_edit = 0.0
-        async for delta in run.stream():
-            text += delta
-            if self._due(last_edit):
-                content = render.progress(
-                    render.story_body(head, text),
-                    render.waiting_status(t, run.genre.title, 0, reroll_of),
-                )
-                if content != shown:
-                    message = await self._progress(run, channel, message, content)
+        streaming = self.budget.streaming(run.id) if self.budget else contextlib.nullcontext()
+        with streaming:
+            async for position in run.positions():
+                content = self.waiting_text(run, position, t)
+                if position > 0 and content != shown and self._due(last_edit):
+                    try:
+                        message = await self._progress(run, channel, message, content)
+                    except Skipped:
+                        continue  # no room in the budget now: a later one goes
                     shown, last_edit = content, time.monotonic()
+            head = run.previous_text if run.kind == "start" else None
+            reroll_of = run.number if run.kind == "reroll" else None
+            text = ""
+            last_edit = 0.0
+            async for delta in run.stream():
+                text += delta
+                if self._due(last_edit):
+                    content = render.progress(
+                        render.story_body(head, text),
+                        render.waiting_status(t, run.genre.title, 0, reroll_of),
+                    )
+                    if content != shown:
+                        try:
+                            message = await self._progress(run, channel, message, content)
+                        except Skipped:
+                            continue  # the next delta tries again, with more text
+                        shown, last_edit = content, time.monotonic()
         return message
 
     def _due(self, last_edit: float) -> bool:
-        return time.monotonic() - last_edit >= self.edit_interval
+        """Time for another edit of a streamed message: spaced by the edit
+        interval, stretched when many stories stream at once."""
+        interval = self.edit_interval
+        if self.budget is not None:
+            interval = self.budget.stream_interval(interval)
+        return time.monotonic() - last_edit >= interval
 
     async def _progress(
         self, run: Run, channel: discord.abc.Messageable, message: discord.Message, content: str
     ) -> discord.Message:
-        """One progress edit; a deleted message is posted again; a failure skips it."""
+        """One progress edit; a deleted message is posted again; a failure skips
+        it; no room in the budget raises `Skipped`."""
         try:
-            return await message.edit(content=content)
+            with self.budget.optional() if self.budget else contextlib.nullcontext():
+                return await message.edit(content=content)
         except discord.NotFound as error:
             if _channel_gone(error):
                 raise ChannelGone() from None

@@ -281,3 +281,41 @@ def test_instance_id_is_a_short_plain_name(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("INSTANCE_ID", "two words")
     with pytest.raises(SettingsError, match=r"^INSTANCE_ID: "):
         load_settings()
+
+
+def test_shards_are_all_by_default_or_those_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("SHARD_COUNT", "SHARD_IDS"):
+        monkeypatch.delenv(key, raising=False)
+    settings = load_settings()
+    assert settings.shard_count is None and settings.shards is None  # Discord says how many
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    monkeypatch.setenv("SHARD_IDS", " 2, 3 ")
+    settings = load_settings()
+    assert settings.shard_count == 4 and settings.shards == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "message"),
+    [
+        ("", "0", "SHARD_IDS needs SHARD_COUNT"),
+        ("2", "2", "shard 2 does not exist with SHARD_COUNT=2"),
+        ("2", "one", "SHARD_IDS must be shard numbers separated by commas"),
+        ("4", "1,1", "SHARD_IDS must name each shard once"),
+        ("0", "", "SHARD_COUNT: "),
+    ],
+)
+def test_a_wrong_shard_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, count: str, ids: str, message: str
+) -> None:
+    monkeypatch.setenv("SHARD_COUNT", count)
+    monkeypatch.setenv("SHARD_IDS", ids)
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings()
+
+
+def test_no_http_interface_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_ENABLED", "false")
+    with pytest.raises(SettingsError, match="HTTP_ENABLED=false needs DISCORD_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("DISCORD_TOKEN", SECRET)
+    assert not load_settings().http_enabled

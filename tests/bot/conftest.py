@@ -83,6 +83,7 @@ class BotEnv:
             notice_lasts_s=self.options.get("notice_lasts_s", 0.3),
             retry_base_s=self.options.get("retry_base_s", 0.05),
             observer=self.observer,
+            requests_per_s=self.options.get("requests_per_s", 40.0),
         )
         started = time.monotonic()
         self.app = DiscordApp(self.bot, "fake-token")

@@ -24,6 +24,7 @@ from tests.fakediscord.server import (
     ALL_PERMISSIONS,
     FakeDiscordServer,
     Recorded,
+    Session,
     User,
     snowflake,
 )
@@ -136,8 +137,8 @@ class FakeDiscord:
     async def stop(self) -> None:
         if self._saved is not None:
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = self._saved
-        if self.server.ws is not None:
-            await self.server.ws.close()
+        for session in list(self.server.sessions):
+            await session.ws.close()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -224,6 +225,7 @@ class FakeDiscord:
         subcommand: str | None,
         options: dict[str, Any],
         focused: str | None = None,
+        where: str = "general",
     ) -> dict[str, Any]:
         definition = next((c for c in self.server.commands if c["name"] == command), None)
         if definition is None:
@@ -266,7 +268,7 @@ class FakeDiscord:
             "name": command,
             "type": 1,
             "options": values,
-            "guild_id": self.server.guild_id,
+            "guild_id": self.server.guild_of(self.channel_id(where)),
         }
         if resolved:
             data["resolved"] = resolved
@@ -280,16 +282,18 @@ class FakeDiscord:
         channel: str = "general",
         subcommand: str | None = None,
         options: dict[str, Any] | None = None,
+        to: Session | None = None,
         **named: Any,
     ) -> InteractionHandle:
         """A member runs a command in `channel`. Discord delivers only the commands
         the member can see (default_member_permissions): invoking another is a
         test error. Options come as keywords, or in `options` when a name is one
-        of this method's own (a command's `channel` option)."""
+        of this method's own (a command's `channel` option). `to`: only that
+        gateway connection gets it (default: each of the guild's shard)."""
         if command not in self.visible_commands(user):
             raise AssertionError(f"{user.username} cannot see /{command} in Discord")
-        data = self._command_data(command, subcommand, {**named, **(options or {})})
-        return await self._interaction(2, data, user, channel)
+        data = self._command_data(command, subcommand, {**named, **(options or {})}, where=channel)
+        return await self._interaction(2, data, user, channel, to=to)
 
     async def invoke_granted(
         self,
@@ -302,7 +306,7 @@ class FakeDiscord:
     ) -> InteractionHandle:
         """As `invoke`, for a member a server granted the command to although they
         lack its default permissions (Discord's per-server command settings)."""
-        data = self._command_data(command, subcommand, options)
+        data = self._command_data(command, subcommand, options, where=channel)
         return await self._interaction(2, data, user, channel)
 
     async def autocomplete(
@@ -319,14 +323,16 @@ class FakeDiscord:
     ) -> list[dict[str, Any]]:
         """What the bot suggests for `option` while `typed` is in it (a type 4
         interaction, answered with callback type 8)."""
-        data = self._command_data(command, subcommand, {**others, option: typed}, focused=option)
+        data = self._command_data(
+            command, subcommand, {**others, option: typed}, focused=option, where=channel
+        )
         handle = await self._interaction(4, data, user, channel)
         await self.wait_until(lambda: handle.state["responded"] == 8, timeout)
         choices: list[dict[str, Any]] = handle.state["choices"]
         return choices
 
     async def click(
-        self, message: dict[str, Any], custom_id: str, *, user: User
+        self, message: dict[str, Any], custom_id: str, *, user: User, to: Session | None = None
     ) -> InteractionHandle:
         ids = [
             c.get("custom_id")
@@ -336,7 +342,7 @@ class FakeDiscord:
         if custom_id not in ids:
             raise AssertionError(f"no button {custom_id!r} on the message (has {ids})")
         data = {"custom_id": custom_id, "component_type": 2}
-        return await self._interaction(3, data, user, None, message)
+        return await self._interaction(3, data, user, None, message, to=to)
 
     async def select(
         self, message: dict[str, Any], custom_id: str, values: list[str], *, user: User
@@ -351,9 +357,11 @@ class FakeDiscord:
         user: User,
         channel: str | None,
         message: dict[str, Any] | None = None,
+        to: Session | None = None,
     ) -> InteractionHandle:
         channel_id = message["channel_id"] if message else self.channel_id(channel or "general")
         channel_data = self.server.channels[channel_id]
+        guild_id = self.server.guild_of(channel_id)
         token = f"itoken-{snowflake()}"
         state = {
             "id": snowflake(),
@@ -369,7 +377,7 @@ class FakeDiscord:
             "application_id": self.server.application_id,
             "type": kind,
             "data": data,
-            "guild_id": self.server.guild_id,
+            "guild_id": guild_id,
             "channel_id": channel_id,
             "channel": channel_data,
             "member": self.server.member(user),
@@ -380,12 +388,12 @@ class FakeDiscord:
             "guild_locale": self.server.guild_locale,
             "entitlements": [],
             "context": 0,
-            "authorizing_integration_owners": {"0": self.server.guild_id},
+            "authorizing_integration_owners": {"0": guild_id},
             "attachment_size_limit": 25 * 1024 * 1024,
         }
         if message is not None:
             payload["message"] = self.server._public(message)
-        await self.server.dispatch("INTERACTION_CREATE", payload)
+        await self.server.dispatch("INTERACTION_CREATE", payload, to=to)
         return InteractionHandle(self, state)
 
     async def submit_modal(
@@ -430,10 +438,14 @@ class FakeDiscord:
             update.pop(key, None)  # as Discord sends it: the guild's own fields
         await self.server.dispatch("GUILD_UPDATE", update)
 
-    async def react(self, message: dict[str, Any], emoji: str, *, user: User) -> None:
+    async def react(
+        self, message: dict[str, Any], emoji: str, *, user: User, to: Session | None = None
+    ) -> None:
+        """A member reacts: each connection of the guild's shard gets the event
+        (or only `to`)."""
         message.setdefault("user_reactions", []).append((user.id, emoji))
         await self.server.dispatch(
-            "MESSAGE_REACTION_ADD", self.server.reaction_payload(message, user, emoji)
+            "MESSAGE_REACTION_ADD", self.server.reaction_payload(message, user, emoji), to=to
         )
 
     def assert_clean(self) -> None:
@@ -449,7 +461,7 @@ class FakeDiscord:
             {
                 "id": message["id"],
                 "channel_id": message["channel_id"],
-                "guild_id": self.server.guild_id,
+                "guild_id": message["guild_id"],
             },
         )
         await self.server._notify()

@@ -13,6 +13,7 @@ injected per route.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -42,15 +43,25 @@ MEMBER_PERMISSIONS = (
     | (1 << 31)  # use application commands
 )
 
+IDS = re.compile(r"/(\d{5,}|itoken-\d+)")  # ids and interaction tokens in a path
 _increment = itertools.count()
 BODY = web.RequestKey("json", object)  # the parsed JSON body (or multipart payload_json)
 FILES = web.RequestKey("files", list)  # names of the files of a multipart request
 
 
-def snowflake() -> str:
-    """A string snowflake that encodes the current time, as Discord's do."""
+def snowflake(shard: tuple[int, int] | None = None) -> str:
+    """A string snowflake that encodes the current time, as Discord's do; with
+    `shard` (id, count), a guild id on that shard: (id >> 22) % count == shard id."""
     ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    if shard is not None:
+        shard_id, count = shard
+        ms -= (ms - shard_id) % count
     return str((ms << 22) | (1 << 17) | (next(_increment) % 4096))
+
+
+def shard_of(guild_id: str | int, shard_count: int) -> int:
+    """Which shard a guild's events go to (Discord's formula)."""
+    return (int(guild_id) >> 22) % shard_count
 
 
 def iso_now() -> str:
@@ -104,6 +115,21 @@ class Recorded:
 
 
 @dataclass
+class Session:
+    """One gateway connection: the shard it identified for, and its own sequence."""
+
+    ws: web.WebSocketResponse
+    shard: tuple[int, int] = (0, 1)
+    session_id: str = ""
+    sequence: int = 0
+    ready: bool = False  # identified (or resumed) and not dropped since
+
+    def owns(self, guild_id: str | int | None) -> bool:
+        """Whether this connection gets the guild's events (all, without a guild)."""
+        return guild_id is None or shard_of(guild_id, self.shard[1]) == self.shard[0]
+
+
+@dataclass
 class Fault:
     method: str
     pattern: re.Pattern[str]
@@ -136,28 +162,17 @@ def speaks(request: Recorded) -> dict[str, Any] | None:
 
 
 class FakeDiscordServer:
-    """The state and routes of one fake Discord (one guild)."""
+    """The state and routes of one fake Discord: one guild, and more on demand
+    (`add_guild`), over as many gateway connections as the bot opens."""
 
     def __init__(self) -> None:
         self.application_id = snowflake()
         self.bot_user = User(snowflake(), "storybot", bot=True)
-        self.guild_id = snowflake()
+        self.guild_id = snowflake()  # the first guild, where tests act by default
+        self.guilds: dict[str, str] = {self.guild_id: "Story Club"}  # id -> name
         self.channels: dict[str, dict[str, Any]] = {}
         for name, nsfw in (("general", False), ("stories", False), ("after-dark", True)):
-            channel_id = snowflake()
-            self.channels[channel_id] = {
-                "id": channel_id,
-                "type": 0,
-                "name": name,
-                "guild_id": self.guild_id,
-                "position": len(self.channels),
-                "permission_overwrites": [],
-                "nsfw": nsfw,
-                "topic": None,
-                "last_message_id": None,
-                "rate_limit_per_user": 0,
-                "parent_id": None,
-            }
+            self.add_channel(self.guild_id, name, nsfw=nsfw)
         self.users: dict[str, User] = {self.bot_user.id: self.bot_user}
         self.other_bot = self.add_user("otherbot", bot=True)
         self.bot_permissions = int(ALL_PERMISSIONS)
@@ -170,14 +185,21 @@ class FakeDiscordServer:
         self.commands: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.interactions: dict[str, dict[str, Any]] = {}  # token -> state
-        self.ws: web.WebSocketResponse | None = None
-        self.session_id = ""
-        self.sequence = 0
+        # GET /gateway/bot's recommended shard count (AutoShardedClient uses it).
+        self.recommended_shards = 1
+        self.max_concurrency = 1  # shards that may IDENTIFY in one 5-second slot
+        self.sessions: list[Session] = []  # open gateway connections, newest last
+        self._identified: dict[str, Session] = {}  # session id -> its connection, to resume
         self.identifies = 0
         self.resumes = 0
         self.connected = asyncio.Event()
         self.changed = asyncio.Condition()
         self.url = ""
+        # Discord's global rate limit (requests a second over all routes but the
+        # interaction ones); None: none. Each 429 the fake answers is kept.
+        self.global_limit: float | None = None
+        self._recent: collections.deque[float] = collections.deque()
+        self.rate_limited: list[Recorded] = []
 
     # ----------------------------------------------------------------- world
     def add_user(self, name: str, bot: bool = False) -> User:
@@ -187,6 +209,40 @@ class FakeDiscordServer:
 
     def channel(self, name: str) -> dict[str, Any]:
         return next(c for c in self.channels.values() if c["name"] == name)
+
+    def add_channel(self, guild_id: str, name: str, *, nsfw: bool = False) -> dict[str, Any]:
+        if any(c["name"] == name for c in self.channels.values()):
+            raise ValueError(f"a channel is named {name!r} already: tests find channels by name")
+        channel_id = snowflake()
+        self.channels[channel_id] = channel = {
+            "id": channel_id,
+            "type": 0,
+            "name": name,
+            "guild_id": guild_id,
+            "position": sum(c["guild_id"] == guild_id for c in self.channels.values()),
+            "permission_overwrites": [],
+            "nsfw": nsfw,
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "parent_id": None,
+        }
+        return channel
+
+    def add_guild(
+        self, name: str, channels: tuple[str, ...], *, shard: tuple[int, int] | None = None
+    ) -> str:
+        """Another guild the bot is in (before it connects), with channels of
+        these names (unique over the fake); `shard`: (id, count) it falls on.
+        Its members and roles are the first guild's."""
+        guild_id = snowflake(shard)
+        self.guilds[guild_id] = name
+        for channel in channels:
+            self.add_channel(guild_id, channel)
+        return guild_id
+
+    def guild_of(self, channel_id: str) -> str:
+        return str(self.channels[channel_id]["guild_id"])
 
     def permissions_of(self, user: User) -> int:
         if user.id == self.bot_user.id:
@@ -227,9 +283,10 @@ class FakeDiscordServer:
             "permissions": str(self.permissions_of(user)),  # in interactions: resolved
         }
 
-    def guild_payload(self) -> dict[str, Any]:
+    def guild_payload(self, guild_id: str | None = None) -> dict[str, Any]:
+        guild_id = guild_id or self.guild_id
         everyone = {
-            "id": self.guild_id,
+            "id": guild_id,
             "name": "@everyone",
             "permissions": str(MEMBER_PERMISSIONS),
             "position": 0,
@@ -241,12 +298,12 @@ class FakeDiscordServer:
         }
         members = [self.member(u) for u in self.users.values()]
         return {
-            "id": self.guild_id,
-            "name": "Story Club",
+            "id": guild_id,
+            "name": self.guilds[guild_id],
             "icon": None,
             "owner_id": self.bot_user.id,
             "roles": [everyone, *self.roles.values()],
-            "channels": list(self.channels.values()),
+            "channels": [c for c in self.channels.values() if c["guild_id"] == guild_id],
             "members": members,
             "member_count": len(members),
             "large": False,
@@ -353,55 +410,105 @@ class FakeDiscordServer:
         return found
 
     # ---------------------------------------------------------------- gateway
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        if self.ws is None or self.ws.closed:
+    @property
+    def ws(self) -> web.WebSocketResponse | None:
+        """The newest gateway connection (the only one, unless the bot shards)."""
+        return self.sessions[-1].ws if self.sessions else None
+
+    def live_sessions(self) -> list[Session]:
+        return [s for s in self.sessions if s.ready and not s.ws.closed]
+
+    async def dispatch(
+        self, event: str, data: dict[str, Any], *, to: Session | None = None
+    ) -> None:
+        """Send an event to every connection of the shard its guild is on (as
+        Discord does, to each session of that shard), or only `to`."""
+        live = self.live_sessions()
+        if not live:
             raise RuntimeError("the bot is not connected to the gateway")
-        self.sequence += 1
-        await self.ws.send_str(json.dumps({"op": 0, "t": event, "s": self.sequence, "d": data}))
+        guild = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
+        targets = [to] if to is not None else [s for s in live if s.owns(guild)]
+        for session in targets:
+            await self._send(session, event, data)
+
+    async def _send(self, session: Session, event: str, data: dict[str, Any]) -> None:
+        session.sequence += 1
+        await session.ws.send_str(
+            json.dumps({"op": 0, "t": event, "s": session.sequence, "d": data})
+        )
 
     async def gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self.ws = ws
+        session = Session(ws)
+        self.sessions.append(session)
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 45000}}))
-        async for message in ws:
-            if message.type != WSMsgType.TEXT:
-                continue
-            payload = json.loads(message.data)
-            op = payload.get("op")
-            if op == 1:
-                await ws.send_str(json.dumps({"op": 11}))
-            elif op == 2:
-                self.identifies += 1
-                self.session_id = snowflake()
-                await self.dispatch(
-                    "READY",
-                    {
-                        "v": 10,
-                        "user": self.bot_user.payload(),
-                        "session_id": self.session_id,
-                        "resume_gateway_url": self.url.replace("http", "ws", 1) + "/gateway",
-                        "guilds": [{"id": self.guild_id, "unavailable": True}],
-                        "application": {"id": self.application_id, "flags": 0},
-                        "private_channels": [],
-                        "relationships": [],
-                    },
-                )
-                await self.dispatch("GUILD_CREATE", self.guild_payload())
-                self.connected.set()
-                await self._notify()
-            elif op == 6:
-                self.resumes += 1
-                await self.dispatch("RESUMED", {})
-                self.connected.set()
-                await self._notify()
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                payload = json.loads(message.data)
+                op = payload.get("op")
+                if op == 1:
+                    await ws.send_str(json.dumps({"op": 11}))
+                elif op == 2:
+                    await self._identify(session, payload.get("d") or {})
+                elif op == 6:
+                    await self._resume(session, payload.get("d") or {})
+        finally:
+            session.ready = False
+            self.sessions.remove(session)
         return ws
 
+    async def _identify(self, session: Session, data: dict[str, Any]) -> None:
+        shard = data.get("shard")
+        shard_id, count = shard if shard else (0, 1)
+        if not 0 <= shard_id < count:
+            await session.ws.close(code=4010, message=b"Invalid shard")
+            return
+        self.identifies += 1
+        session.shard = (shard_id, count)
+        session.session_id = snowflake()
+        self._identified[session.session_id] = session
+        session.ready = True
+        guilds = [guild for guild in self.guilds if session.owns(guild)]
+        ready = {
+            "v": 10,
+            "user": self.bot_user.payload(),
+            "session_id": session.session_id,
+            "resume_gateway_url": self.url.replace("http", "ws", 1) + "/gateway",
+            "guilds": [{"id": guild, "unavailable": True} for guild in guilds],
+            "application": {"id": self.application_id, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+        if shard:
+            ready["shard"] = [shard_id, count]
+        await self._send(session, "READY", ready)
+        for guild in guilds:
+            await self._send(session, "GUILD_CREATE", self.guild_payload(guild))
+        self.connected.set()
+        await self._notify()
+
+    async def _resume(self, session: Session, data: dict[str, Any]) -> None:
+        self.resumes += 1
+        old = self._identified.get(str(data.get("session_id")))
+        if old is not None:
+            session.shard, session.sequence = old.shard, old.sequence
+        session.session_id = str(data.get("session_id") or snowflake())
+        self._identified[session.session_id] = session
+        session.ready = True
+        await self._send(session, "RESUMED", {})
+        self.connected.set()
+        await self._notify()
+
     async def drop_gateway(self) -> None:
-        """Close the gateway as a network fault would (the client must resume)."""
+        """Close every gateway connection as a network fault would (the client
+        must resume)."""
         self.connected.clear()
-        if self.ws is not None:
-            await self.ws.close(code=4000, message=b"dropped by the test")
+        for session in list(self.sessions):
+            session.ready = False
+            await session.ws.close(code=4000, message=b"dropped by the test")
 
     # ------------------------------------------------------------------ REST
     @web.middleware
@@ -424,15 +531,67 @@ class FakeDiscordServer:
             body = json.loads(raw) if raw else None
         request[BODY] = body
         request[FILES] = files
-        self.requests.append(Recorded(request.method, path, body, files))
+        recorded = Recorded(request.method, path, body, files)
+        self.requests.append(recorded)
+        retry_after = self._over_global_limit(path)
+        if retry_after is not None:
+            self.rate_limited.append(recorded)
+            await self._notify()
+            limited = {"message": "You are being rate limited.", "global": True}
+            return respond(
+                {**limited, "retry_after": retry_after},
+                429,
+                {
+                    "Retry-After": str(max(1, round(retry_after))),
+                    "X-RateLimit-Global": "true",
+                    "X-RateLimit-Scope": "global",
+                },
+            )
         fault = self._fault_for(request.method, path, body)
         if fault is not None:
+            if fault.status == 429:
+                self.rate_limited.append(recorded)
             await self._notify()
             return respond(fault.body, fault.status, fault.headers)
         try:
             return await handler(request)
         finally:
             await self._notify()
+
+    def _over_global_limit(self, path: str) -> float | None:
+        """With `global_limit` set: None if this request fits in the last
+        second's allowance (and counts against it), else the seconds until it
+        would. Interaction responses and followups are exempt, as on Discord."""
+        if self.global_limit is None or path.startswith(("/interactions/", "/webhooks/")):
+            return None
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.global_limit:
+            return round(self._recent[0] + 1.0 - now, 3) or 0.001
+        self._recent.append(now)
+        return None
+
+    def requests_per_message(self) -> dict[str, int]:
+        """Message id -> the REST requests that touched it (its post, edits,
+        reactions, deletion), for counting what each message costs."""
+        counts: dict[str, int] = {}
+        for request in self.requests:
+            found = re.search(r"/channels/\d+/messages/(\d+)", request.path)
+            if found:
+                counts[found.group(1)] = counts.get(found.group(1), 0) + 1
+        for message_id, message in self.messages.items():
+            if "interaction_token" not in message and message["author"]["id"] == self.bot_user.id:
+                counts[message_id] = counts.get(message_id, 0) + 1  # the POST that made it
+        return counts
+
+    def requests_per_route(self) -> dict[str, int]:
+        """'METHOD /route' (ids as {id}) -> how many requests the fake received."""
+        counts: dict[str, int] = {}
+        for request in self.requests:
+            route = request.method + " " + IDS.sub("/{id}", request.path)
+            counts[route] = counts.get(route, 0) + 1
+        return counts
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware])
@@ -491,12 +650,12 @@ class FakeDiscordServer:
         return respond(
             {
                 "url": self.url.replace("http", "ws", 1) + "/gateway",
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000,
                     "reset_after": 0,
-                    "max_concurrency": 1,
+                    "max_concurrency": self.max_concurrency,
                 },
             }
         )
@@ -532,7 +691,7 @@ class FakeDiscordServer:
         message = {
             "id": message_id,
             "channel_id": channel_id,
-            "guild_id": self.guild_id,
+            "guild_id": self.guild_of(channel_id),
             "author": author.payload(),
             "content": body.get("content") or "",
             "timestamp": iso_now(),
@@ -565,7 +724,7 @@ class FakeDiscordServer:
                 **reference,
                 "message_id": str(reference["message_id"]),
                 "channel_id": channel_id,
-                "guild_id": self.guild_id,
+                "guild_id": self.guild_of(channel_id),
             }
         self.messages[message_id] = message
         return message
@@ -627,7 +786,7 @@ class FakeDiscordServer:
                 {
                     "id": message["id"],
                     "channel_id": message["channel_id"],
-                    "guild_id": self.guild_id,
+                    "guild_id": message["guild_id"],
                 },
             )
             return respond(None, 204)
@@ -688,7 +847,7 @@ class FakeDiscordServer:
             "user_id": user.id,
             "channel_id": message["channel_id"],
             "message_id": message["id"],
-            "guild_id": self.guild_id,
+            "guild_id": message["guild_id"],
             "member": self.member(user),
             "emoji": {"id": None, "name": emoji},
             "type": 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import pytest
 from discord import app_commands
 
 from tests.fakediscord.harness import FakeDiscord, check_redirection_points
+from tests.fakediscord.server import shard_of, snowflake
 
 
 class MiniBot(discord.Client):
@@ -237,3 +239,142 @@ async def test_a_fault_can_match_on_the_body(fake: FakeDiscord, mini: MiniBot) -
     assert (await channel.send("allowed")).content == "allowed"
     with pytest.raises(discord.Forbidden):
         await channel.send("refused")
+
+
+# ----------------------------------------------------------------- sharding
+class ShardedMini(discord.AutoShardedClient):
+    """A minimal sharded client that records the reactions it is sent."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(
+            intents=discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.raw_reactions: list[discord.RawReactionActionEvent] = []
+        self._connection.guild_ready_timeout = 0.05
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        return None  # the fake does not hold a client to Discord's 5 s between IDENTIFYs
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        self.raw_reactions.append(payload)
+
+
+@contextlib.asynccontextmanager
+async def connected(fake: FakeDiscord, *clients: discord.Client) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(client.start("fake-token")) for client in clients]
+    fake.watch.extend(tasks)
+    try:
+        for client in clients:
+            await asyncio.wait_for(client.wait_until_ready(), 10)
+        yield
+    finally:
+        for client in clients:
+            await client.close()
+        for task in tasks:
+            fake.watch.remove(task)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+
+
+def guild_ids(client: discord.Client) -> set[str]:
+    return {str(guild.id) for guild in client.guilds}
+
+
+async def test_guild_ids_fall_on_the_shard_asked_for() -> None:
+    for count in (1, 2, 3, 16):
+        for shard in range(count):
+            assert shard_of(snowflake((shard, count)), count) == shard
+
+
+async def test_auto_sharding_gets_every_guild_over_the_recommended_shards(
+    fake: FakeDiscord,
+) -> None:
+    north = fake.server.add_guild("North", ("north",), shard=(0, 2))
+    south = fake.server.add_guild("South", ("south",), shard=(1, 2))
+    fake.server.recommended_shards = 2
+    bot = ShardedMini()
+    async with connected(fake, bot):
+        assert bot.shard_count == 2 and sorted(bot.shards) == [0, 1]
+        assert guild_ids(bot) == {fake.server.guild_id, north, south}
+        for guild in bot.guilds:  # discord.py's own formula agrees with the fake's
+            assert guild.shard_id == shard_of(guild.id, 2)
+        assert sorted(s.shard for s in fake.server.live_sessions()) == [(0, 2), (1, 2)]
+
+
+async def test_each_shard_gets_only_its_guilds_and_their_events(fake: FakeDiscord) -> None:
+    north = fake.server.add_guild("North", ("north",), shard=(0, 2))
+    south = fake.server.add_guild("South", ("south",), shard=(1, 2))
+    first = shard_of(fake.server.guild_id, 2)
+    zero, one = ShardedMini(shard_count=2, shard_ids=[0]), ShardedMini(shard_count=2, shard_ids=[1])
+    async with connected(fake, zero, one):
+        assert guild_ids(zero) == {north} | ({fake.server.guild_id} if first == 0 else set())
+        assert guild_ids(one) == {south} | ({fake.server.guild_id} if first == 1 else set())
+        for channel in ("north", "south"):
+            message = fake.server.make_message(
+                fake.channel_id(channel), {"content": "hello"}, fake.alice
+            )
+            await fake.react(message, "➕", user=fake.bob)
+        await fake.wait_until(lambda: zero.raw_reactions and one.raw_reactions)
+        assert [str(r.guild_id) for r in zero.raw_reactions] == [north]
+        assert [str(r.guild_id) for r in one.raw_reactions] == [south]
+
+
+async def test_a_shard_that_does_not_exist_is_refused(fake: FakeDiscord) -> None:
+    bot = ShardedMini(shard_count=2, shard_ids=[2])
+    task = asyncio.create_task(bot.start("fake-token"))
+    with pytest.raises(discord.ConnectionClosed) as closed:
+        await asyncio.wait_for(task, 10)
+    assert closed.value.code == 4010
+    await bot.close()
+
+
+async def test_two_sessions_of_one_shard_both_get_its_events(fake: FakeDiscord) -> None:
+    """As on Discord, each session of a shard (two processes on one token, or
+    an old and a new one during a restart) gets every event of its guilds;
+    `to` sends one to a single connection."""
+    first, second = MiniBot(), MiniBot()
+    async with connected(fake, first, second):
+        sessions = fake.server.live_sessions()
+        assert len(sessions) == 2
+        message = fake.server.make_message(fake.channel_id(), {"content": "hi"}, fake.alice)
+        await fake.react(message, "➕", user=fake.bob)
+        await fake.wait_until(lambda: first.raw_reactions and second.raw_reactions)
+        await fake.react(message, "👍", user=fake.bob, to=sessions[0])
+        await fake.wait_until(lambda: len(first.raw_reactions) + len(second.raw_reactions) == 3)
+
+
+# ------------------------------------------------------------- global limit
+async def test_the_global_limit_answers_429_and_discord_py_waits(
+    fake: FakeDiscord, mini: MiniBot
+) -> None:
+    fake.server.global_limit = 5
+    channel = int(fake.channel_id())
+    started = time.monotonic()
+    fetched = await asyncio.gather(*(mini.fetch_channel(channel) for _ in range(8)))
+    assert len(fetched) == 8
+    assert time.monotonic() - started >= 0.5  # the last three waited for the window
+    limited = fake.server.rate_limited
+    assert limited and all(r.path == f"/channels/{channel}" for r in limited)
+    per_second = [r.at for r in fake.server.requests if r not in limited and r.at >= started]
+    for at in per_second:  # what was answered fits the limit in every second
+        assert sum(at <= other < at + 1.0 for other in per_second) <= 5
+
+
+async def test_interaction_answers_are_outside_the_global_limit(
+    fake: FakeDiscord, mini: MiniBot
+) -> None:
+    fake.server.global_limit = 1
+    handle = await fake.invoke("ping", user=fake.alice, word="hi")
+    await handle.reply(lambda m: m["content"] == "done")
+    limited = fake.server.rate_limited
+    assert limited  # the channel requests waited their turn...
+    assert not [r for r in limited if r.path.startswith(("/interactions/", "/webhooks/"))]
+    counts = fake.server.requests_per_route()
+    assert counts["PATCH /channels/{id}/messages/{id}"] >= 1
+    pong = next(m for m in fake.server.messages.values() if m["content"] == "pong hi!")
+    # Its POST, its ➕ and its edit (the reply that points at it is another's),
+    # and each of them again after a 429.
+    again = [r for r in limited if pong["id"] in r.path]
+    assert fake.server.requests_per_message()[pong["id"]] == 3 + len(again)
