@@ -142,9 +142,7 @@ class WritingElsewhere(Conflict):
     code = "writing_elsewhere"
 
     def __init__(self) -> None:
-        super().__init__(
-            "Someone is writing the next part already: it appears in the channel when it is done."
-        )
+        super().__init__(N_("Someone is writing the next part already."))
 
 
 class StillWriting(Conflict):

@@ -301,20 +301,24 @@ def _lost_claim(lost: Claimed, doing: ClaimKind) -> Conflict:
     (the words are those of the same refusal within one process)."""
     if doing == "reroll":
         if lost.by == "reroll":
-            return Conflict("This part is already being rerolled.")
+            return Conflict(N_("This part is already being rerolled."))
         return Conflict(
-            "Someone is continuing this part; reroll the newest part once it is written."
+            N_("Someone is continuing this part; reroll the newest part once it is written.")
         )
     if doing == "vote":
         if lost.by == "vote":
-            return Conflict("The channel is voting on this part already.")
-        return Conflict("Someone is writing the next part already.")
+            return Conflict(N_("The channel is voting on this part already."))
+        return Conflict(N_("Someone is writing the next part already."))
     if lost.by == "reroll":
-        return Conflict("That part is being rerolled: continue it once its new version is shown.")
+        return Conflict(
+            N_("That part is being rerolled: continue it once its new version is shown.")
+        )
     if lost.by == "vote":
         return Conflict(
-            "The channel is voting on what happens next: vote, and continue the "
-            "winning option once the vote is over."
+            N_(
+                "The channel is voting on what happens next: vote, and continue the "
+                "winning option once the vote is over."
+            )
         )
     return WritingElsewhere()
 

@@ -17,12 +17,16 @@ DEPLOY = REPO / "deploy"
 
 def test_the_monitoring_profile_adds_prometheus_and_grafana_beside_the_bot() -> None:
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
-    profiled = {name: s for name, s in compose["services"].items() if "profiles" in s}
-    # Only with `--profile monitoring`: a plain `docker compose up` runs the bot alone.
+    profiled = {
+        name: s for name, s in compose["services"].items() if "monitoring" in s.get("profiles", ())
+    }
+    # Only with `--profile monitoring`: a plain `docker compose up` runs the bot alone
+    # (the postgres profile's server: tests/app/test_dockerfile.py).
     assert {name: s["profiles"] for name, s in profiled.items()} == {
         "prometheus": ["monitoring"],
         "grafana": ["monitoring"],
     }
+    assert all("profiles" in s for name, s in compose["services"].items() if name != "storybot")
     services = profiled
     for service in services.values():
         assert all(port.startswith("127.0.0.1:") for port in service["ports"])
