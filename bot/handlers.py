@@ -418,12 +418,16 @@ class Handlers:
         posted: list[discord.Message] = []
 
         async def announce(vote: Vote) -> None:
-            posted.append(await self.publisher.post_vote(vote, channel, reply_to=reply_to))
+            posted.append(
+                await self.publisher.post_vote(
+                    vote,
+                    channel,
+                    reply_to=reply_to,
+                    refresh=lambda: self.publisher.sync_soon(self.client),
+                )
+            )
 
-        vote = await self.service.votes.start(part_id, who, announce=announce)
-        self.publisher.follow_vote(
-            vote, channel, posted[0], lambda: self.publisher.sync_soon(self.client)
-        )
+        await self.service.votes.start(part_id, who, announce=announce)
         return posted[0]
 
     async def cast(self, interaction: discord.Interaction, vote_id: int, number: int) -> None:

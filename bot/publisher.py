@@ -323,29 +323,26 @@ class Publisher:
 
     # ------------------------------------------------------------------- votes
     async def post_vote(
-        self, vote: Vote, channel: discord.abc.Messageable, *, reply_to: Target | None
+        self,
+        vote: Vote,
+        channel: discord.abc.Messageable,
+        *,
+        reply_to: Target | None,
+        refresh: Callable[[], None],
     ) -> discord.Message:
-        """The ballot message, posted while the options are written."""
+        """The ballot message, posted while the options are written, and followed:
+        the options are shown once written, with ballot buttons; once decided,
+        `refresh` brings every message of the vote up to date (the winner's
+        become the story's part, with its buttons)."""
         writing = render.ballot_writing(for_channel(channel), len(vote.runs))
         message = await self._send(channel, writing, None, reply_to)
         await self.book.showing_vote(
             message.id, message.channel.id, story_id=vote.story.id, vote_id=vote.id, state="writing"
         )
-        return message
-
-    def follow_vote(
-        self,
-        vote: Vote,
-        channel: discord.abc.Messageable,
-        message: discord.Message,
-        refresh: Callable[[], None],
-    ) -> None:
-        """Show the options once written, with ballot buttons; once decided,
-        `refresh` brings every message of the vote up to date (the winner's
-        become the story's part, with its buttons)."""
         self._spawn(
             self._follow_vote(vote, channel, message, refresh), f"vote-{vote.id}", message.id
         )
+        return message
 
     async def _follow_vote(
         self,
