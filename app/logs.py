@@ -166,4 +166,7 @@ def configure_logging(
     handler.addFilter(ContextFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # discord.py logs the gateway URL and session at INFO: fine; tokens never.
-    logging.getLogger("discord.http").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # aiosqlite logs every statement at DEBUG, from its worker thread (also the
+    # closing one, after the store is closed): never wanted, even at DEBUG.
+    for noisy in ("discord.http", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))

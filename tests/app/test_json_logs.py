@@ -116,3 +116,25 @@ def test_a_request_id_that_repeats_a_secret_is_redacted(
     (line,) = lines(out)
     assert SECRET not in out.getvalue()
     assert line["request_id"] == REDACTED
+
+
+def test_at_debug_aiosqlite_does_not_log_each_statement(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """LOG_LEVEL=DEBUG is for storybot's own lines: aiosqlite would add one per
+    SQL statement, from its worker thread, even after a store is closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = logging.getLogger("aiosqlite")
+    noisy_level = noisy.level
+    root.handlers[:] = []
+    try:
+        configure_logging("DEBUG", fmt="json")
+        noisy.debug("operation %s completed", "close_and_stop")
+        logging.getLogger("storybot").debug("ours")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        noisy.setLevel(noisy_level)
+    logged = [json.loads(raw) for raw in capsys.readouterr().err.splitlines()]
+    assert [line["message"] for line in logged] == ["ours"]
