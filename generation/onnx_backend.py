@@ -43,6 +43,7 @@ TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
 # attention's scratch is rows x heads x prompt x context floats (8 rows of 300
 # tokens at once held 118 MB), and one long group saves nothing over several.
 PREFILL_TOKENS = 512
+PREFILL_BUCKET = 16  # a prefill's width is rounded up to a multiple of this
 SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
 
 EXPORT_VERSION = 3  # bump when the graph changes (3: written by hand, KV cache in place)
@@ -186,6 +187,15 @@ class OnnxStepModel:
         self._last_top = top[:rows] if k else None
         return logits
 
+    def warm_up(self) -> None:
+        """One short prompt and one step, at load: ONNX Runtime's first run sets
+        up its threads and memory, which the first story's first token would
+        otherwise wait for. The cache rows are handed back after."""
+        state, _ = self.prefill([[0] * PREFILL_BUCKET])
+        state, _ = self.step(state, [0])
+        self.select(state, [])
+        self.forward_calls = 0
+
     def expect_top(self, width: int) -> None:
         """The next call's rows will want their `width` best ids (0: none)."""
         self._top_k = width if 0 < width < self.vocab else 0
@@ -262,7 +272,10 @@ class OnnxStepModel:
 
     def _prefill_group(self, start: int, rows: Sequence[Sequence[int]]) -> Logits:
         lengths = np.array([len(row) for row in rows], dtype=np.int64)
-        width = int(lengths.max())
+        # Rounded up: ONNX Runtime plans each new input shape once (about 30 ms
+        # on 2 cores), so prompts of every length would each pay it on their
+        # first token. The padding is never attended to.
+        width = min(self.context, -(-int(lengths.max()) // PREFILL_BUCKET) * PREFILL_BUCKET)
         bound = self._binding(start, len(rows), width)
         bound.ids[:] = 0  # right-padded; the padding is never attended to
         for index, row in enumerate(rows):
@@ -433,6 +446,7 @@ class OnnxBackend(LocalBackend):
             self.context_size,
             max_batch_size,
         )
+        self.steps.warm_up()
         log.info("loaded %s from %s on ONNX Runtime (%s)", self.model_id, path, precision)
 
     def close(self) -> None:
