@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.results import RESULTS, write_section
 from bot.budget import exempt
 from bot.client import DiscordApp, StoryBot
 from generation.pool import GenerationPool
@@ -48,7 +49,6 @@ from stories.message_book import MessageBook
 from stories.service import StoryService
 from tests.fakediscord.harness import FakeDiscord
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADING = "## Discord requests per story"
 REPO = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "out"
@@ -170,22 +170,6 @@ def report(rounds: list[Round], args: argparse.Namespace, took: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Put `text` in RESULTS.md in place of an earlier section of its kind, or at the end."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith(HEADING)), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text if old.strip() else text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        after = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + after if after else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.discord_budget", description=__doc__)
     parser.add_argument("--stories", default="1,10,50", help="counts of stories at once")
@@ -218,7 +202,7 @@ def main() -> int:
     text = report(rounds, args, time.monotonic() - started)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(HEADING, text)
     return 0
 
 

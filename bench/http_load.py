@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADING = "## HTTP load"  # + " (N at once)"
 PROMPTS = [
     "The detective opened the door and",
@@ -378,22 +379,6 @@ def markdown(s: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Put `text` in RESULTS.md in place of an earlier HTTP load section, or at the end."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith(HEADING)), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text if old.strip() else text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        after = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + after if after else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.http_load", description=__doc__.split("\n\n")[0]
@@ -467,7 +452,7 @@ def main() -> int:
         for line in captured.lines()[:20]:
             progress("  " + line.replace("\n", "\n  "))
     if args.write:
-        write_section(text)
+        write_section(HEADING, text)
         progress(f"wrote the section to {RESULTS}")
     if summary["failures"]:
         progress(f"FAILED: {len(summary['failures'])} answers were not 200 or 503:")

@@ -41,8 +41,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bench.results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADING = "## Metrics cost"
 CONFIGS = ("off", "on", "scraped")
 PROMPTS = [
@@ -243,22 +244,6 @@ def markdown(raw: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Put `text` in RESULTS.md in place of an earlier section of its kind, or at the end."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith(HEADING)), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text if old.strip() else text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        after = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + after if after else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.metrics", description=__doc__.split("\n\n")[0]
@@ -318,7 +303,7 @@ def main() -> int:
     text = markdown(raw, meta)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(HEADING, text)
     return 0
 
 

@@ -28,11 +28,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 
+from bench.results import RESULTS, write_section
 from stories.moderation import ContentFilter
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADING = "## Content filter"
 TARGET_US = 1000.0
 DELTA = 4  # characters per streamed piece: about one GPT-2 token of English
@@ -157,22 +156,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Put `text` in RESULTS.md in place of an earlier content filter section, or at the end."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith(HEADING)), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text if old.strip() else text
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        after = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + after if after else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.moderation", description=__doc__.split("\n\n")[0]
@@ -184,7 +167,7 @@ def main() -> int:
     text = report(rows, facts, max(args.runs, 1))
     print(text)
     if args.write:
-        write_section(text)
+        write_section(HEADING, text)
         print(f"wrote {RESULTS}", file=sys.stderr)
     return 0
 

@@ -35,8 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench.results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 HEADING = "## Store writes"
 WRITES_PER_STORY = 5
 
@@ -219,15 +220,7 @@ def table(rows: list[Row], seconds: float) -> str:
 
 
 def write_results(text: str) -> None:
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    section = f"{HEADING}\n\n`python -m bench.store`\n\n{text}\n"
-    if HEADING in old:
-        head, rest = old.split(HEADING, 1)
-        tail = rest.split("\n## ", 1)
-        old = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        old = old.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(old, encoding="utf-8")
+    write_section(HEADING, f"{HEADING}\n\n`python -m bench.store`\n\n{text}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
