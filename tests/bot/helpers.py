@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,3 +168,17 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
         assert len(shown_in) == 1, f"part {part_id} is shown {len(shown_in)} times"
     missing = asked - replaced - set(first_chunks)
     assert not missing, f"parts never shown: {sorted(missing)}"
+
+
+def spawn_bot(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The real bot in a process of its own (tests.fakediscord.launch), its
+    output appended to `log` (a restart adds to the same file)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.fakediscord.launch"],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

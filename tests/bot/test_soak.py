@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,11 @@ from tests.bot.helpers import (
     check_channel_agrees,
     in_progress,
     reaction_answered,
+    spawn_bot,
     story_parts,
     with_button,
 )
-from tests.conftest import REPO, free_port
+from tests.conftest import free_port
 from tests.fakediscord.harness import FakeDiscord, InteractionHandle
 from tests.fakediscord.server import User
 
@@ -53,7 +53,7 @@ class Evening:
 
     async def start(self) -> None:
         identified = self.fake.server.identifies
-        self.process = _spawn(self.env, self.log)
+        self.process = spawn_bot(self.env, self.log)
         self.starts += 1
         self.fake.server.commands = []
         ready = self.output().count("connected to Discord as")
@@ -97,18 +97,6 @@ class Evening:
             )
         self.handles.clear()
         self.reactions.clear()
-
-
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.fakediscord.launch"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def _agrees(fake: FakeDiscord, database: Path) -> bool:

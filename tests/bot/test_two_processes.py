@@ -21,31 +21,18 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from tests.bot.helpers import buttons, is_story, part_of
-from tests.conftest import REPO, free_port
+from tests.bot.helpers import buttons, is_story, part_of, spawn_bot
+from tests.conftest import free_port
 from tests.fakediscord.harness import FakeDiscord
 from tests.fakediscord.server import Session, User
 
 WRITING = "writing…"
-
-
-def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.fakediscord.launch"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 @dataclass
@@ -79,7 +66,7 @@ class Process:
         self.starts += 1
         self.logs.append(self.folder / f"{self.name}-{self.starts}.log")
         before = {id(s) for s in self.fake.server.live_sessions()}
-        self.process = spawn(self.env, self.log)
+        self.process = spawn_bot(self.env, self.log)
 
         def ready() -> Session | None:
             if not (self.alive() and "connected to Discord as" in self.output()):
