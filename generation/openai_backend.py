@@ -45,7 +45,12 @@ from typing import Any
 import aiohttp
 
 from generation.dialects import DETECTABLE, PROBED, Dialect, SamplingFields, dialect
-from generation.errors import EngineRefused, EngineStartError, EngineUnavailable
+from generation.errors import (
+    EngineRefused,
+    EngineStartError,
+    EngineUnavailable,
+    GenerationError,
+)
 from generation.job import Job
 from generation.messages import N_
 from generation.text import ENDOFTEXT, TextStream
@@ -228,11 +233,15 @@ class OpenAIBackend:
             job.check_stop()  # past the deadline: keeps the text written so far
         except Exception:
             log.exception("remote generation failed")
-            job.fail(EngineUnavailable())
+            self._fail(job, EngineUnavailable())
         if not job.finished:
-            job.fail(EngineUnavailable())
-        if job.error is not None:
-            self.failed += 1
+            self._fail(job, EngineUnavailable())
+
+    def _fail(self, job: Job, error: GenerationError) -> None:
+        """End `job` with `error`, counted first: once it fails, its caller (and a
+        scrape of the metrics right after) may already see it."""
+        self.failed += 1
+        job.fail(error)
 
     async def _complete(self, job: Job) -> None:
         """Stream one completion into `job`, retrying while nothing was shown."""
@@ -244,11 +253,11 @@ class OpenAIBackend:
                 return
             except _Refused as refused:
                 log.error("the engine refused a request: %s", refused)
-                job.fail(EngineRefused())
+                self._fail(job, EngineRefused())
                 return
             except ValueError as error:  # an answer that is not the Completions API
                 log.error("the engine's answer made no sense: %s", error)
-                job.fail(EngineRefused())
+                self._fail(job, EngineRefused())
                 return
             except (_Retryable, aiohttp.ClientError, TimeoutError) as error:
                 reason = _describe(error)
@@ -256,20 +265,21 @@ class OpenAIBackend:
                     log.warning(
                         "the engine's stream broke after %d tokens: %s", job.new_tokens, reason
                     )
-                    job.fail(
+                    self._fail(
+                        job,
                         EngineUnavailable(
                             N_(
                                 "The story engine stopped in the middle of the story; "
                                 "please try again."
                             )
-                        )
+                        ),
                     )
                     return
                 attempt += 1
                 delay = self._backoff(attempt, getattr(error, "retry_after", None))
                 if attempt > self.retries or time.monotonic() + delay >= job.deadline:
                     log.warning("the engine failed %d times: %s", attempt, reason)
-                    job.fail(EngineUnavailable(retry_after=max(delay, 5.0)))
+                    self._fail(job, EngineUnavailable(retry_after=max(delay, 5.0)))
                     return
                 log.info("engine: %s; retry %d in %.1f s", reason, attempt, delay)
                 self.retried += 1
