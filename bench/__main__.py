@@ -55,6 +55,36 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def bench_model(
+    model_dir: Path | None,
+    tiny: bool,
+    workdir: Path,
+    *,
+    backend: str,
+    precision: str,
+    train_steps: int = 0,
+) -> tuple[Path, str]:
+    """The model a benchmark measures, and how to name it: a folder given, the
+    tiny model (a smoke run, built in `workdir`), or GPT-2 small's shape. For
+    ONNX it is converted here, before anything is timed."""
+    if model_dir is not None:
+        folder, name = model_dir.resolve(), str(model_dir)
+    elif tiny:
+        from generation.tiny import build_tiny_model
+
+        progress("building the tiny model ...")
+        folder = build_tiny_model(workdir / "tiny", train_steps=train_steps)
+        name = f"tiny GPT-2 (2 layers, 64 wide, {train_steps} training steps)"
+    else:
+        folder, params = build_model(OUT / "gpt2-small-random")
+        name = f"GPT-2 small shape, random weights ({params / 1e6:.0f} M parameters)"
+    if backend == "onnx":
+        from generation.onnx_backend import convert
+
+        convert(folder, precision, progress=progress)
+    return folder, name
+
+
 def build_model(folder: Path) -> tuple[Path, int]:
     """GPT-2 small's shape, random weights, our locally trained tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.__main__ import bench_model, progress
 from bench.results import RESULTS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +49,6 @@ PROMPTS = [
     "The captain looked at the storm and",
     "Nobody expected the letter to arrive on a Sunday, but",
 ]
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Captured(logging.Handler):
@@ -409,23 +406,14 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="storybot-http-load-"))
     try:
-        if args.model_dir is not None:
-            model_dir, model_name = args.model_dir.resolve(), str(args.model_dir)
-        elif args.tiny:
-            from generation.tiny import build_tiny_model
-
-            progress("building the tiny model ...")
-            model_dir = build_tiny_model(workdir / "tiny", train_steps=args.train_steps)
-            model_name = f"tiny GPT-2 (2 layers, 64 wide, {args.train_steps} training steps)"
-        else:
-            from bench.__main__ import OUT, build_model
-
-            model_dir, params = build_model(OUT / "gpt2-small-random")
-            model_name = f"GPT-2 small shape, random weights ({params / 1e6:.0f} M parameters)"
-        if args.backend == "onnx":  # convert once, outside the measured start
-            from generation.onnx_backend import convert
-
-            convert(model_dir, args.precision, progress=progress)
+        model_dir, model_name = bench_model(
+            args.model_dir,
+            args.tiny,
+            workdir,
+            backend=args.backend,
+            precision=args.precision,
+            train_steps=args.train_steps,
+        )
         raw = asyncio.run(measure(args, model_dir, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bench.__main__ import bench_model, progress
 from bench.results import RESULTS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +72,6 @@ while not done.is_set():
     done.wait(max(0.0, interval - (time.perf_counter() - began)))
 print(count, spent, size, flush=True)
 """
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -265,25 +262,14 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="storybot-bench-metrics-"))
     try:
-        if args.model_dir is not None:
-            model_dir, model_name = args.model_dir.resolve(), str(args.model_dir)
-        elif args.tiny:
-            from generation.tiny import build_tiny_model
-
-            progress("building the tiny model ...")
-            model_dir, model_name = (
-                build_tiny_model(workdir / "tiny"),
-                "tiny GPT-2 (2 layers, 64 wide)",
-            )
-        else:
-            from bench.__main__ import OUT, build_model
-
-            model_dir, params = build_model(OUT / "gpt2-small-random")
-            model_name = f"GPT-2 small shape, random weights ({params / 1e6:.0f} M parameters)"
-        if args.backend == "onnx":  # convert once, before anything is measured
-            from generation.onnx_backend import convert
-
-            convert(model_dir, args.precision, progress=progress)
+        model_dir, model_name = bench_model(
+            args.model_dir,
+            args.tiny,
+            workdir,
+            backend=args.backend,
+            precision=args.precision,
+            train_steps=0,
+        )
         raw = asyncio.run(measure(model_dir, workdir, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
