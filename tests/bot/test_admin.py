@@ -199,6 +199,17 @@ async def test_reports_hide_a_part_everywhere_until_an_admin_restores_it(env: Bo
     original = (await env.store.story_parts(1))[1].text
     assert original.strip() and original not in markdown
     # The admin lists the hidden parts and restores this one.
+    listing = await pick_hidden_part(env)
+    restore = await fake.click(listing, button(listing, "Restore"), user=fake.dana)
+    await restore.deferred()
+    assert "shown again" in listing["content"]
+    await fake.wait_until(lambda: is_story(story) and "removed" not in story["content"])
+    assert original.strip()[:20] in story["content"]
+
+
+async def pick_hidden_part(env: BotEnv) -> dict[str, Any]:
+    """/storyadmin hidden, as an admin, and the first hidden part chosen in it."""
+    fake = env.fake
     handle = await fake.invoke("storyadmin", user=fake.dana, subcommand="hidden")
     listing = await handle.reply(lambda m: "hidden part" in m["content"])
     part_id = listing["components"][0]["components"][0]["options"][0]["value"]
@@ -206,11 +217,7 @@ async def test_reports_hide_a_part_everywhere_until_an_admin_restores_it(env: Bo
         listing, button(listing, "Choose a hidden part"), [part_id], user=fake.dana
     )
     await picked.deferred()
-    restore = await fake.click(listing, button(listing, "Restore"), user=fake.dana)
-    await restore.deferred()
-    assert "shown again" in listing["content"]
-    await fake.wait_until(lambda: is_story(story) and "removed" not in story["content"])
-    assert original.strip()[:20] in story["content"]
+    return listing
 
 
 async def test_an_admin_deletes_a_hidden_part(env: BotEnv) -> None:
@@ -219,13 +226,7 @@ async def test_an_admin_deletes_a_hidden_part(env: BotEnv) -> None:
     hide = await fake.click(story, button(story, "Report"), user=fake.dana)  # an admin: 1 is enough
     await hide.reply(lambda m: "now hidden" in m["content"])
     await fake.wait_until(lambda: "removed after reports" in story["content"])
-    handle = await fake.invoke("storyadmin", user=fake.dana, subcommand="hidden")
-    listing = await handle.reply(lambda m: "hidden part" in m["content"])
-    part_id = listing["components"][0]["components"][0]["options"][0]["value"]
-    picked = await fake.select(
-        listing, button(listing, "Choose a hidden part"), [part_id], user=fake.dana
-    )
-    await picked.deferred()
+    listing = await pick_hidden_part(env)
     delete = await fake.click(listing, button(listing, "Delete"), user=fake.dana)
     await delete.deferred()
     assert "is deleted" in listing["content"]
