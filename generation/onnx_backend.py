@@ -7,7 +7,8 @@ bench/RESULTS.md.
 
 Conversion from a Hugging Face model folder is automatic and cached in
 `<model>/onnx/`: one graph for the prompt and for each step, written node by
-node from the weights (generation/onnx_graph.py). The KV cache lives in
+node from the weights (generation/onnx_graph.py), and the embedding tables,
+looked up here from memory-mapped files (`Embeddings`). The KV cache lives in
 buffers allocated once and updated in place by the graph; inputs and outputs
 are bound to arrays (I/O binding), so a step copies nothing but its logits.
 The tokenizer is `tokenizer.json` through `tokenizers` alone: neither
@@ -35,6 +36,7 @@ import numpy.typing as npt
 from generation.decode_loop import LocalBackend, Logits, distinct_rows
 from generation.errors import ModelLoadError
 from generation.modelfiles import check_model_dir, load_fast_tokenizer, model_id_of
+from generation.onnx_graph import embedding_files
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,20 @@ PREFILL_TOKENS = 512
 PREFILL_BUCKET = 16  # a prefill's width is rounded up to a multiple of this
 SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
 
-EXPORT_VERSION = 3  # bump when the graph changes (3: written by hand, KV cache in place)
+# Bump when the graph changes (4: the output head in 8-bit blocks, the
+# embeddings looked up outside the graph).
+EXPORT_VERSION = 4
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
     return model_dir / "onnx" / f"model-{precision}.onnx"
+
+
+def _products(model_dir: Path, precision: str) -> list[Path]:
+    """What a conversion writes: the graph and the embedding tables."""
+    return [onnx_path(model_dir, precision)] + [
+        model_dir / "onnx" / name for name in embedding_files(precision)
+    ]
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
@@ -58,9 +69,9 @@ def _config(model_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _is_current(path: Path, model_dir: Path) -> bool:
+def _is_current(path: Path, model_dir: Path, precision: str) -> bool:
     stamp = path.with_suffix(".json")
-    if not path.is_file() or not stamp.is_file():
+    if not stamp.is_file() or not all(p.is_file() for p in _products(model_dir, precision)):
         return False
     try:
         meta = json.loads(stamp.read_text(encoding="utf-8"))
@@ -78,12 +89,12 @@ def convert(
 ) -> Path:
     """Write the model folder's decoding graph once (generation/onnx_graph.py);
     later calls reuse it while the weights are unchanged."""
-    from generation.onnx_graph import PRECISIONS, build_graph
+    from generation.onnx_graph import PRECISIONS, build_graph, write_embeddings
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     target = onnx_path(model_dir, precision)
-    if _is_current(target, model_dir):
+    if _is_current(target, model_dir, precision):
         return target
     say = progress or log.info
     check_model_dir(model_dir)
@@ -92,15 +103,16 @@ def convert(
     try:
         started = time.monotonic()
         say(f"converting {model_dir} to ONNX ({precision}); this happens once ...")
-        produced = staging / f"model-{precision}.onnx"
-        build_graph(model_dir, precision, produced)
+        build_graph(model_dir, precision, staging / target.name)
+        write_embeddings(model_dir, precision, staging)
         weights = model_dir / "model.safetensors"
         meta = {
             "version": EXPORT_VERSION,
             "precision": precision,
             "weights_mtime": weights.stat().st_mtime if weights.exists() else None,
         }
-        os.replace(produced, target)
+        for made in staging.iterdir():  # the graph and the embeddings; the stamp last
+            os.replace(made, target.parent / made.name)
         target.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
         say(f"ONNX model ready in {target} ({time.monotonic() - started:.0f} s)")
     except ModelLoadError:
@@ -110,6 +122,29 @@ def convert(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+class Embeddings:
+    """GPT-2's token and position tables, memory-mapped from the .npy files
+    the conversion writes (`write_embeddings`): a token's row becomes resident
+    when the token is first used (38 MB in int8 if all ever were), and the
+    graph starts at its first layer norm."""
+
+    def __init__(self, folder: Path, precision: str) -> None:
+        tokens, positions, *scales = (
+            np.load(folder / name, mmap_mode="r") for name in embedding_files(precision)
+        )
+        self.tokens, self.positions = tokens, positions
+        self.scales = scales[0] if scales else None
+        self.width = int(tokens.shape[1])
+
+    def look_up(self, ids: Any, positions: Any, out: npt.NDArray[np.float32]) -> None:
+        """out = token rows (times their scales) + position rows."""
+        if self.scales is None:
+            np.copyto(out, self.tokens[ids])
+        else:
+            np.multiply(self.tokens[ids], self.scales[ids][..., None], out=out)
+        out += self.positions[positions]
 
 
 @dataclass
@@ -135,12 +170,20 @@ class OnnxStepModel:
     """
 
     def __init__(
-        self, session: Any, layers: int, heads: int, head_dim: int, context: int, max_rows: int
+        self,
+        session: Any,
+        layers: int,
+        heads: int,
+        head_dim: int,
+        context: int,
+        max_rows: int,
+        embeddings: Embeddings,
     ) -> None:
         import onnxruntime as ort
 
         self._ort = ort
         self.session = session
+        self.embeddings = embeddings
         self.layers, self.heads, self.head_dim = layers, heads, head_dim
         self.context, self.max_rows = context, max_rows
         self.vocab = int(session.get_outputs()[0].shape[1])
@@ -182,6 +225,7 @@ class OnnxStepModel:
             top = np.empty((self.max_rows, max(k, 1)), dtype=np.int64)
             self._tops[(max(k, 1), self._flip)] = top
         bound.bind_outputs(logits, top[:rows])
+        self.embeddings.look_up(bound.ids, bound.pos, bound.embeds)
         self.session.run_with_iobinding(bound.binding)
         self.forward_calls += 1
         self._last_top = top[:rows] if k else None
@@ -357,15 +401,17 @@ class _Binding:
                 )
                 self.binding.bind_ortvalue_input(f"past_{kind}_{layer}", view)
                 self.binding.bind_ortvalue_output(f"present_{kind}_{layer}", view)
+        # Token ids and positions are looked up here (`Embeddings`) into
+        # `embeds`, the graph's input.
         self.ids = np.zeros((rows, width), dtype=np.int64)
         self.pos = np.zeros((rows, width), dtype=np.int64)
+        self.embeds = np.zeros((rows, width, model.embeddings.width), dtype=np.float32)
         self.seqlens = np.zeros(rows, dtype=np.int32)
         self.total = np.zeros(1, dtype=np.int32)
         self.last = np.zeros(rows, dtype=np.int64)
         self.top_k = np.zeros(1, dtype=np.int64)
         for name, array in (
-            ("input_ids", self.ids),
-            ("position_ids", self.pos),
+            ("inputs_embeds", self.embeds),
             ("seqlens_k", self.seqlens),
             ("total_seq_len", self.total),
             ("last_index", self.last),
@@ -430,6 +476,12 @@ class OnnxBackend(LocalBackend):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:
             raise ModelLoadError(f"ONNX model {path} could not be loaded: {error}") from error
+        try:
+            embeddings = Embeddings(path.parent, precision)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"the embeddings beside {path} could not be read: {error}"
+            ) from error
         config = _config(model_dir)
         self.name = "onnx" if precision == "fp32" else f"onnx-{precision}"
         self.precision = precision
@@ -445,6 +497,7 @@ class OnnxBackend(LocalBackend):
             int(config["n_embd"]) // heads,
             self.context_size,
             max_batch_size,
+            embeddings=embeddings,
         )
         self.steps.warm_up()
         log.info("loaded %s from %s on ONNX Runtime (%s)", self.model_id, path, precision)

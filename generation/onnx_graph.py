@@ -17,15 +17,24 @@ their prompt is in. The final layer norm and the output head run only on each
 row's last position, and the graph also returns each row's best `top_k` ids,
 so sampling never sorts 50,257 logits in Python.
 
+The embeddings are looked up outside the graph (`write_embeddings`; the
+backend memory-maps the tables, so only rows of tokens in use are resident):
+the graph's input is `inputs_embeds`.
+
 Weights, by precision:
 - fp32: as trained; its greedy tokens are the reference's (a test).
-- int8: every matmul is DynamicQuantizeMatMul with per-output-channel int8
-  weights (symmetric) and int8 activations quantized per call; the embedding
-  is stored as int8 rows with one scale per token, the same numbers the output
-  head (tied to it in GPT-2) uses.
+- int8: the blocks' matmuls are DynamicQuantizeMatMul, per-output-column int8
+  weights (symmetric) and int8 activations quantized per call. The output
+  head (tied to the embedding in GPT-2, 39 M of the 124 M weights, read every
+  step) is MatMulNBits with 8-bit weights in blocks of 256 along the input and
+  int8 activations (accuracy level 4), which reads them at the memory's pace
+  (about 1.2 ms a step where DynamicQuantizeMatMul took 1.7). For the blocks'
+  matmuls MatMulNBits was faster only at one or two rows and slower from four
+  rows on and for prompts (about 1.5x at 96 tokens), and keeping both kernels'
+  weights cost 90-130 MB: bench/RESULTS.md.
 - int4 (an option, below the quality bar: README): the blocks' matmuls are
   MatMulNBits, 4-bit weights in blocks of 32 with int8 activations (accuracy
-  level 4); the embedding and output head stay int8.
+  level 4); the output head is int8 as above.
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ import numpy.typing as npt
 
 PRECISIONS = ("fp32", "int8", "int4")
 INT4_BLOCK = 32  # weights per 4-bit block, each with its own scale
+# Weights per 8-bit block (the output head): 256 read at memory speed; blocks
+# of 128 or 32 were 6-30 % slower at one row and much slower at eight.
+INT8_BLOCK = 256
 MS_DOMAIN = "com.microsoft"
 
 
@@ -67,6 +79,36 @@ def read_weights(model_dir: Path) -> dict[str, npt.NDArray[np.float32]]:
     }
 
 
+def quantize_rows(table: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], Any]:
+    """Symmetric int8 with one scale per row (the embedding: one per token)."""
+    scale = np.abs(table).max(axis=1) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    return np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def embedding_files(precision: str) -> list[str]:
+    """The tables `write_embeddings` makes: tokens, positions (and the tokens'
+    scales where the tokens are int8 rows: every precision but fp32)."""
+    if precision == "fp32":
+        return ["embed-fp32.npy", "embed-positions.npy"]
+    return ["embed-int8.npy", "embed-positions.npy", "embed-int8-scale.npy"]
+
+
+def write_embeddings(model_dir: Path, precision: str, folder: Path) -> None:
+    """The token and position tables as .npy files in `folder`, looked up
+    outside the graph (memory-mapped: only the rows of tokens in use become
+    resident)."""
+    w = read_weights(model_dir)
+    tokens, positions, *scales = (folder / name for name in embedding_files(precision))
+    if scales:
+        q, scale = quantize_rows(w["wte.weight"])
+        np.save(tokens, q)
+        np.save(scales[0], scale)
+    else:
+        np.save(tokens, w["wte.weight"])
+    np.save(positions, w["wpe.weight"])
+
+
 def quantize_columns(weight: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], Any]:
     """Symmetric int8 with one scale per output column of a [in, out] weight."""
     scale = np.abs(weight).max(axis=0) / 127.0
@@ -75,16 +117,29 @@ def quantize_columns(weight: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.in
     return q, scale
 
 
-def quantize_blocks_4bit(weight: npt.NDArray[np.float32]) -> tuple[Any, Any]:
-    """MatMulNBits' 4-bit layout for a [out, in] weight: symmetric blocks of
-    INT4_BLOCK along `in`, values 0..15 around 8, two to a byte (low first)."""
+def block_size(bits: int, inputs: int) -> int | None:
+    """The block MatMulNBits uses for a weight with `inputs` rows: INT4_BLOCK
+    or INT8_BLOCK, halved until it divides them (a power of two, at least 16,
+    as MatMulNBits requires); None where nothing does."""
+    block = INT4_BLOCK if bits == 4 else INT8_BLOCK
+    while block >= 16 and inputs % block:
+        block //= 2
+    return block if block >= 16 else None
+
+
+def quantize_blocks(weight: npt.NDArray[np.float32], bits: int, block: int) -> tuple[Any, Any]:
+    """MatMulNBits' layout for a [out, in] weight: symmetric blocks of `block`
+    along `in`, one float scale each, stored around 2**(bits-1) (its implied
+    zero point); 4-bit values two to a byte (low first)."""
     rows, cols = weight.shape
-    blocks = weight.reshape(rows, cols // INT4_BLOCK, INT4_BLOCK)
-    scale = np.abs(blocks).max(axis=-1) / 7.0
+    blocks = weight.reshape(rows, cols // block, block)
+    top = 2 ** (bits - 1) - 1  # 7 or 127: symmetric, so -8 / -128 stays unused
+    scale = np.abs(blocks).max(axis=-1) / top
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7) + 8).astype(np.uint8)
-    blob = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    return blob, scale.reshape(-1)
+    q = (np.clip(np.rint(blocks / scale[..., None]), -top, top) + top + 1).astype(np.uint8)
+    if bits == 4:
+        q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    return q, scale.reshape(-1)
 
 
 class _Builder:
@@ -133,6 +188,41 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
     vocab = w["wte.weight"].shape[0]
     g = _Builder()
 
+    def blocked(
+        x: str,
+        prefix: str,
+        weight: npt.NDArray[np.float32],
+        bits: int,
+        bias: Any,
+        output: str | None = None,
+    ) -> str | None:
+        """x @ weight.T through MatMulNBits (weight is [out, in]); None where
+        no block size divides the weight's inputs."""
+        out, inputs = weight.shape
+        block = block_size(bits, inputs)
+        if block is None:
+            return None
+        blob, scales = quantize_blocks(weight, bits, block)
+        (y,) = g.node(
+            "MatMulNBits",
+            [
+                x,
+                g.const(f"{prefix}.w{bits}", blob),
+                g.const(f"{prefix}.s{bits}", scales),
+                "",
+                "",
+                g.const(f"{prefix}.b", bias) if bias is not None else "",
+            ],
+            [output] if output else 1,
+            domain=MS_DOMAIN,
+            K=inputs,
+            N=out,
+            bits=bits,
+            block_size=block,
+            accuracy_level=4,  # int8 activations: the fast kernels on x86
+        )
+        return y
+
     def linear(x: str, prefix: str, with_bias: bool = True) -> str:
         weight, bias = w[f"{prefix}.weight"], w[f"{prefix}.bias"]  # [in, out] (Conv1D)
         if precision == "fp32":
@@ -141,47 +231,20 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
                 (y,) = g.node("Add", [y, g.const(f"{prefix}.b", bias)])
             return y
         if precision == "int4":
-            blob, scales = quantize_blocks_4bit(weight.T)  # MatMulNBits wants [out, in]
-            (y,) = g.node(
-                "MatMulNBits",
-                [
-                    x,
-                    g.const(f"{prefix}.w4", blob),
-                    g.const(f"{prefix}.s4", scales),
-                    "",
-                    "",
-                    g.const(f"{prefix}.b", bias) if with_bias else "",
-                ],
-                domain=MS_DOMAIN,
-                K=weight.shape[0],
-                N=weight.shape[1],
-                bits=4,
-                block_size=INT4_BLOCK,
-                accuracy_level=4,  # int8 activations: the fast kernels on x86
-            )
-            return y
-        q, scale = quantize_columns(weight)
+            out = blocked(x, prefix, weight.T, 4, bias if with_bias else None)
+            if out is not None:
+                return out
+        q, scale = quantize_columns(weight)  # int8 (and int4 where no block size fits)
         inputs = [x, g.const(f"{prefix}.wq", q), g.const(f"{prefix}.ws", scale), ""]
         if with_bias:
             inputs.append(g.const(f"{prefix}.b", bias))
         (y,) = g.node("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
         return y
 
-    # Embeddings: token rows + position rows.
+    # The embeddings (token rows + position rows) come in as `inputs_embeds`:
+    # they are looked up outside the graph (`write_embeddings`).
     wte = w["wte.weight"]
-    if precision == "fp32":
-        (tok,) = g.node("Gather", [g.const("wte", wte), "input_ids"])
-    else:
-        row_scale = np.abs(wte).max(axis=1) / 127.0
-        row_scale = np.where(row_scale == 0, 1.0, row_scale).astype(np.float32)
-        wte_q = np.clip(np.rint(wte / row_scale[:, None]), -127, 127).astype(np.int8)
-        (rows,) = g.node("Gather", [g.const("wte.q", wte_q), "input_ids"])
-        (rows,) = g.node("Cast", [rows], to=TensorProto.FLOAT)
-        (scales,) = g.node("Gather", [g.const("wte.s", row_scale), "input_ids"])
-        (scales,) = g.node("Unsqueeze", [scales, g.const("axis_last", np.array([-1], np.int64))])
-        (tok,) = g.node("Mul", [rows, scales])
-    (pos,) = g.node("Gather", [g.const("wpe", w["wpe.weight"]), "position_ids"])
-    (residual,) = g.node("Add", [tok, pos])
+    residual = "inputs_embeds"
 
     x = g.node(
         "LayerNormalization",
@@ -253,21 +316,27 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
     (flat,) = g.node("Reshape", [final, g.const("flat_shape", np.array([-1, width], np.int64))])
     (last,) = g.node("Gather", [flat, "last_index"])
     if precision == "fp32":
-        g.node("Gemm", [last, "wte"], ["logits"], transB=1)
+        g.node("Gemm", [last, g.const("wte", wte)], ["logits"], transB=1)
     else:
-        # The tied head: the embedding's int8 rows are its columns, one scale each.
-        g.node(
-            "DynamicQuantizeMatMul",
-            [last, g.const("head.wq", np.ascontiguousarray(wte_q.T)), "wte.s", ""],
-            ["logits"],
-            domain=MS_DOMAIN,
-        )
+        # The tied head: the embedding's weights, in 8-bit blocks (int4 too).
+        if blocked(last, "head", wte, 8, None, output="logits") is None:
+            wte_q, row_scale = quantize_rows(wte)  # no block size fits: int8 rows
+            g.node(
+                "DynamicQuantizeMatMul",
+                [
+                    last,
+                    g.const("head.wq", np.ascontiguousarray(wte_q.T)),
+                    g.const("head.ws", row_scale),
+                    "",
+                ],
+                ["logits"],
+                domain=MS_DOMAIN,
+            )
     g.node("TopK", ["logits", "top_k"], ["top_values", "top_ids"], sorted=0)
 
     cache: list[str | int] = ["batch", heads, "cache", head_dim]
     inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "new"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "new"]),
+        helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "new", width]),
         helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
         helper.make_tensor_value_info("total_seq_len", TensorProto.INT32, [1]),
         helper.make_tensor_value_info("last_index", TensorProto.INT64, ["batch"]),

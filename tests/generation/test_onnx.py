@@ -53,6 +53,18 @@ def test_conversion_is_cached(model_copy: Path) -> None:
     assert path.stat().st_mtime_ns == made
 
 
+def test_a_missing_embedding_table_is_written_again(model_copy: Path) -> None:
+    """The embeddings live beside the graph (looked up outside it); a folder
+    that lost one is converted again rather than failing at load."""
+    path = convert(model_copy, "int8")
+    table = path.parent / "embed-int8.npy"
+    table.unlink()
+    assert convert(model_copy, "int8") == path and table.is_file()
+    backend = OnnxBackend(model_copy, threads=1)
+    assert backend.decode(backend.encode("Ada ran.")) == "Ada ran."
+    assert backend.steps.embeddings.tokens.dtype == np.int8
+
+
 def _teacher_forced(model_dir: Path, precision: str) -> tuple[float, float]:
     """Top-1 agreement with fp32 torch and the perplexity ratio, teacher-forced
     through the graph's own KV cache (prefill, then one step per token)."""
