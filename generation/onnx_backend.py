@@ -17,7 +17,6 @@ transformers nor torch is imported.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import mmap
@@ -351,10 +350,12 @@ class OnnxStepModel:
         """Keep these rows, in this order, as rows 0.. (moving only what must move)."""
         self._check(state)
         order = [int(row) for row in keep]
-        if any(later <= earlier for earlier, later in itertools.pairwise(order)):
-            # Not in increasing order: moving in place could overwrite a source.
+        read_at = {source: index for index, source in enumerate(order)}
+        if any(read_at.get(target, -1) > target for target in range(len(order))):
+            # A row would be overwritten before it is read: copy through a temporary.
             self.cache[:, :, : len(order)] = self.cache[:, :, order]
-        else:  # each row moves down (or stays), so in order nothing is overwritten early
+        else:  # in order, nothing is overwritten before it is read (increasing
+            # order, or `fill_holes`'s: rows stay or move into finished rows' places)
             for target, source in enumerate(order):
                 if source != target:
                     used = int(state.lengths[source])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.decode_loop import LocalBackend, distinct_rows
+from generation.decode_loop import LocalBackend, distinct_rows, fill_holes
 from generation.onnx_backend import OnnxBackend
 from generation.torch_backend import TransformersBackend
 
@@ -24,6 +24,20 @@ def test_distinct_rows_numbers_first_appearances() -> None:
     assert index == [0, 1, 0, 2, 1, 0]
     assert all(source <= row for row, source in enumerate(index))
     assert distinct_rows([[5], [6]]) == ([[5], [6]], [0, 1])
+
+
+def test_finished_rows_are_filled_from_the_end() -> None:
+    """Rows stay where they are; the last rows move into finished rows' places."""
+    assert fill_holes([0, 2, 3]) == [0, 3, 2]  # row 1 finished: row 3 takes its place
+    assert fill_holes([1, 2, 3, 4]) == [4, 1, 2, 3]
+    assert fill_holes([0, 1, 5, 7]) == [0, 1, 5, 7]  # rows 2, 3, 4 and 6 finished
+    assert fill_holes([3, 4]) == [3, 4]  # nothing stays: both move
+    assert fill_holes([0, 1]) == [0, 1] and fill_holes([]) == []
+    for keep in ([0, 2, 3], [1, 2, 3, 4], [2, 5, 6, 9]):
+        order = fill_holes(keep)
+        assert sorted(order) == keep
+        # never a row overwritten before it is read, moving in order
+        assert all(order.index(t) <= t for t in range(len(order)) if t in order)
 
 
 def _onnx(model_dir: Path) -> LocalBackend:

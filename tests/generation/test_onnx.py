@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.decode_loop import greedy_tokens
+from generation.decode_loop import fill_holes, greedy_tokens
 from generation.modelfiles import load_causal_lm
 from generation.onnx_backend import OnnxBackend, convert, onnx_path
 from generation.pool import GenerationPool
@@ -184,6 +184,34 @@ def test_rows_leave_and_join_in_place(model_copy: Path, monkeypatch: pytest.Monk
         assert seqs[name] == tokens[: len(seqs[name])], name
         np.testing.assert_allclose(seen[name], rows[: len(seen[name])], rtol=0, atol=1e-4)
     assert [len(seqs[name]) for name in "abcd"] == [12, 4, 7, 9]
+
+
+def test_finished_rows_are_replaced_by_the_last_ones(model_copy: Path) -> None:
+    """The decoding loop's compaction (`fill_holes`): when a row finishes, the
+    last row moves into its place and the others stay; every row's logits stay
+    the ones it gets alone."""
+    fast = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=4)
+    steps = fast.steps
+    texts = ["Tom ran from", "The captain looked at the", "Ada", "A red door near the castle."]
+    prompts = [fast.encode(text) for text in texts]
+    alone = [_alone(steps, ids, 9)[1] for ids in prompts]
+    seen: list[list[Any]] = [[] for _ in texts]
+    state, logits = steps.prefill(prompts)
+    rows = [0, 1, 2, 3]  # which prompt each cache row holds
+    tokens = [[int(np.argmax(row))] for row in logits]
+    for name, row in zip(rows, logits, strict=True):
+        seen[name].append(row.copy())
+    for step in range(8):
+        if step == 3:  # prompt 1 finishes: prompt 3 moves into its row
+            order = fill_holes([0, 2, 3])
+            state, rows = steps.select(state, order), [rows[i] for i in order]
+            assert rows == [0, 3, 2]
+        state, logits = steps.step(state, [tokens[name][-1] for name in rows])
+        for name, row in zip(rows, logits, strict=True):
+            tokens[name].append(int(np.argmax(row)))
+            seen[name].append(row.copy())
+    for name in (0, 2, 3):
+        np.testing.assert_allclose(seen[name], alone[name], rtol=0, atol=1e-4)
 
 
 def test_a_used_state_is_refused(model_copy: Path) -> None:
