@@ -10,7 +10,8 @@ Conversion from a Hugging Face model folder is automatic and cached in
 node from the weights (generation/onnx_graph.py), and the embedding tables,
 looked up here from memory-mapped files (`Embeddings`). The KV cache lives in
 buffers allocated once and updated in place by the graph; inputs and outputs
-are bound to arrays (I/O binding), so a step copies nothing but its logits.
+are bound to arrays (I/O binding), so a step copies nothing of the cache: it
+writes each row's embedding in and reads the logits out.
 The tokenizer is `tokenizer.json` through `tokenizers` alone: neither
 transformers nor torch is imported.
 """
@@ -163,8 +164,8 @@ class OnnxStepModel:
     head_dim], allocated zeroed (pages become resident only when written); the
     active rows are always the first ones, so the graph runs on a view of the
     first n rows. Inputs and outputs are bound once per batch size (I/O
-    binding): a step writes a few integers and reads back the logits, and
-    nothing of the cache is copied. Rows are compacted when some finish.
+    binding): a step writes each row's embedding and a few integers and reads
+    back the logits, and nothing of the cache is copied. Rows are compacted when some finish.
     States are used at most once: each call returns the state to use next.
     """
 

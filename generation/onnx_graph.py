@@ -118,7 +118,7 @@ def quantize_columns(weight: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.in
 
 
 def block_size(bits: int, inputs: int) -> int | None:
-    """The block MatMulNBits uses for a weight with `inputs` rows: INT4_BLOCK
+    """The block MatMulNBits uses for a weight with `inputs` inputs: INT4_BLOCK
     or INT8_BLOCK, halved until it divides them (a power of two, at least 16,
     as MatMulNBits requires); None where nothing does."""
     block = INT4_BLOCK if bits == 4 else INT8_BLOCK
