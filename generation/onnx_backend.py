@@ -69,8 +69,8 @@ def _config(model_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _is_current(path: Path, model_dir: Path, precision: str) -> bool:
-    stamp = path.with_suffix(".json")
+def _is_current(model_dir: Path, precision: str) -> bool:
+    stamp = onnx_path(model_dir, precision).with_suffix(".json")
     if not stamp.is_file() or not all(p.is_file() for p in _products(model_dir, precision)):
         return False
     try:
@@ -89,12 +89,12 @@ def convert(
 ) -> Path:
     """Write the model folder's decoding graph once (generation/onnx_graph.py);
     later calls reuse it while the weights are unchanged."""
-    from generation.onnx_graph import PRECISIONS, build_graph, write_embeddings
+    from generation.onnx_graph import PRECISIONS, build_graph
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     target = onnx_path(model_dir, precision)
-    if _is_current(target, model_dir, precision):
+    if _is_current(model_dir, precision):
         return target
     say = progress or log.info
     check_model_dir(model_dir)
@@ -103,8 +103,7 @@ def convert(
     try:
         started = time.monotonic()
         say(f"converting {model_dir} to ONNX ({precision}); this happens once ...")
-        build_graph(model_dir, precision, staging / target.name)
-        write_embeddings(model_dir, precision, staging)
+        build_graph(model_dir, precision, staging / target.name)  # and the embeddings
         weights = model_dir / "model.safetensors"
         meta = {
             "version": EXPORT_VERSION,

@@ -81,9 +81,8 @@ def read_weights(model_dir: Path) -> dict[str, npt.NDArray[np.float32]]:
 
 def quantize_rows(table: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], Any]:
     """Symmetric int8 with one scale per row (the embedding: one per token)."""
-    scale = np.abs(table).max(axis=1) / 127.0
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    return np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8), scale
+    q, scale = quantize_columns(table.T)
+    return np.ascontiguousarray(q.T), scale  # row-major: a token's row is one run of bytes
 
 
 def embedding_files(precision: str) -> list[str]:
@@ -94,11 +93,10 @@ def embedding_files(precision: str) -> list[str]:
     return ["embed-int8.npy", "embed-positions.npy", "embed-int8-scale.npy"]
 
 
-def write_embeddings(model_dir: Path, precision: str, folder: Path) -> None:
-    """The token and position tables as .npy files in `folder`, looked up
-    outside the graph (memory-mapped: only the rows of tokens in use become
-    resident)."""
-    w = read_weights(model_dir)
+def write_embeddings(w: dict[str, npt.NDArray[np.float32]], precision: str, folder: Path) -> None:
+    """The token and position tables of weights `w` as .npy files in `folder`,
+    looked up outside the graph (memory-mapped: only the rows of tokens in use
+    become resident)."""
     tokens, positions, *scales = (folder / name for name in embedding_files(precision))
     if scales:
         q, scale = quantize_rows(w["wte.weight"])
@@ -175,7 +173,8 @@ class _Builder:
 
 
 def build_graph(model_dir: Path, precision: str, target: Path) -> None:
-    """Write the decoding-step graph for the model folder at `target`."""
+    """Write the decoding-step graph for the model folder at `target`, and its
+    embedding tables beside it (`write_embeddings`)."""
     from onnx import TensorProto, helper, save_model
 
     if precision not in PRECISIONS:
@@ -185,6 +184,7 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
     head_dim = width // heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
     w = read_weights(model_dir)
+    write_embeddings(w, precision, target.parent)
     vocab = w["wte.weight"].shape[0]
     g = _Builder()
 
