@@ -34,7 +34,7 @@ from generation.errors import Busy, GenerationError
 from generation.messages import N_
 from storage.errors import NotFound, StorageError
 from storage.models import StoryPage
-from stories.errors import StoryError, UserLimit, WritingElsewhere
+from stories.errors import NothingToContinue, StoryError, UserLimit, WritingElsewhere
 from stories.message_book import MessageBook
 from stories.servers import Member
 from stories.service import (
@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 MISSING_ACCESS = 50001
 UNKNOWN_CHANNEL = 10003
+
+# A ➕ on one of the bot's messages that shows no story part (any more: its part
+# was deleted, its story too) is refused with this, never ignored.
+NOTHING_HERE = N_("There is nothing to continue here: this message shows no part of a story.")
 
 
 def is_age_restricted(channel: Any) -> bool:
@@ -513,7 +517,7 @@ class Handlers:
         if str(payload.emoji) != CONTINUE_EMOJI:
             return
         record = await self.book.get(payload.message_id)
-        if record is None:
+        if record is None and payload.message_author_id != me.id:
             return  # not a story message: people react to chat as they like
         channel = self.client.get_channel(payload.channel_id)
         if channel is None or not isinstance(channel, discord.abc.Messageable):
@@ -530,6 +534,8 @@ class Handlers:
         show = _Show(self.publisher, channel, reply_to=message)
         try:
             server = await self.service.servers.settings(payload.guild_id)
+            if record is None:  # ours, but it shows no story (any more): a deleted part
+                raise NothingToContinue(NOTHING_HERE)
             if server and server.vote_by_default and record.part_id is not None:
                 await self._vote(record.part_id, who, channel, message)
                 return
@@ -548,8 +554,6 @@ class Handlers:
                 message, payload.user_id, payload.emoji, reason, retry_after(error)
             )
             return
-        if started is None:
-            return
         if started.new:
             show.follow(started.run)
         else:  # joined a run: shown already, unless it began over HTTP
@@ -557,12 +561,12 @@ class Handlers:
 
     async def _continue_message(
         self, part_id: int | None, run_id: int | None, who: Requester, announce: Announce
-    ) -> Started | None:
+    ) -> Started:
         if part_id is not None:
             return await self.service.continue_from(part_id, who, announce=announce)
         if run_id is not None:
             return await self.service.continue_after_run(run_id, who, announce=announce)
-        return None  # a message that shows nothing any more
+        raise NothingToContinue(NOTHING_HERE)  # its part was deleted, not yet cleared
 
     @_tracked
     async def on_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

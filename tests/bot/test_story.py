@@ -127,6 +127,28 @@ async def test_reactions_that_must_be_ignored(env: BotEnv) -> None:
     assert env.service is not None and not env.service._runs
 
 
+async def test_a_plus_on_a_deleted_part_is_refused_visibly(env: BotEnv) -> None:
+    """Bob continues Alice's story, then /forgetme deletes his part: its message
+    says so, keeps the seeded ➕, and a ➕ on it is answered, not ignored."""
+    fake = env.fake
+    story = await start_story(env)
+    await fake.react(story, "➕", user=fake.bob)
+    part = await fake.wait_for_message(lambda m: is_story(m) and "part 2" in m["content"])
+    await fake.wait_until(lambda: part.get("reactions_by"))  # the bot's own ➕ under it
+    ask = await (await fake.invoke("forgetme", user=fake.bob)).reply(
+        lambda m: "cannot be undone" in m["content"]
+    )
+    await (await fake.click(ask, button(ask, "Delete everything"), user=fake.bob)).deferred()
+    await fake.wait_until(lambda: "This part was deleted" in part["content"])
+    await fake.react(part, "➕", user=fake.carol)
+    await fake.wait_until(lambda: (fake.carol.id, "➕") in part.get("reactions_removed", []))
+    notice = await fake.wait_for_message(lambda m: "nothing to continue here" in m["content"])
+    assert notice["content"].startswith(f"-# <@{fake.carol.id}>")
+    assert notice["message_reference"]["message_id"] == part["id"]
+    assert notice["allowed_mentions"] == {"parse": []}
+    assert env.service is not None and not env.service._runs  # nothing was started
+
+
 async def test_two_reactions_at_once_give_one_continuation(env: BotEnv) -> None:
     fake = env.fake
     story = await start_story(env)
