@@ -9,7 +9,8 @@ before the rows that refer to them, PostgreSQL's binary COPY, batch by batch.
 Then, before anything is committed, the copy is checked: the rows of every
 table are counted on both sides, and a sample of texts (parts, titles, notes)
 is compared character by character. Any difference rolls it all back. The id
-sequences continue after the copied ids.
+sequences continue after the highest id SQLite ever gave (not only the highest
+left), so no id is given twice.
 
 Two things change on the way: runs lose their owner (the instance that wrote
 them is gone; the first storybot to start on PostgreSQL takes the unfinished
@@ -90,6 +91,14 @@ def tables_in_order(lite: sqlite3.Connection) -> list[str]:
             raise CopyFailed(f"the foreign keys of {sorted(set(names) - set(ordered))} form a loop")
         ordered += ready
     return ordered
+
+
+def _highest_id_given(lite: sqlite3.Connection, table: str) -> int:
+    """The highest id SQLite ever gave in `table` (AUTOINCREMENT keeps it, also
+    once that row is deleted): PostgreSQL counts on from there, so an id in an
+    old message's button never names a new row."""
+    row = lite.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def columns_of(lite: sqlite3.Connection, table: str) -> list[str]:
@@ -189,7 +198,9 @@ async def copy(
                     if table in tables:
                         await conn.execute(
                             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                            f" COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+                            f" GREATEST(COALESCE((SELECT MAX(id) FROM {table}), 0), $1) + 1,"
+                            " false)",
+                            _highest_id_given(lite, table),
                         )
                 for table in tables:
                     copied = int(await conn.fetchval(f"SELECT COUNT(*) FROM {table}"))

@@ -300,13 +300,31 @@ class SQLiteDatabase(Database):
             raise StorageUnavailable(f"database {self.path} needs an upgrade but is read-only")
         for number, path in pending:
             sql = path.read_text(encoding="utf-8")
+            # Foreign keys off while a file runs (they cannot change inside a
+            # transaction): a table built again, as SQLite's documented way to
+            # change one goes, is dropped without cascading to the rows that
+            # point at it. Every reference is checked before the commit instead.
+            await self.conn.execute("PRAGMA foreign_keys = OFF")
             try:
                 await self.conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};\nCOMMIT;"
+                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};"
                 )
+                cursor = await self.conn.execute("PRAGMA foreign_key_check")
+                if broken := await cursor.fetchall():
+                    table, rowid, parent, _ = broken[0]
+                    raise StorageError(
+                        f"schema {path.name} would leave {len(broken)} broken reference(s),"
+                        f" such as {table} row {rowid} to {parent}; nothing was changed"
+                    )
+                await self.conn.execute("COMMIT")
             except sqlite3.Error as error:
                 await self._rollback()
                 raise _translate_sqlite(error) from None
+            except BaseException:
+                await self._rollback()
+                raise
+            finally:
+                await self.conn.execute("PRAGMA foreign_keys = ON")
             log.info("database %s upgraded to schema %d (%s)", self.path, number, path.name)
 
     async def integrity_check(self) -> str:

@@ -45,7 +45,7 @@ class Sequence:
     people: list[User]
     handles: list[tuple[str, InteractionHandle]] = field(default_factory=list)
     reactions: list[tuple[dict[str, Any], User]] = field(default_factory=list)
-    http: list[asyncio.Task[int]] = field(default_factory=list)
+    http: list[asyncio.Task[tuple[int, bytes]]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
 
     @property
@@ -68,8 +68,8 @@ class Sequence:
                 )
             except TimeoutError:
                 raise AssertionError(f"{user.username}'s ➕ on {message} got no answer") from None
-        for status in await asyncio.gather(*self.http):
-            assert status in (200, 404, 409, 503), status
+        for status, body in await asyncio.gather(*self.http):
+            assert status in (200, 404, 409, 503), (status, body, self.done)
         self.handles.clear()
         self.reactions.clear()
         self.http.clear()
@@ -166,10 +166,9 @@ async def http_continue(seq: Sequence) -> None:
     story_id = seq.rng.choice(story_ids)
     client = await seq.env.http()
 
-    async def post() -> int:
+    async def post() -> tuple[int, bytes]:
         response = await client.post(f"/stories/{story_id}/continue", json={"max_new_tokens": 12})
-        await response.read()
-        return response.status
+        return response.status, await response.read()
 
     seq.http.append(asyncio.create_task(post()))
     await asyncio.sleep(0)  # let the request start before the next action

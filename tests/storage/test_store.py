@@ -18,6 +18,7 @@ import pytest
 from storage.errors import InvalidData, NotFound, SchemaTooNew, StorageUnavailable
 from storage.models import GeneratedPart
 from storage.store import Store, migrations
+from storage.votes import VoteStore
 from tests.conftest import REPO
 
 WEIRD = [
@@ -374,6 +375,31 @@ async def test_a_database_on_a_read_only_file_system_says_read_only(tmp_path: Pa
         assert (folder / "db.sqlite3").stat().st_size > 0  # and nothing was lost
 
 
+async def test_a_deleted_rows_id_is_never_given_again(store: Store) -> None:
+    """Ids live on outside the database (buttons of posted messages, links, runs
+    in flight): deleting the newest story must not hand its ids to the next one,
+    or an old Continue button would continue somebody else's new story."""
+    votes = VoteStore(store)
+    kept, _, _ = await store.create_story(prompt="Kept", genre="crime", author_id=1)
+    story, root, run = await store.create_story(prompt="Gone", genre="crime", author_id=2)
+    part = await store.finish_run(run.id, GeneratedPart(" and then.", requested_by=2))
+    second = await store.create_run(story.id, part.id, "continue", requested_by=3)
+    vote = await votes.create(story.id, part.id, [second.id])
+    await store.delete_story(story.id)  # the newest of everything
+    again, new_root, new_run = await store.create_story(prompt="New", genre="crime", author_id=3)
+    new_part = await store.finish_run(new_run.id, GeneratedPart(" next.", requested_by=3))
+    new_vote = await votes.create(
+        again.id,
+        new_part.id,
+        [(await store.create_run(again.id, new_part.id, "continue", requested_by=3)).id],
+    )
+    assert again.id > story.id > kept.id
+    assert new_root.id > part.id > root.id and new_part.id > new_root.id
+    assert new_run.id > second.id and new_vote.id > vote.id
+    with pytest.raises(NotFound):
+        await store.get_part(part.id)  # the old button's part is gone, not someone else's
+
+
 async def test_a_closed_store_refuses_clearly(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "closed.sqlite3")
     await store.close()
@@ -395,6 +421,62 @@ async def test_version_one_database_is_upgraded_in_place(tmp_path: Path) -> None
         assert await store.schema_version() == len(migrations()) >= 2
         assert (await store.list_stories(1)).items[0].story.title == "old story"
         await store.add_message(5, 1, story_id=1, shows="gone")
+
+
+async def test_version_nine_database_keeps_every_row_and_reference(tmp_path: Path) -> None:
+    """Schema 10 builds stories, parts, runs and votes again (AUTOINCREMENT): every
+    row keeps its id, the rows pointing at them still do, deleting still cascades,
+    and from then on a deleted row's id is not given again."""
+    path = tmp_path / "v9.sqlite3"
+    with sqlite3.connect(path) as conn:
+        for number, schema in migrations()[:9]:
+            conn.executescript(schema.read_text() + f"\nPRAGMA user_version = {number};")
+        conn.executescript(
+            """
+            PRAGMA foreign_keys = ON;
+            INSERT INTO stories (id, author_id, genre, title, created_at, updated_at, memory)
+            VALUES (1, 7, 'crime', 'kept', 0, 0, 'a memory');
+            INSERT INTO parts (id, story_id, parent_id, kind, text, created_at, hidden)
+            VALUES (1, 1, NULL, 'prompt', 'P1', 0, 0), (2, 1, 1, 'generated', ' g', 0, 1);
+            INSERT INTO runs (id, story_id, parent_id, kind, state, part_id, created_at,
+                              updated_at, owner)
+            VALUES (3, 1, 1, 'start', 'done', 2, 0, 0, 'a'), (4, 1, 2, 'continue', 'queued',
+                    NULL, 0, 0, 'b');
+            INSERT INTO votes (id, story_id, parent_id, state, created_at)
+            VALUES (6, 1, 2, 'open', 0);
+            INSERT INTO vote_candidates (vote_id, number, run_id) VALUES (6, 1, 4);
+            INSERT INTO messages (message_id, channel_id, story_id, run_id, part_id, shows,
+                                  created_at, updated_at, vote_id)
+            VALUES (100, 9, 1, 3, 2, 'part:2:0', 0, 0, NULL),
+                   (101, 9, 1, NULL, NULL, 'vote:6', 0, 0, 6);
+            INSERT INTO reports (part_id, user_id, created_at) VALUES (2, 70, 0);
+            INSERT INTO shares (token, story_id, created_at) VALUES ('tok', 1, 0);
+            """
+        )
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == len(migrations()) >= 10
+        assert await store.integrity_check() == "ok"
+        assert (await store.get_story(1)).memory == "a memory"
+        assert [p.id for p in await store.path_to(2)] == [1, 2]
+        assert (await store.get_part(2)).hidden
+        assert (await store.get_run(3)).part_id == 2 and (await store.get_run(4)).state == "queued"
+        assert [m.message_id for m in await store.messages_of_part(2)] == [100]
+        assert (await VoteStore(store).get(6)).state == "open"
+        gone, gone_root, gone_run = await store.create_story(prompt="x", genre="crime", author_id=9)
+        assert (gone.id, gone_root.id, gone_run.id) == (2, 3, 5)  # after the highest ids
+        await store.delete_story(gone.id)
+        new, root, run = await store.create_story(prompt="after", genre="crime", author_id=9)
+        assert (new.id, root.id, run.id) == (3, 4, 6)  # not the deleted story's again
+        await store.delete_story(1)  # foreign keys are on again: it all cascades
+    with sqlite3.connect(path) as conn:
+        left = [
+            conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("parts", "runs", "votes", "vote_candidates", "reports", "shares")
+        ]
+        assert left == [1, 1, 0, 0, 0, 0]  # the new story's prompt and run
+        linked = conn.execute("SELECT story_id, run_id, part_id, vote_id FROM messages").fetchall()
+        assert linked == [(None, None, None, None)] * 2
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 async def test_version_two_database_keeps_its_work_and_messages(tmp_path: Path) -> None:
