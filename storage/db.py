@@ -310,7 +310,7 @@ class SQLiteDatabase(Database):
                     f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};"
                 )
                 cursor = await self.conn.execute("PRAGMA foreign_key_check")
-                if broken := await cursor.fetchall():
+                if broken := list(await cursor.fetchall()):
                     table, rowid, parent, _ = broken[0]
                     raise StorageError(
                         f"schema {path.name} would leave {len(broken)} broken reference(s),"
