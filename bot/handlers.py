@@ -33,7 +33,7 @@ from bot.views import ConfirmView, MyStoriesView, NotesModal, StoryDetailView, b
 from generation.errors import Busy, GenerationError
 from generation.messages import N_
 from storage.errors import NotFound, StorageError
-from storage.models import StoryPage
+from storage.models import MessageRecord, StoryPage
 from stories.errors import NothingToContinue, StoryError, UserLimit, WritingElsewhere
 from stories.message_book import MessageBook
 from stories.servers import Member
@@ -55,8 +55,22 @@ MISSING_ACCESS = 50001
 UNKNOWN_CHANNEL = 10003
 
 # A ➕ on one of the bot's messages that shows no story part (any more: its part
-# was deleted, its story too) is refused with this, never ignored.
+# was deleted, its story too; or a vote's ballot) is refused with these, never
+# ignored.
 NOTHING_HERE = N_("There is nothing to continue here: this message shows no part of a story.")
+A_BALLOT = N_(
+    "This message is a vote: choose with its buttons, then continue the story from the "
+    "winning option."
+)
+
+
+def shows_no_part(record: MessageRecord | None) -> NothingToContinue | None:
+    """Why a ➕ on this message of ours cannot continue anything; None when it can."""
+    if record is not None and (record.part_id is not None or record.run_id is not None):
+        return None
+    if record is not None and record.vote_id is not None:
+        return NothingToContinue(A_BALLOT)
+    return NothingToContinue(NOTHING_HERE)
 
 
 def is_age_restricted(channel: Any) -> bool:
@@ -522,6 +536,11 @@ class Handlers:
         channel = self.client.get_channel(payload.channel_id)
         if channel is None or not isinstance(channel, discord.abc.Messageable):
             return
+        message = channel.get_partial_message(payload.message_id)
+        if (nothing := shows_no_part(record)) is not None:
+            await self._refuse_reaction(channel, message, payload, nothing)
+            return
+        assert record is not None
         who = Requester(
             user_id=payload.user_id,
             guild_id=payload.guild_id,
@@ -530,12 +549,9 @@ class Handlers:
             member=member_of(payload.member),
         )
         await self.shares.remember(payload.member)
-        message = channel.get_partial_message(payload.message_id)
         show = _Show(self.publisher, channel, reply_to=message)
         try:
             server = await self.service.servers.settings(payload.guild_id)
-            if record is None:  # ours, but it shows no story (any more): a deleted part
-                raise NothingToContinue(NOTHING_HERE)
             if server and server.vote_by_default and record.part_id is not None:
                 await self._vote(record.part_id, who, channel, message)
                 return
@@ -547,17 +563,26 @@ class Handlers:
             log.info("continue by reaction from %s: another process writes it", payload.user_id)
             return
         except (StoryError, GenerationError, StorageError, discord.HTTPException) as error:
-            t = for_channel(channel)  # a notice in the channel: the server's language
-            reason = describe(error, t) or t._("That could not be continued.")
-            log.info("continue by reaction from %s refused: %s", payload.user_id, reason)
-            await self.notices.refuse(
-                message, payload.user_id, payload.emoji, reason, retry_after(error)
-            )
+            await self._refuse_reaction(channel, message, payload, error)
             return
         if started.new:
             show.follow(started.run)
         else:  # joined a run: shown already, unless it began over HTTP
             await self.publisher.adopt(started.run, channel, reply_to=message)
+
+    async def _refuse_reaction(
+        self,
+        channel: discord.abc.Messageable,
+        message: discord.PartialMessage,
+        payload: discord.RawReactionActionEvent,
+        error: BaseException,
+    ) -> None:
+        t = for_channel(channel)  # a notice in the channel: the server's language
+        reason = describe(error, t) or t._("That could not be continued.")
+        log.info("continue by reaction from %s refused: %s", payload.user_id, reason)
+        await self.notices.refuse(
+            message, payload.user_id, payload.emoji, reason, retry_after(error)
+        )
 
     async def _continue_message(
         self, part_id: int | None, run_id: int | None, who: Requester, announce: Announce
@@ -566,7 +591,7 @@ class Handlers:
             return await self.service.continue_from(part_id, who, announce=announce)
         if run_id is not None:
             return await self.service.continue_after_run(run_id, who, announce=announce)
-        raise NothingToContinue(NOTHING_HERE)  # its part was deleted, not yet cleared
+        raise NothingToContinue(NOTHING_HERE)  # shows_no_part refused it already
 
     @_tracked
     async def on_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

@@ -306,15 +306,22 @@ class SQLiteDatabase(Database):
             # point at it. Every reference is checked before the commit instead.
             await self.conn.execute("PRAGMA foreign_keys = OFF")
             try:
+                before = await self._broken_references()
+                # executescript commits whatever is open first: BEGIN is the script's.
                 await self.conn.executescript(
                     f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number:d};"
                 )
-                cursor = await self.conn.execute("PRAGMA foreign_key_check")
-                if broken := list(await cursor.fetchall()):
-                    table, rowid, parent, _ = broken[0]
+                if broken := sorted(await self._broken_references() - before):
+                    table, rowid, parent = broken[0]
                     raise StorageError(
-                        f"schema {path.name} would leave {len(broken)} broken reference(s),"
-                        f" such as {table} row {rowid} to {parent}; nothing was changed"
+                        f"schema {path.name} would break {len(broken)} reference(s), such as"
+                        f" {table} row {rowid} to {parent}; it was not applied"
+                    )
+                if before:  # not this file's doing (written with foreign keys off)
+                    log.warning(
+                        "database %s has %d reference(s) to rows that no longer exist",
+                        self.path,
+                        len(before),
                     )
                 await self.conn.execute("COMMIT")
             except sqlite3.Error as error:
@@ -326,6 +333,12 @@ class SQLiteDatabase(Database):
             finally:
                 await self.conn.execute("PRAGMA foreign_keys = ON")
             log.info("database %s upgraded to schema %d (%s)", self.path, number, path.name)
+
+    async def _broken_references(self) -> set[tuple[str, int, str]]:
+        """Rows whose foreign key names a row that does not exist (table, rowid,
+        the table it names)."""
+        cursor = await self.conn.execute("PRAGMA foreign_key_check")
+        return {(str(row[0]), int(row[1] or 0), str(row[2])) for row in await cursor.fetchall()}
 
     async def integrity_check(self) -> str:
         async with self.transaction(write=False) as conn:

@@ -11,7 +11,9 @@
 -- documented way: a new table, the rows copied with their ids, the old one
 -- dropped, the new one renamed), with its indexes and triggers. storage.db runs
 -- this with foreign keys off, as that procedure needs (dropping the old table
--- must not cascade), and checks every reference before it commits.
+-- must not cascade), and checks every reference before it commits. Ids deleted
+-- before the upgrade are known only where a posted message still shows them
+-- (below); the rest cannot be known.
 
 CREATE TABLE stories_new (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -128,3 +130,22 @@ FROM votes;
 DROP TABLE votes;
 ALTER TABLE votes_new RENAME TO votes;
 CREATE INDEX votes_unfinished ON votes (state) WHERE state IN ('writing', 'open');
+
+-- A message posted before the upgrade may still show (and its buttons name) a
+-- part, run or vote deleted since, its tombstone not yet written: the counters
+-- start above those ids too ('part:12:0', 'run:7:queued', 'vote:3:open').
+INSERT INTO sqlite_sequence (name, seq)
+SELECT t.name, 0
+FROM (SELECT 'stories' AS name UNION ALL SELECT 'parts' UNION ALL SELECT 'runs'
+      UNION ALL SELECT 'votes') AS t
+WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence AS s WHERE s.name = t.name);
+UPDATE sqlite_sequence
+SET seq = MAX(seq, COALESCE((
+    SELECT MAX(CAST(substr(m.shows, instr(m.shows, ':') + 1) AS INTEGER))
+    FROM messages AS m
+    WHERE substr(m.shows, 1, instr(m.shows, ':') - 1) IN (
+        CASE sqlite_sequence.name WHEN 'parts' THEN 'part' WHEN 'runs' THEN 'run'
+                                  WHEN 'votes' THEN 'vote' END,
+        CASE sqlite_sequence.name WHEN 'parts' THEN 'hidden' END,
+        CASE sqlite_sequence.name WHEN 'parts' THEN 'candidate' END)
+), 0));

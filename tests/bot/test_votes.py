@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.shares import ShareStore
 from storage.votes import VoteStore
 from tests.bot.conftest import BotEnv
 from tests.bot.helpers import bot_messages, button, buttons, is_story, start_story
@@ -111,3 +112,17 @@ async def test_time_up_without_ballots_the_first_option_continues(env: BotEnv) -
     first = options_shown(env)[0]
     await fake.wait_until(lambda: "Nobody voted: option 1" in ballot(env)["content"], timeout=30)
     await fake.wait_until(lambda: "story:continue" in str(buttons(first)))
+
+
+async def test_a_plus_on_the_ballot_says_it_is_a_vote(env: BotEnv) -> None:
+    """The ballot shows no part: a ➕ on it is answered with what to do instead,
+    and nothing is written."""
+    fake = env.fake
+    story = await start_story(env)
+    votes = await open_vote(env, story)
+    await fake.react(votes, "➕", user=fake.carol)
+    notice = await fake.wait_for_message(lambda m: "This message is a vote" in m["content"])
+    assert notice["content"].startswith(f"-# <@{fake.carol.id}>")
+    assert (fake.carol.id, "➕") in votes["reactions_removed"]
+    assert env.store is not None  # and her name was not kept: she wrote nothing
+    assert await ShareStore(env.store).names([int(fake.carol.id)]) == {}

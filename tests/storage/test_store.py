@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from storage.errors import InvalidData, NotFound, SchemaTooNew, StorageUnavailable
+from storage.db import SCHEMA_DIR
+from storage.errors import (
+    InvalidData,
+    NotFound,
+    SchemaTooNew,
+    StorageError,
+    StorageUnavailable,
+)
 from storage.models import GeneratedPart
 from storage.store import Store, migrations
 from storage.votes import VoteStore
@@ -448,7 +456,10 @@ async def test_version_nine_database_keeps_every_row_and_reference(tmp_path: Pat
             INSERT INTO messages (message_id, channel_id, story_id, run_id, part_id, shows,
                                   created_at, updated_at, vote_id)
             VALUES (100, 9, 1, 3, 2, 'part:2:0', 0, 0, NULL),
-                   (101, 9, 1, NULL, NULL, 'vote:6', 0, 0, 6);
+                   (101, 9, 1, NULL, NULL, 'vote:6', 0, 0, 6),
+                   (102, 9, NULL, NULL, NULL, 'part:30:0', 0, 0, NULL),
+                   (103, 9, NULL, NULL, NULL, 'run:40:generating', 0, 0, NULL),
+                   (104, 9, NULL, NULL, NULL, 'vote:50:open', 0, 0, NULL);
             INSERT INTO reports (part_id, user_id, created_at) VALUES (2, 70, 0);
             INSERT INTO shares (token, story_id, created_at) VALUES ('tok', 1, 0);
             """
@@ -463,20 +474,55 @@ async def test_version_nine_database_keeps_every_row_and_reference(tmp_path: Pat
         assert [m.message_id for m in await store.messages_of_part(2)] == [100]
         assert (await VoteStore(store).get(6)).state == "open"
         gone, gone_root, gone_run = await store.create_story(prompt="x", genre="crime", author_id=9)
-        assert (gone.id, gone_root.id, gone_run.id) == (2, 3, 5)  # after the highest ids
+        # After the highest ids, and those that messages of deleted rows still show.
+        assert (gone.id, gone_root.id, gone_run.id) == (2, 31, 41)
         await store.delete_story(gone.id)
         new, root, run = await store.create_story(prompt="after", genre="crime", author_id=9)
-        assert (new.id, root.id, run.id) == (3, 4, 6)  # not the deleted story's again
+        assert (new.id, root.id, run.id) == (3, 32, 42)  # not the deleted story's again
+        assert (await VoteStore(store).create(new.id, root.id, [run.id])).id == 51
         await store.delete_story(1)  # foreign keys are on again: it all cascades
     with sqlite3.connect(path) as conn:
         left = [
             conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
             for t in ("parts", "runs", "votes", "vote_candidates", "reports", "shares")
         ]
-        assert left == [1, 1, 0, 0, 0, 0]  # the new story's prompt and run
+        assert left == [1, 1, 1, 1, 0, 0]  # the new story: its prompt, run and vote
         linked = conn.execute("SELECT story_id, run_id, part_id, vote_id FROM messages").fetchall()
-        assert linked == [(None, None, None, None)] * 2
+        assert linked == [(None, None, None, None)] * 5
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+async def test_an_upgrade_that_would_break_a_reference_is_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Schema files run with foreign keys off: one that leaves a row pointing at
+    nothing is rolled back. A reference broken before (written with foreign keys
+    off, outside storybot) is not the file's doing: the upgrade goes on."""
+    path = tmp_path / "old.sqlite3"
+    async with await Store.open(path) as store:
+        story, root, _ = await store.create_story(prompt="Kept", genre="crime", author_id=1)
+    with sqlite3.connect(path) as conn:  # foreign keys off, as the sqlite3 shell has them
+        conn.execute("INSERT INTO reports (part_id, user_id, created_at) VALUES (99, 1, 0)")
+    schemas = tmp_path / "schema"
+    shutil.copytree(SCHEMA_DIR, schemas, ignore=shutil.ignore_patterns("postgresql"))
+    latest = len(migrations())
+    (schemas / f"{latest + 1:04d}_fine.sql").write_text("CREATE TABLE extra (x INTEGER);")
+    (schemas / f"{latest + 2:04d}_breaks.sql").write_text(
+        f"DELETE FROM stories WHERE id = {story.id};"
+    )
+    monkeypatch.setattr("storage.db.SCHEMA_DIR", schemas)
+    with pytest.raises(StorageError, match="would break 2 reference"):
+        await Store.open(path)
+    assert "1 reference(s) to rows that no longer exist" in caplog.text
+    with sqlite3.connect(path) as conn:  # the file before it stays applied
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest + 1
+    (schemas / f"{latest + 2:04d}_breaks.sql").unlink()
+    async with await Store.open(path) as store:  # the story and its run are still there
+        assert [p.id for p in await store.path_to(root.id)] == [root.id]
+        assert (await store.get_story(story.id)).title == "Kept"
+        await store.delete_story(story.id)  # and foreign keys are on: it cascades
+        with pytest.raises(NotFound):
+            await store.get_part(root.id)
 
 
 async def test_version_two_database_keeps_its_work_and_messages(tmp_path: Path) -> None:
