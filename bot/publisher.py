@@ -29,7 +29,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import discord
@@ -353,29 +353,42 @@ class Publisher:
     ) -> None:
         record = await asyncio.shield(vote.opened)
         if record.state == "open":
-            after: Target = message
-            for candidate in record.candidates:
-                if candidate.part_id is None:
-                    continue
-                view = await self.service.describe_part(candidate.part_id)
-                body = render.story_body(None, view.part.text)
-                for chunk, text in enumerate(render.split_text(body)):
-                    shown = render.option(
-                        for_channel(channel), candidate.number, text, chunk, "open"
-                    )
-                    sent = await self._send(channel, shown, None, after)
-                    await self.book.showing_candidate(
-                        sent.id,
-                        sent.channel.id,
-                        story_id=vote.story.id,
-                        part_id=candidate.part_id,
-                        chunk=chunk,
-                        vote_state="open",
-                    )
-                    after = sent
+            await self._post_options(record, vote.story.id, channel, message)
             await self._show_ballot(message, record)
         await asyncio.shield(vote.closed)
         refresh()
+
+    async def _post_options(
+        self,
+        record: VoteRecord,
+        story_id: int,
+        channel: discord.abc.Messageable,
+        after: Target,
+        numbers: Collection[int] | None = None,
+    ) -> None:
+        """Post a vote's options (those in `numbers`, else all written ones) after
+        `after`, as the vote's state shows them."""
+        for candidate in record.candidates:
+            if candidate.part_id is None or (
+                numbers is not None and candidate.number not in numbers
+            ):
+                continue
+            view = await self.service.describe_part(candidate.part_id)
+            body = render.story_body(None, view.part.text)
+            for chunk, text in enumerate(render.split_text(body)):
+                shown = render.option(
+                    for_channel(channel), candidate.number, text, chunk, record.state
+                )
+                sent = await self._send(channel, shown, None, after)
+                await self.book.showing_candidate(
+                    sent.id,
+                    sent.channel.id,
+                    story_id=story_id,
+                    part_id=candidate.part_id,
+                    chunk=chunk,
+                    vote_state=record.state,
+                )
+                after = sent
 
     async def _show_ballot(self, message: Target, record: VoteRecord) -> None:
         numbers = [c.number for c in record.candidates if c.part_id is not None]
@@ -400,9 +413,25 @@ class Publisher:
         if channel is None:
             return
         view = await self.service.describe_vote(record.vote_id)
-        await self._show_ballot(self._partial(channel, record.message_id), view.record)
-        if view.record.state == "closed" and view.record.winner is not None:
-            winner = view.record.candidate(view.record.winner).part_id
+        ballot = self._partial(channel, record.message_id)
+        await self._show_ballot(ballot, view.record)
+        vote = view.record
+        if vote.state not in ("open", "closed"):
+            return
+        # Opened (or decided) while no task of this process followed it, e.g. its
+        # options were written while the last process stopped: options nobody saw
+        # are posted now, so a vote is never on options the channel cannot read.
+        unseen = [
+            c.number
+            for c in vote.candidates
+            if c.part_id is not None
+            and c.number != vote.winner
+            and not await self.book.of_part(c.part_id)
+        ]
+        if unseen:
+            await self._post_options(vote, view.story.id, channel, ballot, unseen)
+        if vote.state == "closed" and vote.winner is not None:
+            winner = vote.candidate(vote.winner).part_id
             if winner is not None and not await self.book.of_part(winner):
                 # Decided before its options were shown (one written, or a
                 # restart): the winner is posted as the story's part.

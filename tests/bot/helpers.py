@@ -101,8 +101,9 @@ def part_of(message: dict[str, Any]) -> int | None:
 
 def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
     """After everything has settled: every run ended; every message the database
-    links shows what the database says (its part with that part's buttons, or
-    its run's end with Retry where it can be retried); no bot message still says
+    links shows what the database says (its part with that part's buttons, a
+    vote's option without buttons, a ballot its vote's state, or its run's end
+    with Retry where it can be retried); no bot message still says
     "queued" or "writing…"; every part asked for in Discord, and not replaced by
     a reroll, is shown by exactly one message (its first chunk)."""
     with sqlite3.connect(db_path) as conn:
@@ -122,6 +123,7 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
                 "SELECT replaces_id FROM runs WHERE kind = 'reroll' AND state = 'done'"
             )
         }
+        votes = {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM votes")}
         asked = {
             r["part_id"]
             for r in conn.execute(
@@ -135,7 +137,21 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
     for row in rows:
         message = live.get(str(row["message_id"]))
         assert message is not None, f"message {row['message_id']} is linked but gone"
-        if row["part_id"] is not None:
+        if row["vote_id"] is not None:  # a ballot: the vote's state, no picks once over
+            state = votes[row["vote_id"]]
+            assert row["shows"] == f"vote:{row['vote_id']}:{state}", dict(row)
+            assert state in ("open", "closed", "failed"), dict(row)
+            if state != "open":
+                assert not buttons(message), message
+            continue
+        if row["part_id"] is not None and parts[row["part_id"]]["candidate"]:
+            # A vote's option it did not choose (or not yet): shown, never continued.
+            part = parts[row["part_id"]]
+            assert row["shows"].startswith(f"candidate:{part['id']}:{row['chunk']}:"), dict(row)
+            assert not buttons(message), message
+            if row["chunk"] == 0:
+                first_chunks.setdefault(part["id"], []).append(message["id"])
+        elif row["part_id"] is not None:
             part = parts[row["part_id"]]
             assert row["shows"] == f"part:{part['id']}:{row['chunk']}", dict(row)
             if row["chunk"] == 0:

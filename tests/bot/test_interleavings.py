@@ -2,13 +2,15 @@
 stories, in-process through the real discord.py client and the fake Discord.
 
 Each seed plays one sequence: /story, ➕ on any story message, Continue,
-Reroll, Cancel and Retry buttons, deleting a story from /mystories, /forgetme,
-a continue over HTTP, the generator held and released (so runs sit queued or
-half-written when the next action comes), a clean restart and a crash, with
-three members. After each sequence: every action got a visible answer, no
-HTTP answer was a 500, every run in the database ended (or was marked
-interrupted, with Retry in its message), every message shows what the
-database links it to, and no task, stream or publisher update is left waiting.
+Reroll, Cancel and Retry buttons, a vote and its ballots (votes last a second
+here, so they open and close within a sequence), deleting a story from
+/mystories, /forgetme, a continue over HTTP, the generator held and released
+(so runs sit queued or half-written when the next action comes), a clean
+restart and a crash, with three members. After each sequence: every action
+got a visible answer, no HTTP answer was a 500, every run in the database
+ended (or was marked interrupted, with Retry in its message), every message
+shows what the database links it to (a ballot its vote, an option its
+vote's state), and no task, stream or publisher update is left waiting.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ ACTIONS: list[tuple[float, Callable[[Sequence], Awaitable[None]]]] = [
     (1, delete),
     (0.5, forget),
     (1.5, http_continue),
+    (2, clicker("vote")),
+    (2, clicker("pick1")),
+    (2, clicker("pick2")),
     (2, hold),
     (1.5, release),
     (0.7, restart),
@@ -217,6 +222,10 @@ async def test_random_interleavings_leave_nothing_hanging(env: BotEnv, seed: int
     rng = random.Random(seed)
     seq = Sequence(env, rng, [fake.alice, fake.bob, fake.carol])
     weights = [w for w, _ in ACTIONS]
+    assert env.service is not None
+    guild = int(fake.server.guild_id)
+    await env.service.servers.guilds.update(guild, vote_seconds=1)  # shorter than admins may
+    await env.service.servers.forget_cached(guild)
     await start(seq)
     for _ in range(STEPS):
         (action,) = rng.choices([a for _, a in ACTIONS], weights)

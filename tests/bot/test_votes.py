@@ -126,3 +126,41 @@ async def test_a_plus_on_the_ballot_says_it_is_a_vote(env: BotEnv) -> None:
     assert (fake.carol.id, "➕") in votes["reactions_removed"]
     assert env.store is not None  # and her name was not kept: she wrote nothing
     assert await ShareStore(env.store).names([int(fake.carol.id)]) == {}
+
+
+async def test_options_a_vote_never_showed_are_posted_at_the_next_start(env: BotEnv) -> None:
+    """The vote opened, but its options could not be posted (here Discord refused
+    the first one; a crash at that moment does the same): after a restart the
+    options are posted, so nobody votes on options the channel cannot read."""
+    fake = env.fake
+    story = await start_story(env)
+    fake.server.inject(
+        "POST",
+        r"/channels/\d+/messages$",
+        403,
+        {"message": "Missing Permissions", "code": 50013},
+        when=lambda body: str(body.get("content", "")).startswith("**Option 1**"),
+    )
+    click = await fake.click(story, button(story, "Vote"), user=fake.alice)
+    await click.reply(lambda m: "votes on what happens next" in m["content"])
+    assert env.store is not None
+    await fake.wait_until(lambda: fake.server.faults[0].fired == 1, timeout=30)  # refused
+    assert options_shown(env) == []
+    await env.restart()
+    await fake.wait_until(lambda: len(options_shown(env)) == 3, timeout=30)
+    shown = options_shown(env)
+    assert [m["content"].split("\n")[0] for m in shown] == [
+        "**Option 1**",
+        "**Option 2**",
+        "**Option 3**",
+    ]
+    votes = ballot(env)
+    await fake.wait_until(
+        lambda: [b.split(":")[1] for b in buttons(votes)] == ["pick1", "pick2", "pick3"]
+    )
+    await (await fake.click(votes, button(votes, "3"), user=fake.bob)).deferred()
+    await (await fake.click(votes, button(votes, "3"), user=fake.carol)).deferred()
+    await (await fake.click(votes, button(votes, "1"), user=fake.alice)).deferred()
+    await fake.wait_until(lambda: "Option 3 won (2 of 3 votes)" in ballot(env)["content"])
+    await fake.wait_until(lambda: "story:continue" in str(buttons(shown[2])))
+    assert all("not chosen" in m["content"] for m in shown[:2])
