@@ -414,22 +414,24 @@ class Publisher:
             return
         view = await self.service.describe_vote(record.vote_id)
         ballot = self._partial(channel, record.message_id)
-        await self._show_ballot(ballot, view.record)
         vote = view.record
-        if vote.state not in ("open", "closed"):
-            return
-        # Opened (or decided) while no task of this process followed it, e.g. its
-        # options were written while the last process stopped: options nobody saw
-        # are posted now, so a vote is never on options the channel cannot read.
-        unseen = [
-            c.number
-            for c in vote.candidates
-            if c.part_id is not None
-            and c.number != vote.winner
-            and not await self.book.of_part(c.part_id)
-        ]
-        if unseen:
-            await self._post_options(vote, view.story.id, channel, ballot, unseen)
+        if vote.state in ("open", "closed") and record.shows.endswith(":writing"):
+            # Opened (or decided) while no task of this process followed it, e.g.
+            # its options were written while the last process stopped: options
+            # nobody saw are posted now, before the ballot (a refusal leaves the
+            # ballot stale, so the next sync tries again). Only while the ballot
+            # never showed the vote open: an option deleted in Discord since
+            # stays deleted.
+            unseen = [
+                c.number
+                for c in vote.candidates
+                if c.part_id is not None
+                and c.number != vote.winner
+                and not await self.book.of_part(c.part_id)
+            ]
+            if unseen:
+                await self._post_options(vote, view.story.id, channel, ballot, unseen)
+        await self._show_ballot(ballot, vote)
         if vote.state == "closed" and vote.winner is not None:
             winner = vote.candidate(vote.winner).part_id
             if winner is not None and not await self.book.of_part(winner):
@@ -618,6 +620,8 @@ class Publisher:
                 await self.book.forget(record.message_id)
             except NotFound:
                 continue  # deleted meanwhile: the next sync clears it
+            except discord.HTTPException as error:  # it stays stale: the next sync retries
+                log.warning("could not bring message %d up to date: %s", record.message_id, error)
         for part_id, linked in parts.items():
             try:
                 await self._sync_part(client, part_id, linked)

@@ -610,14 +610,20 @@ class Store:
     async def stale_messages(self, limit: int = 1000) -> list[MessageRecord]:
         """Messages that do not show what the database says they should. On a
         database several processes share, not those of a run another instance
-        is still writing: that process shows it."""
+        is still writing, nor the ballot of a vote it runs: that process shows
+        them."""
         theirs = (
             " AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.id = known.run_id"
             f" AND o.state IN {_UNFINISHED} AND o.owner IS NOT NULL AND o.owner <> ?)"
+            # ...nor the ballot of a vote another instance still runs (it posts
+            # the options, then shows the ballot open).
+            " AND NOT EXISTS (SELECT 1 FROM votes v JOIN vote_candidates c ON c.vote_id = v.id"
+            " JOIN runs o ON o.id = c.run_id WHERE v.id = known.vote_id"
+            " AND v.state IN ('writing', 'open') AND o.owner IS NOT NULL AND o.owner <> ?)"
             if self.shared
             else ""
         )
-        args = ((self.instance,) if self.shared else ()) + (limit,)
+        args = ((self.instance, self.instance) if self.shared else ()) + (limit,)
         rows = await self._all(
             f"SELECT * FROM ({_MESSAGES}) AS known WHERE wants <> shows{theirs}"
             " ORDER BY message_id LIMIT ?",

@@ -124,6 +124,13 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
             )
         }
         votes = {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM votes")}
+        option_of = {  # a vote's option (part) -> its vote's state
+            r["part_id"]: r["state"]
+            for r in conn.execute(
+                "SELECT r.part_id, v.state FROM runs r JOIN vote_candidates c ON c.run_id = r.id"
+                " JOIN votes v ON v.id = c.vote_id WHERE r.part_id IS NOT NULL"
+            )
+        }
         asked = {
             r["part_id"]
             for r in conn.execute(
@@ -147,7 +154,8 @@ def check_channel_agrees(fake: FakeDiscord, db_path: Path) -> None:
         if row["part_id"] is not None and parts[row["part_id"]]["candidate"]:
             # A vote's option it did not choose (or not yet): shown, never continued.
             part = parts[row["part_id"]]
-            assert row["shows"].startswith(f"candidate:{part['id']}:{row['chunk']}:"), dict(row)
+            wants = f"candidate:{part['id']}:{row['chunk']}:{option_of[part['id']]}"
+            assert row["shows"] == wants, dict(row)
             assert not buttons(message), message
             if row["chunk"] == 0:
                 first_chunks.setdefault(part["id"], []).append(message["id"])

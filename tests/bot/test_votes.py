@@ -3,6 +3,7 @@ Discord, the tiny model and a real database file."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from storage.shares import ShareStore
@@ -164,3 +165,54 @@ async def test_options_a_vote_never_showed_are_posted_at_the_next_start(env: Bot
     await fake.wait_until(lambda: "Option 3 won (2 of 3 votes)" in ballot(env)["content"])
     await fake.wait_until(lambda: "story:continue" in str(buttons(shown[2])))
     assert all("not chosen" in m["content"] for m in shown[:2])
+
+
+async def test_an_option_deleted_in_discord_is_not_posted_again(env: BotEnv) -> None:
+    """A moderator deletes an option while the vote is open: closing the vote
+    brings the rest up to date and leaves that one deleted."""
+    fake = env.fake
+    story = await start_story(env)
+    votes = await open_vote(env, story)
+    shown = options_shown(env)
+    await fake.delete(shown[1])
+
+    def linked(message_id: str) -> bool:
+        with sqlite3.connect(env.db_path) as conn:
+            query = "SELECT 1 FROM messages WHERE message_id = ?"
+            return conn.execute(query, (int(message_id),)).fetchone() is not None
+
+    await fake.wait_until(lambda: not linked(shown[1]["id"]))  # the bot saw it go
+    await (await fake.click(votes, button(votes, "3"), user=fake.bob)).deferred()
+    await (await fake.click(votes, button(votes, "3"), user=fake.carol)).deferred()
+    await (await fake.click(votes, button(votes, "1"), user=fake.alice)).deferred()
+    await fake.wait_until(lambda: "not chosen" in shown[0]["content"])
+    assert env.bot is not None
+    publisher = env.bot.publisher
+    await fake.wait_until(lambda: not publisher._tasks)  # every update is done
+    assert not [m for m in bot_messages(fake) if m["content"].startswith("-# Option 2")]
+
+
+async def test_options_refused_twice_are_posted_by_a_later_start(env: BotEnv) -> None:
+    """Discord refuses the options at the vote and again at the first restart:
+    the ballot is not shown open before its options are, so the next start
+    still posts them."""
+    fake = env.fake
+    story = await start_story(env)
+    fake.server.inject(
+        "POST",
+        r"/channels/\d+/messages$",
+        403,
+        {"message": "Missing Permissions", "code": 50013},
+        times=2,
+        when=lambda body: str(body.get("content", "")).startswith("**Option 1**"),
+    )
+    click = await fake.click(story, button(story, "Vote"), user=fake.alice)
+    await click.reply(lambda m: "votes on what happens next" in m["content"])
+    await fake.wait_until(lambda: fake.server.faults[0].fired == 1, timeout=30)
+    await env.restart()
+    await fake.wait_until(lambda: fake.server.faults[0].fired == 2, timeout=30)
+    assert not buttons(ballot(env))  # not open to ballots on options nobody sees
+    await env.restart()
+    await fake.wait_until(lambda: len(options_shown(env)) == 3, timeout=30)
+    votes = ballot(env)
+    await fake.wait_until(lambda: len(buttons(votes)) == 3)
