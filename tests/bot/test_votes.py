@@ -32,6 +32,21 @@ async def open_vote(env: BotEnv, story: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+async def vote_with_option_one_refused(env: BotEnv, story: dict[str, Any], times: int) -> None:
+    """Start a vote whose first option Discord refuses to post (`times` times)."""
+    fake = env.fake
+    fake.server.inject(
+        "POST",
+        r"/channels/\d+/messages$",
+        403,
+        {"message": "Missing Permissions", "code": 50013},
+        times=times,
+        when=lambda body: str(body.get("content", "")).startswith("**Option 1**"),
+    )
+    click = await fake.click(story, button(story, "Vote"), user=fake.alice)
+    await click.reply(lambda m: "votes on what happens next" in m["content"])
+
+
 async def test_three_members_vote_and_the_majority_s_option_continues(env: BotEnv) -> None:
     fake = env.fake
     story = await start_story(env)
@@ -135,15 +150,7 @@ async def test_options_a_vote_never_showed_are_posted_at_the_next_start(env: Bot
     options are posted, so nobody votes on options the channel cannot read."""
     fake = env.fake
     story = await start_story(env)
-    fake.server.inject(
-        "POST",
-        r"/channels/\d+/messages$",
-        403,
-        {"message": "Missing Permissions", "code": 50013},
-        when=lambda body: str(body.get("content", "")).startswith("**Option 1**"),
-    )
-    click = await fake.click(story, button(story, "Vote"), user=fake.alice)
-    await click.reply(lambda m: "votes on what happens next" in m["content"])
+    await vote_with_option_one_refused(env, story, times=1)
     assert env.store is not None
     await fake.wait_until(lambda: fake.server.faults[0].fired == 1, timeout=30)  # refused
     assert options_shown(env) == []
@@ -198,16 +205,7 @@ async def test_options_refused_twice_are_posted_by_a_later_start(env: BotEnv) ->
     still posts them."""
     fake = env.fake
     story = await start_story(env)
-    fake.server.inject(
-        "POST",
-        r"/channels/\d+/messages$",
-        403,
-        {"message": "Missing Permissions", "code": 50013},
-        times=2,
-        when=lambda body: str(body.get("content", "")).startswith("**Option 1**"),
-    )
-    click = await fake.click(story, button(story, "Vote"), user=fake.alice)
-    await click.reply(lambda m: "votes on what happens next" in m["content"])
+    await vote_with_option_one_refused(env, story, times=2)
     await fake.wait_until(lambda: fake.server.faults[0].fired == 1, timeout=30)
     await env.restart()
     await fake.wait_until(lambda: fake.server.faults[0].fired == 2, timeout=30)
