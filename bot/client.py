@@ -148,6 +148,9 @@ class StoryBot(discord.AutoShardedClient):
             retry_base_s=retry_base_s,
             budget=self.budget,
         )
+        # A vote resumed after a restart and closed on its timer has no message
+        # task of ours: its ballot and options are brought up to date by a sync.
+        service.votes.on_unfollowed_decision = lambda _: self.publisher.sync_soon(self)
         self._max_concurrency = 1
         self._identified_at: dict[int, float] = {}  # max_concurrency bucket -> when
         self.handlers = Handlers(

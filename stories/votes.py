@@ -85,6 +85,10 @@ class Votes:
         self.store = store
         self._votes: dict[int, Vote] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told of a vote decided that nobody in this process follows (one resumed
+        # after a restart, closing on its timer): the front-end brings its
+        # messages up to date. Must not raise.
+        self.on_unfollowed_decision: Callable[[VoteRecord], None] | None = None
 
     def running(self, vote_id: int) -> Vote | None:
         return self._votes.get(vote_id)
@@ -217,6 +221,8 @@ class Votes:
                 vote.opened.set_result(record)
             if not vote.closed.done():
                 vote.closed.set_result(record)
+        elif self.on_unfollowed_decision is not None:
+            self.on_unfollowed_decision(record)
         log.info(
             "vote %d on story %d %s",
             vote_id,

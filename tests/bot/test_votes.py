@@ -214,3 +214,22 @@ async def test_options_refused_twice_are_posted_by_a_later_start(env: BotEnv) ->
     await fake.wait_until(lambda: len(options_shown(env)) == 3, timeout=30)
     votes = ballot(env)
     await fake.wait_until(lambda: len(buttons(votes)) == 3)
+
+
+async def test_a_vote_resumed_after_a_restart_closes_in_the_channel(env: BotEnv) -> None:
+    """The vote outlives a restart and closes on its timer in the new process,
+    where no task follows its messages: the ballot and options still say how
+    it ended, and the first option continues the story."""
+    fake = env.fake
+    assert env.service is not None
+    guild = int(fake.server.guild_id)
+    await env.service.servers.guilds.update(guild, vote_seconds=20)  # outlasts the restart
+    await env.service.servers.forget_cached(guild)
+    story = await start_story(env)
+    votes = await open_vote(env, story)
+    shown = options_shown(env)
+    await env.restart()
+    await fake.wait_until(lambda: "Nobody voted: option 1" in votes["content"], timeout=40)
+    assert not buttons(votes)
+    await fake.wait_until(lambda: "story:continue" in str(buttons(shown[0])))
+    assert all("not chosen" in m["content"] for m in shown[1:])
