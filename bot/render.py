@@ -134,8 +134,8 @@ def ballot(t: Messages, tally: dict[int, int], numbers: list[int], closes_at: fl
     closes = t._("closes {when}", when=f"<t:{int(closes_at)}:R>") if closes_at else t._("open")
     return (
         t._(
-            "🗳️ **What happens next?** Read the options above and vote below "
-            "(you can change your vote until it closes)."
+            "🗳️ **What happens next?** Read the options below and vote with these "
+            "buttons (you can change your vote until it closes)."
         )
         + f"\n-# {counts} · {ballots} · {closes}"
     )
