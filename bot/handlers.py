@@ -589,9 +589,8 @@ class Handlers:
     ) -> Started:
         if part_id is not None:
             return await self.service.continue_from(part_id, who, announce=announce)
-        if run_id is not None:
-            return await self.service.continue_after_run(run_id, who, announce=announce)
-        raise NothingToContinue(NOTHING_HERE)  # shows_no_part refused it already
+        assert run_id is not None  # shows_no_part refused a message with neither
+        return await self.service.continue_after_run(run_id, who, announce=announce)
 
     @_tracked
     async def on_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

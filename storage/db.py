@@ -303,7 +303,7 @@ class SQLiteDatabase(Database):
             # Foreign keys off while a file runs (they cannot change inside a
             # transaction): a table built again, as SQLite's documented way to
             # change one goes, is dropped without cascading to the rows that
-            # point at it. Every reference is checked before the commit instead.
+            # point at it. A reference the file breaks is found before the commit.
             await self.conn.execute("PRAGMA foreign_keys = OFF")
             try:
                 before = await self._broken_references()

@@ -136,16 +136,20 @@ CREATE INDEX votes_unfinished ON votes (state) WHERE state IN ('writing', 'open'
 -- start above those ids too ('part:12:0', 'run:7:queued', 'vote:3:open').
 INSERT INTO sqlite_sequence (name, seq)
 SELECT t.name, 0
-FROM (SELECT 'stories' AS name UNION ALL SELECT 'parts' UNION ALL SELECT 'runs'
-      UNION ALL SELECT 'votes') AS t
+FROM (SELECT 'parts' AS name UNION ALL SELECT 'runs' UNION ALL SELECT 'votes') AS t
 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence AS s WHERE s.name = t.name);
 UPDATE sqlite_sequence
 SET seq = MAX(seq, COALESCE((
-    SELECT MAX(CAST(substr(m.shows, instr(m.shows, ':') + 1) AS INTEGER))
-    FROM messages AS m
-    WHERE substr(m.shows, 1, instr(m.shows, ':') - 1) IN (
-        CASE sqlite_sequence.name WHEN 'parts' THEN 'part' WHEN 'runs' THEN 'run'
-                                  WHEN 'votes' THEN 'vote' END,
-        CASE sqlite_sequence.name WHEN 'parts' THEN 'hidden' END,
-        CASE sqlite_sequence.name WHEN 'parts' THEN 'candidate' END)
-), 0));
+    SELECT MAX(CAST(substr(shows, instr(shows, ':') + 1) AS INTEGER)) FROM messages
+    WHERE shows LIKE 'part:%' OR shows LIKE 'hidden:%' OR shows LIKE 'candidate:%'), 0))
+WHERE name = 'parts';
+UPDATE sqlite_sequence
+SET seq = MAX(seq, COALESCE((
+    SELECT MAX(CAST(substr(shows, instr(shows, ':') + 1) AS INTEGER)) FROM messages
+    WHERE shows LIKE 'run:%'), 0))
+WHERE name = 'runs';
+UPDATE sqlite_sequence
+SET seq = MAX(seq, COALESCE((
+    SELECT MAX(CAST(substr(shows, instr(shows, ':') + 1) AS INTEGER)) FROM messages
+    WHERE shows LIKE 'vote:%'), 0))
+WHERE name = 'votes';
