@@ -71,6 +71,7 @@ def make_pool(
                 model_dir,
                 allow_spinning=settings.onnx_allow_spinning,
                 spin_us=settings.onnx_spin_us,
+                small_batch_graph=settings.onnx_small_batch_graph,
                 **options,  # type: ignore[arg-type]
             )
         from generation.torch_backend import TransformersBackend

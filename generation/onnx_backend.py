@@ -47,19 +47,28 @@ TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
 PREFILL_TOKENS = 512
 PREFILL_BUCKET = 16  # a prefill's width is rounded up to a multiple of this
 SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
+# Steps of at most this many rows run on int8's small-batch graph (the blocks'
+# matmuls in 8-bit blocks): 10-15 % faster at one or two rows, slower from four.
+SMALL_ROWS = 2
 
-# Bump when the graph changes (4: the output head in 8-bit blocks, the
-# embeddings looked up outside the graph).
-EXPORT_VERSION = 4
+# Bump when the graphs change (5: int8's small-batch graph; 4: the output head
+# in 8-bit blocks, the embeddings looked up outside the graph).
+EXPORT_VERSION = 5
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
     return model_dir / "onnx" / f"model-{precision}.onnx"
 
 
+def small_path(model_dir: Path, precision: str) -> Path | None:
+    """int8's graph for steps of one or two rows (None for other precisions)."""
+    return model_dir / "onnx" / "model-int8-small.onnx" if precision == "int8" else None
+
+
 def _products(model_dir: Path, precision: str) -> list[Path]:
-    """What a conversion writes: the graph and the embedding tables."""
-    return [onnx_path(model_dir, precision)] + [
+    """What a conversion writes: the graphs and the embedding tables."""
+    small = small_path(model_dir, precision)
+    return [onnx_path(model_dir, precision), *([small] if small else [])] + [
         model_dir / "onnx" / name for name in embedding_files(precision)
     ]
 
@@ -103,7 +112,10 @@ def convert(
     try:
         started = time.monotonic()
         say(f"converting {model_dir} to ONNX ({precision}); this happens once ...")
-        build_graph(model_dir, precision, staging / target.name)  # and the embeddings
+        small = small_path(model_dir, precision)
+        build_graph(  # and the embeddings
+            model_dir, precision, staging / target.name, small and staging / small.name
+        )
         weights = model_dir / "model.safetensors"
         meta = {
             "version": EXPORT_VERSION,
@@ -166,6 +178,9 @@ class OnnxStepModel:
     binding): a step writes each row's embedding and a few integers and reads
     back the logits, and nothing of the cache is copied. Rows are compacted when some finish.
     States are used at most once: each call returns the state to use next.
+
+    `small_session`, where there is one, runs the steps of at most `small_rows`
+    rows (int8's small-batch graph); both graphs read and write the same cache.
     """
 
     def __init__(
@@ -177,11 +192,15 @@ class OnnxStepModel:
         context: int,
         max_rows: int,
         embeddings: Embeddings,
+        small_session: Any = None,
+        small_rows: int = SMALL_ROWS,
     ) -> None:
         import onnxruntime as ort
 
         self._ort = ort
         self.session = session
+        self.small_session = small_session
+        self.small_rows = small_rows if small_session is not None else 0
         self.embeddings = embeddings
         self.layers, self.heads, self.head_dim = layers, heads, head_dim
         self.context, self.max_rows = context, max_rows
@@ -206,10 +225,10 @@ class OnnxStepModel:
         self._last_top: npt.NDArray[np.int64] | None = None
 
     # ------------------------------------------------------------------ running
-    def _binding(self, start: int, rows: int, width: int) -> _Binding:
+    def _binding(self, start: int, rows: int, width: int, session: Any = None) -> _Binding:
         if start + rows > self.max_rows:
             raise RuntimeError(f"{start + rows} rows do not fit the cache's {self.max_rows}")
-        return _Binding(self, start, rows, width)
+        return _Binding(self, session or self.session, start, rows, width)
 
     def _run(self, bound: _Binding) -> Logits:
         rows = bound.rows
@@ -225,7 +244,7 @@ class OnnxStepModel:
             self._tops[(max(k, 1), self._flip)] = top
         bound.bind_outputs(logits, top[:rows])
         self.embeddings.look_up(bound.ids, bound.pos, bound.embeds)
-        self.session.run_with_iobinding(bound.binding)
+        bound.session.run_with_iobinding(bound.binding)
         self.forward_calls += 1
         self._last_top = top[:rows] if k else None
         return logits
@@ -234,8 +253,9 @@ class OnnxStepModel:
         """One short prompt and one step, at load: ONNX Runtime's first run sets
         up its threads and memory, which the first story's first token would
         otherwise wait for. The cache rows are handed back after."""
-        state, _ = self.prefill([[0] * PREFILL_BUCKET])
-        state, _ = self.step(state, [0])
+        state, _ = self.prefill([[0] * PREFILL_BUCKET] * min(2, self.max_rows))
+        state, _ = self.step(state, [0] * len(state.lengths))
+        state, _ = self.step(self.select(state, [0]), [0])  # one row: the small graph's too
         self.select(state, [])
         self.forward_calls = 0
 
@@ -337,7 +357,10 @@ class OnnxStepModel:
         rows = len(lengths)
         bound = self._steps.get(rows)
         if bound is None:
-            bound = self._steps[rows] = self._binding(0, rows, 1)
+            small = rows <= self.small_rows
+            bound = self._steps[rows] = self._binding(
+                0, rows, 1, self.small_session if small else None
+            )
             bound.last[:] = np.arange(rows)
         bound.ids[:, 0] = tokens
         bound.pos[:, 0] = lengths
@@ -391,10 +414,13 @@ class _Binding:
     [start, start + rows) serve as both past and present, and the small inputs
     are arrays written in place before each run."""
 
-    def __init__(self, model: OnnxStepModel, start: int, rows: int, width: int) -> None:
+    def __init__(
+        self, model: OnnxStepModel, session: Any, start: int, rows: int, width: int
+    ) -> None:
         ort = model._ort
         self.rows = rows
-        self.binding = model.session.io_binding()
+        self.session = session
+        self.binding = session.io_binding()
         for layer in range(model.layers):
             for index, kind in enumerate(("key", "value")):
                 view = ort.OrtValue.ortvalue_from_numpy(
@@ -435,7 +461,12 @@ class _Binding:
 
 
 class OnnxBackend(LocalBackend):
-    """GPT-2 on ONNX Runtime; converts the model folder on first use."""
+    """GPT-2 on ONNX Runtime; converts the model folder on first use.
+
+    int8 loads two graphs of the same weights (`small_batch_graph`): one for
+    prompts and for steps of three rows or more, one for steps of one or two
+    rows, where it is 10-15 % faster; False keeps to the first and saves the
+    second's memory (about 125 MB for GPT-2 small)."""
 
     steps: OnnxStepModel
 
@@ -448,6 +479,7 @@ class OnnxBackend(LocalBackend):
         precision: str = "int8",
         allow_spinning: bool = True,
         spin_us: int = SPIN_US,
+        small_batch_graph: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -473,10 +505,18 @@ class OnnxBackend(LocalBackend):
         )
         if allow_spinning and spin_us > 0:
             options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise ModelLoadError(f"ONNX model {path} could not be loaded: {error}") from error
+        small = small_path(model_dir, precision) if small_batch_graph else None
+        sessions = []
+        for graph in (path, small):
+            if graph is None:
+                continue
+            try:
+                sessions.append(
+                    ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+                )
+            except Exception as error:
+                raise ModelLoadError(f"ONNX model {graph} could not be loaded: {error}") from error
+        session, small_session = sessions[0], (sessions[1] if small else None)
         try:
             embeddings = Embeddings(path.parent, precision)
         except (OSError, ValueError) as error:
@@ -499,9 +539,16 @@ class OnnxBackend(LocalBackend):
             self.context_size,
             max_batch_size,
             embeddings=embeddings,
+            small_session=small_session,
         )
         self.steps.warm_up()
-        log.info("loaded %s from %s on ONNX Runtime (%s)", self.model_id, path, precision)
+        log.info(
+            "loaded %s from %s on ONNX Runtime (%s%s)",
+            self.model_id,
+            path,
+            precision,
+            ", with the small-batch graph" if small else "",
+        )
 
     def close(self) -> None:
-        self.steps.session = None
+        self.steps.session = self.steps.small_session = None

@@ -28,10 +28,13 @@ Weights, by precision:
   head (tied to the embedding in GPT-2, 39 M of the 124 M weights, read every
   step) is MatMulNBits with 8-bit weights in blocks of 256 along the input and
   int8 activations (accuracy level 4), which reads them at the memory's pace
-  (about 1.2 ms a step where DynamicQuantizeMatMul took 1.7). For the blocks'
-  matmuls MatMulNBits was faster only at one or two rows and slower from four
-  rows on and for prompts (about 1.5x at 96 tokens), and keeping both kernels'
-  weights cost 90-130 MB: bench/RESULTS.md.
+  (about 1.2 ms a step where DynamicQuantizeMatMul took 1.7).
+  For the blocks' matmuls MatMulNBits is faster at one or two rows (a whole
+  step 10-15 % faster) but slower from four rows on and for prompts (about
+  1.5x at 96 tokens), so int8 also has a second graph, `small=True`: the same
+  weights with the blocks' matmuls in 8-bit blocks too, which the backend
+  steps with while one or two stories are running (bench/RESULTS.md; it costs
+  the memory of a second copy of the weights, about 125 MB).
 - int4 (an option, below the quality bar: README): the blocks' matmuls are
   MatMulNBits, 4-bit weights in blocks of 32 with int8 activations (accuracy
   level 4); the output head is int8 as above.
@@ -172,19 +175,39 @@ class _Builder:
         return outputs
 
 
-def build_graph(model_dir: Path, precision: str, target: Path) -> None:
+def build_graph(
+    model_dir: Path, precision: str, target: Path, small_target: Path | None = None
+) -> None:
     """Write the decoding-step graph for the model folder at `target`, and its
-    embedding tables beside it (`write_embeddings`)."""
-    from onnx import TensorProto, helper, save_model
+    embedding tables beside it (`write_embeddings`); for int8, also the graph
+    for one or two rows at `small_target` (the blocks' matmuls in 8-bit blocks)."""
+    from onnx import save_model
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
+    if small_target is not None and precision != "int8":
+        raise ValueError("only int8 has a graph for small batches")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    w = read_weights(model_dir)
+    write_embeddings(w, precision, target.parent)
+    save_model(_graph(w, config, precision), str(target))
+    if small_target is not None:
+        save_model(_graph(w, config, precision, small=True), str(small_target))
+
+
+def _graph(
+    w: dict[str, npt.NDArray[np.float32]],
+    config: dict[str, Any],
+    precision: str,
+    small: bool = False,
+) -> Any:
+    """The step graph as an ONNX model; `small`: int8 with the blocks' matmuls
+    in 8-bit blocks (MatMulNBits), the faster kernel for one or two rows."""
+    from onnx import TensorProto, helper
+
     layers, heads, width = int(config["n_layer"]), int(config["n_head"]), int(config["n_embd"])
     head_dim = width // heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
-    w = read_weights(model_dir)
-    write_embeddings(w, precision, target.parent)
     vocab = w["wte.weight"].shape[0]
     g = _Builder()
 
@@ -230,11 +253,11 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
             if with_bias:
                 (y,) = g.node("Add", [y, g.const(f"{prefix}.b", bias)])
             return y
-        if precision == "int4":
-            out = blocked(x, prefix, weight.T, 4, bias if with_bias else None)
+        if precision == "int4" or small:
+            out = blocked(x, prefix, weight.T, 8 if small else 4, bias if with_bias else None)
             if out is not None:
                 return out
-        q, scale = quantize_columns(weight)  # int8 (and int4 where no block size fits)
+        q, scale = quantize_columns(weight)  # int8 (also where no block size fits)
         inputs = [x, g.const(f"{prefix}.wq", q), g.const(f"{prefix}.ws", scale), ""]
         if with_bias:
             inputs.append(g.const(f"{prefix}.b", bias))
@@ -358,4 +381,4 @@ def build_graph(model_dir: Path, precision: str, target: Path) -> None:
         producer_name="storybot",
     )
     model.ir_version = 9
-    save_model(model, str(target))
+    return model

@@ -15,7 +15,7 @@ import torch
 
 from generation.decode_loop import fill_holes, greedy_tokens
 from generation.modelfiles import load_causal_lm
-from generation.onnx_backend import OnnxBackend, convert, onnx_path
+from generation.onnx_backend import SMALL_ROWS, OnnxBackend, convert, onnx_path
 from generation.pool import GenerationPool
 from generation.tiny import corpus
 from generation.torch_backend import TransformersBackend
@@ -65,35 +65,67 @@ def test_a_missing_embedding_table_is_written_again(model_copy: Path) -> None:
     assert backend.steps.embeddings.tokens.dtype == np.int8
 
 
-def _teacher_forced(model_dir: Path, precision: str) -> tuple[float, float]:
+def _teacher_forced(model_dir: Path, precision: str, rows: int = 1) -> tuple[float, float]:
     """Top-1 agreement with fp32 torch and the perplexity ratio, teacher-forced
-    through the graph's own KV cache (prefill, then one step per token)."""
+    through the graph's own KV cache (prefill, then one step per token), with
+    the text in `rows` rows at once (int8 steps one or two rows on its
+    small-batch graph, more on its main one); row 0 is compared."""
     model, tokenizer = load_causal_lm(model_dir)
-    steps = OnnxBackend(model_dir, threads=1, precision=precision).steps
+    steps = OnnxBackend(model_dir, threads=1, precision=precision, max_batch_size=rows).steps
     held_out = " ".join(corpus(sentences=300, seed=1234))
     ids = tokenizer.encode(held_out)[:600]
     with torch.inference_mode():
         reference = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1).numpy()
     agree, nll_fp32, nll_ours = 0, 0.0, 0.0
     count = min(len(ids) - 1, 300)
-    state, logits = steps.prefill([ids[:1]])
+    state, logits = steps.prefill([ids[:1]] * rows)
     for t in range(count):
         if t:
-            state, logits = steps.step(state, [ids[t]])
+            state, logits = steps.step(state, [ids[t]] * rows)
         row = logits[0].astype(np.float64)
         logprobs = row - row.max() - np.log(np.exp(row - row.max()).sum())
         agree += int(np.argmax(row) == np.argmax(reference[t]))
         nll_ours -= logprobs[ids[t + 1]]
         nll_fp32 -= reference[t][ids[t + 1]]
     assert math.exp(nll_fp32 / count) < 20, "the tiny model should have learned its corpus"
+    small = rows <= SMALL_ROWS and precision == "int8"
+    assert (steps._steps[rows].session is steps.small_session) == small
     return agree / count, math.exp((nll_ours - nll_fp32) / count)
 
 
-def test_int8_keeps_quality_on_a_trained_model(model_copy: Path) -> None:
-    """The default precision: top-1 agreement >= 97 % and perplexity within 2 %."""
-    agreement, ppl_ratio = _teacher_forced(model_copy, "int8")
+@pytest.mark.parametrize("rows", [1, 3], ids=["small-batch graph", "main graph"])
+def test_int8_keeps_quality_on_a_trained_model(model_copy: Path, rows: int) -> None:
+    """The default precision: top-1 agreement >= 97 % and perplexity within 2 %,
+    on both of its graphs."""
+    agreement, ppl_ratio = _teacher_forced(model_copy, "int8", rows)
+    print(f"int8, {rows} row(s): agreement {agreement:.3f}, perplexity ratio {ppl_ratio:.4f}")
     assert agreement >= 0.97, agreement
     assert abs(ppl_ratio - 1) <= 0.02, ppl_ratio
+
+
+def test_the_small_batch_graph_steps_one_or_two_rows(model_copy: Path) -> None:
+    """int8 steps one or two rows on its small-batch graph and more on the main
+    one, all in the one KV cache: a row's tokens do not depend on which graph
+    ran, beyond int8's rounding (greedy tokens alone and beside others agree),
+    and without the second graph nothing of it is loaded."""
+    backend = OnnxBackend(model_copy, threads=1, max_batch_size=4)
+    steps = backend.steps
+    assert steps.small_session is not None and steps.small_rows == SMALL_ROWS == 2
+    rows = [backend.encode(p) for p in ("The detective walked into", "Ada", "A red door.")]
+    alone = [greedy_tokens(steps, [row], 20)[0] for row in rows]
+    together = greedy_tokens(steps, rows, 20)
+    assert {n: steps._steps[n].session for n in (1, 3)} == {
+        1: steps.small_session,
+        3: steps.session,
+    }
+    agree = sum(
+        a == b for x, y in zip(alone, together, strict=True) for a, b in zip(x, y, strict=True)
+    )
+    assert agree >= 0.9 * 60, (alone, together)
+    plain = OnnxBackend(model_copy, threads=1, max_batch_size=4, small_batch_graph=False)
+    assert plain.steps.small_session is None
+    assert greedy_tokens(plain.steps, [rows[0]], 20)[0][:5] == alone[0][:5]
+    assert plain.steps._steps[1].session is plain.steps.session
 
 
 def test_int4_is_close_but_below_the_bar(model_copy: Path) -> None:
