@@ -51,9 +51,10 @@ SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see O
 # matmuls in 8-bit blocks): 10-15 % faster at one or two rows, slower from four.
 SMALL_ROWS = 2
 
-# Bump when the graphs change (5: int8's small-batch graph; 4: the output head
-# in 8-bit blocks, the embeddings looked up outside the graph).
-EXPORT_VERSION = 5
+# Bump when the graphs change (6: Add + LayerNormalization, not
+# SkipLayerNormalization; 5: int8's small-batch graph; 4: the output head in
+# 8-bit blocks, the embeddings looked up outside the graph).
+EXPORT_VERSION = 6
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -250,9 +251,10 @@ class OnnxStepModel:
         return logits
 
     def warm_up(self) -> None:
-        """One short prompt and one step, at load: ONNX Runtime's first run sets
-        up its threads and memory, which the first story's first token would
-        otherwise wait for. The cache rows are handed back after."""
+        """A short prompt in two rows, then a step of two rows and one of one, at
+        load: ONNX Runtime's first run of each graph and shape sets up its
+        threads and memory, which the first story's first token would otherwise
+        wait for. The cache rows are handed back after."""
         state, _ = self.prefill([[0] * PREFILL_BUCKET] * min(2, self.max_rows))
         state, _ = self.step(state, [0] * len(state.lengths))
         state, _ = self.step(self.select(state, [0]), [0])  # one row: the small graph's too

@@ -3,11 +3,14 @@
 Why by hand and not exported from torch: the exported graph had about 1,500
 nodes (shape arithmetic, mask building, a concatenation that copied the whole
 KV cache every step), so a batch-1 step cost about 10 ms where reading the
-int8 weights needs about 5. This graph has about ten nodes a layer, all of them
-ONNX Runtime's fused CPU kernels:
+int8 weights needs about 5. This graph has about ten nodes a layer, most of
+them ONNX Runtime's fused CPU kernels:
 
-    LayerNorm / SkipLayerNorm -> QKV matmul -> GroupQueryAttention
-    -> output matmul -> SkipLayerNorm -> matmul + FastGelu -> matmul
+    (Add +) LayerNorm -> QKV matmul -> GroupQueryAttention
+    -> output matmul -> Add + LayerNorm -> matmul + FastGelu -> matmul
+
+(The residual's Add and the layer norm stay two nodes: ONNX Runtime's fused
+SkipLayerNormalization is several times slower on the CPU, see `skip_norm`.)
 
 GroupQueryAttention (with as many KV heads as query heads: GPT-2's plain
 attention) reads and writes the KV cache in place: `past_*` and `present_*`
@@ -264,6 +267,24 @@ def _graph(
         (y,) = g.node("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
         return y
 
+    def skip_norm(x: str, residual: str, prefix: str) -> tuple[str, str]:
+        """(layer_norm(x + residual), x + residual). An Add and a
+        LayerNormalization, not ONNX Runtime's SkipLayerNormalization: on the
+        CPU that kernel took 5-8x as long (62 against 10 us at 16 rows, 522
+        against 63 at 96), and nothing fuses the pair back on the CPU."""
+        (total,) = g.node("Add", [x, residual])
+        (y,) = g.node(
+            "LayerNormalization",
+            [
+                total,
+                g.const(f"{prefix}.g", w[f"{prefix}.weight"]),
+                g.const(f"{prefix}.b", w[f"{prefix}.bias"]),
+            ],
+            axis=-1,
+            epsilon=eps,
+        )
+        return y, total
+
     # The embeddings (token rows + position rows) come in as `inputs_embeds`:
     # they are looked up outside the graph (`write_embeddings`).
     wte = w["wte.weight"]
@@ -284,18 +305,7 @@ def _graph(
     for i in range(layers):
         p = f"h.{i}"
         if i > 0:  # the previous block's MLP output joins the residual, then ln_1
-            x, _, _, residual = g.node(
-                "SkipLayerNormalization",
-                [
-                    mlp_out,
-                    residual,
-                    g.const(f"{p}.ln_1.g", w[f"{p}.ln_1.weight"]),
-                    g.const(f"{p}.ln_1.b", w[f"{p}.ln_1.bias"]),
-                ],
-                4,
-                domain=MS_DOMAIN,
-                epsilon=eps,
-            )
+            x, residual = skip_norm(mlp_out, residual, f"{p}.ln_1")
         qkv = linear(x, f"{p}.attn.c_attn")
         (attn,) = g.node(
             "GroupQueryAttention",
@@ -307,18 +317,7 @@ def _graph(
         )[:1]
         presents += [f"present_key_{i}", f"present_value_{i}"]
         proj = linear(attn, f"{p}.attn.c_proj")
-        x, _, _, residual = g.node(
-            "SkipLayerNormalization",
-            [
-                proj,
-                residual,
-                g.const(f"{p}.ln_2.g", w[f"{p}.ln_2.weight"]),
-                g.const(f"{p}.ln_2.b", w[f"{p}.ln_2.bias"]),
-            ],
-            4,
-            domain=MS_DOMAIN,
-            epsilon=eps,
-        )
+        x, residual = skip_norm(proj, residual, f"{p}.ln_2")
         (hidden,) = g.node(
             "FastGelu",
             [
@@ -328,16 +327,13 @@ def _graph(
             domain=MS_DOMAIN,
         )
         mlp_out = linear(hidden, f"{p}.mlp.c_proj")
-    final, _, _, _ = g.node(
-        "SkipLayerNormalization",
-        [mlp_out, residual, g.const("ln_f.g", w["ln_f.weight"]), g.const("ln_f.b", w["ln_f.bias"])],
-        4,
-        domain=MS_DOMAIN,
-        epsilon=eps,
+    # Only each row's last position goes on to the final layer norm and the head.
+    flat_shape = g.const("flat_shape", np.array([-1, width], np.int64))
+    mlp_last, residual_last = (
+        g.node("Gather", [g.node("Reshape", [y, flat_shape])[0], "last_index"])[0]
+        for y in (mlp_out, residual)
     )
-    # Only each row's last position goes on to the output head.
-    (flat,) = g.node("Reshape", [final, g.const("flat_shape", np.array([-1, width], np.int64))])
-    (last,) = g.node("Gather", [flat, "last_index"])
+    last, _ = skip_norm(mlp_last, residual_last, "ln_f")
     if precision == "fp32":
         g.node("Gemm", [last, g.const("wte", wte)], ["logits"], transB=1)
     else:
