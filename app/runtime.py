@@ -152,6 +152,7 @@ def make_model_pools(
             backend=settings.backend,
             precision=settings.precision,
             max_batch=settings.max_batch_size,
+            small_batch_graph=settings.onnx_small_batch_graph,
         )
 
     return ModelPools(

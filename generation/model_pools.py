@@ -32,15 +32,24 @@ class _Loaded:
 
 
 def model_memory_mb(
-    model_dir: Path, *, backend: str = "onnx", precision: str = "int8", max_batch: int = 8
+    model_dir: Path,
+    *,
+    backend: str = "onnx",
+    precision: str = "int8",
+    max_batch: int = 8,
+    small_batch_graph: bool = True,
 ) -> float:
-    """What a loaded model may hold: its weights as the backend loads them, plus
-    the KV cache of a full batch at full context (GPT-2 small, int8, batch 8:
-    164 + 604 MB), plus its share of runtime buffers."""
+    """What a loaded model may hold: its weights as the backend loads them (on
+    ONNX int8, both graphs unless `small_batch_graph` is off), plus the KV cache
+    of a full batch at full context (GPT-2 small, int8, batch 8: 251 + 604 MB),
+    plus its share of runtime buffers."""
     weights = 0.0
     graph = model_dir / "onnx" / f"model-{precision}.onnx"
     if backend == "onnx" and graph.is_file():
-        weights = graph.stat().st_size / 1e6
+        graphs = [graph]
+        if small_batch_graph and precision == "int8":
+            graphs.append(model_dir / "onnx" / "model-int8-small.onnx")
+        weights = sum(g.stat().st_size for g in graphs if g.is_file()) / 1e6
     elif (model_dir / "model.safetensors").is_file():
         weights = (model_dir / "model.safetensors").stat().st_size / 1e6
         weights /= 4 if precision == "int8" else 1

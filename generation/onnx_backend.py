@@ -6,8 +6,9 @@ its fp32 graph gives the reference's greedy tokens exactly (a test). Figures:
 bench/RESULTS.md.
 
 Conversion from a Hugging Face model folder is automatic and cached in
-`<model>/onnx/`: one graph for the prompt and for each step, written node by
-node from the weights (generation/onnx_graph.py), and the embedding tables,
+`<model>/onnx/`: one graph for the prompt and for each step (int8 has a second
+one for steps of one or two rows), written node by node from the weights
+(generation/onnx_graph.py), and the embedding tables,
 looked up here from memory-mapped files (`Embeddings`). The KV cache lives in
 buffers allocated once and updated in place by the graph; inputs and outputs
 are bound to arrays (I/O binding), so a step copies nothing of the cache: it
@@ -251,13 +252,15 @@ class OnnxStepModel:
         return logits
 
     def warm_up(self) -> None:
-        """A short prompt in two rows, then a step of two rows and one of one, at
-        load: ONNX Runtime's first run of each graph and shape sets up its
-        threads and memory, which the first story's first token would otherwise
-        wait for. The cache rows are handed back after."""
-        state, _ = self.prefill([[0] * PREFILL_BUCKET] * min(2, self.max_rows))
-        state, _ = self.step(state, [0] * len(state.lengths))
-        state, _ = self.step(self.select(state, [0]), [0])  # one row: the small graph's too
+        """A short prompt, then a step on each graph at each batch size the small
+        one takes, at load: ONNX Runtime's first run of each graph and shape
+        sets up its threads and memory, which the first story's first token
+        would otherwise wait for. The cache rows are handed back after."""
+        rows = min(self.small_rows + 1, self.max_rows)  # one more than the small graph takes
+        state, _ = self.prefill([[0] * PREFILL_BUCKET] * rows)
+        state, _ = self.step(state, [0] * rows)  # the main graph's step
+        for keep in range(min(self.small_rows, rows), 0, -1):  # the small graph's
+            state, _ = self.step(self.select(state, list(range(keep))), [0] * keep)
         self.select(state, [])
         self.forward_calls = 0
 
@@ -553,4 +556,7 @@ class OnnxBackend(LocalBackend):
         )
 
     def close(self) -> None:
+        # The cached bindings hold their sessions too: drop them, or the
+        # graphs' memory outlives the backend.
+        self.steps._steps.clear()
         self.steps.session = self.steps.small_session = None
