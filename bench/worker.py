@@ -278,9 +278,11 @@ async def pooled(
         "p99": 1000 * lags[int(0.99 * (len(lags) - 1))],
         "max": 1000 * lags[-1],
     }
-    await pool.aclose()
-    out["busy_rss_mb"] = rss_mb()  # after the runs: model + working set (KV caches)
+    # After the runs, before closing: model + working set. Closing frees the
+    # backend's graphs, so a figure taken after it would undercount the model.
+    out["busy_rss_mb"] = rss_mb()
     out["peak_rss_mb"] = peak_rss_mb()
+    await pool.aclose()
     if server is not None:
         out["busy_rss_mb"] += server.rss_mb()
         out["peak_rss_mb"] = out["busy_rss_mb"]  # the server's own peak is not visible here
