@@ -19,6 +19,7 @@ from pathlib import Path
 
 from generation.errors import Busy, GenerationError, ModelLoadError
 from generation.messages import N_
+from generation.onnx_backend import onnx_path, small_path
 from generation.pool import GenerationPool
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,10 @@ def model_memory_mb(
     of a full batch at full context (GPT-2 small, int8, batch 8: 251 + 604 MB),
     plus its share of runtime buffers."""
     weights = 0.0
-    graph = model_dir / "onnx" / f"model-{precision}.onnx"
+    graph = onnx_path(model_dir, precision)
     if backend == "onnx" and graph.is_file():
-        graphs = [graph]
-        if small_batch_graph and precision == "int8":
-            graphs.append(model_dir / "onnx" / "model-int8-small.onnx")
-        weights = sum(g.stat().st_size for g in graphs if g.is_file()) / 1e6
+        small = small_path(model_dir, precision) if small_batch_graph else None
+        weights = sum(g.stat().st_size for g in (graph, small) if g and g.is_file()) / 1e6
     elif (model_dir / "model.safetensors").is_file():
         weights = (model_dir / "model.safetensors").stat().st_size / 1e6
         weights /= 4 if precision == "int8" else 1

@@ -510,18 +510,16 @@ class OnnxBackend(LocalBackend):
         )
         if allow_spinning and spin_us > 0:
             options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
-        small = small_path(model_dir, precision) if small_batch_graph else None
-        sessions = []
-        for graph in (path, small):
-            if graph is None:
-                continue
+
+        def load(graph: Path) -> Any:
             try:
-                sessions.append(
-                    ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-                )
+                return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
             except Exception as error:
                 raise ModelLoadError(f"ONNX model {graph} could not be loaded: {error}") from error
-        session, small_session = sessions[0], (sessions[1] if small else None)
+
+        small = small_path(model_dir, precision) if small_batch_graph else None
+        session = load(path)
+        small_session = load(small) if small else None
         try:
             embeddings = Embeddings(path.parent, precision)
         except (OSError, ValueError) as error:
