@@ -42,8 +42,9 @@ def model_memory_mb(
 ) -> float:
     """What a loaded model may hold: its weights as the backend loads them (on
     ONNX int8, both graphs unless `small_batch_graph` is off), plus the KV cache
-    of a full batch at full context (GPT-2 small, int8, batch 8: 251 + 604 MB),
-    plus its share of runtime buffers."""
+    of a full batch at full context (int8 values on ONNX int8 and int4, else
+    fp32: GPT-2 small, ONNX int8, batch 8: 251 + 151 MB), plus its share of
+    runtime buffers."""
     weights = 0.0
     graph = onnx_path(model_dir, precision)
     if backend == "onnx" and graph.is_file():
@@ -54,7 +55,8 @@ def model_memory_mb(
         weights /= 4 if precision == "int8" else 1
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        per_token = 2 * int(config["n_layer"]) * int(config["n_embd"]) * 4  # keys, values
+        value_bytes = 1 if backend == "onnx" and precision in ("int8", "int4") else 4
+        per_token = 2 * int(config["n_layer"]) * int(config["n_embd"]) * value_bytes
         kv = max_batch * int(config["n_positions"]) * per_token / 1e6
     except (OSError, ValueError, KeyError, TypeError):
         kv = 0.0

@@ -55,7 +55,7 @@ SMALL_ROWS = 2
 # Bump when the graphs change (6: Add + LayerNormalization, not
 # SkipLayerNormalization; 5: int8's small-batch graph; 4: the output head in
 # 8-bit blocks, the embeddings looked up outside the graph).
-EXPORT_VERSION = 6
+EXPORT_VERSION = 7
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -212,11 +212,14 @@ class OnnxStepModel:
         # own: its pages are zero and become resident only when written, in 4 KB
         # pages (numpy would ask for 2 MB huge pages, which made a 50-token prompt
         # resident as 94 MB), and rows that leave are handed back (`_release`).
+        # int8 where the graph's cache is quantized (int8 and int4 precisions).
         shape = (layers, 2, max_rows, heads, context, head_dim)
+        kind = next(i.type for i in session.get_inputs() if i.name == "past_key_0")
+        dtype = np.dtype(np.int8 if kind == "tensor(int8)" else np.float32)
         self._memory = mmap.mmap(
-            -1, int(np.prod(shape)) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            -1, int(np.prod(shape)) * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         )
-        self.cache = np.frombuffer(self._memory, dtype=np.float32).reshape(shape)
+        self.cache = np.frombuffer(self._memory, dtype=dtype).reshape(shape)
         # Two logits buffers, used in turn: a step's logits stay valid through the next step.
         self._logits = [np.empty((max_rows, self.vocab), dtype=np.float32) for _ in range(2)]
         self._tops: dict[tuple[int, int], npt.NDArray[np.int64]] = {}

@@ -164,6 +164,30 @@ def test_int8_keeps_quality_on_a_trained_model(model_copy: Path, rows: int) -> N
     assert abs(ppl_ratio - 1) <= 0.02, ppl_ratio
 
 
+def test_int8_keeps_its_kv_cache_in_int8_values_that_fit(model_copy: Path) -> None:
+    """int8's KV cache holds int8 values (a quarter of fp32's bytes to read
+    each step and to hold), scaled per layer, head and channel from the text
+    the graph was built with: on held-out text hardly a value is clipped, and
+    the values use the range (a scale far too large would leave them near 0).
+    fp32 keeps fp32 (its tokens are the reference's)."""
+    int8 = OnnxBackend(model_copy, threads=1, max_batch_size=2).steps
+    fp32 = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=2).steps
+    assert int8.cache.dtype == np.int8 and fp32.cache.dtype == np.float32
+    assert int8.cache.nbytes * 4 == fp32.cache.nbytes
+    held_out = " ".join(corpus(sentences=120, seed=99))
+    backend = OnnxBackend(model_copy, threads=1, max_batch_size=1)
+    ids = backend.encode(held_out)[:400]
+    state, _ = backend.steps.prefill([ids])
+    for token in ids[:20]:
+        state, _ = backend.steps.step(state, [token])
+    values = np.abs(backend.steps.cache[:, :, 0, :, : len(ids) + 20].astype(np.int32))
+    clipped = float(np.mean(values >= 127))
+    per_channel = values.max(axis=(3,))  # [layer, key/value, head, channel]
+    print(f"clipped {clipped:.2e}, median channel peak {np.median(per_channel):.0f}")
+    assert clipped < 1e-3, clipped
+    assert np.median(per_channel) >= 40, np.median(per_channel)
+
+
 def test_the_small_batch_graph_steps_one_or_two_rows(model_copy: Path) -> None:
     """int8 steps one or two rows on its small-batch graph and more on the main
     one, all in the one KV cache: a row's tokens do not depend on which graph
@@ -350,10 +374,12 @@ def test_the_onnx_backend_needs_neither_transformers_nor_torch(model_copy: Path)
         )
 
 
-def test_rows_that_leave_give_their_memory_back(model_copy: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_rows_that_leave_give_their_memory_back(model_copy: Path, precision: str) -> None:
     """A finished row's cache pages are handed back to the system (they read
-    as zeros again), so resident memory follows the rows still running."""
-    steps = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=4).steps
+    as zeros again), so resident memory follows the rows still running; also
+    for int8's cache of int8 values."""
+    steps = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=4).steps
     state, _ = steps.prefill([[5] * 40, [6] * 30, [7] * 20])
     state, _ = steps.step(state, [1, 2, 3])
     assert np.count_nonzero(steps.cache[:, :, 1:3]) > 0
