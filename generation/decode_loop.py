@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from generation.errors import GenerationError
 from generation.job import Job
+from generation.sampling import choose_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,34 @@ def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], l
     return distinct, index
 
 
-def _advance(job: Job, logits: Logits, top: Any) -> None:
-    """Sample, record and stream one row's next token. A failure here is that
-    row's alone: it ends with an error and the rest of the batch goes on."""
+def _advance(jobs: list[Job], logits: Logits, top: Any) -> None:
+    """Sample every row's next token (the batch at once: `choose_rows`), then
+    record and stream each. A failure is its row's alone: that story ends with
+    an error and the rest of the batch goes on."""
+    samplers = [job.sampler for job in jobs]
+    if all(samplers):
+        tokens = choose_rows(samplers, logits, top)  # type: ignore[arg-type]
+    else:  # a job without a sampler (not prepared) fails in its own `choose`
+        tokens = [
+            _choose(job, logits[row], top[row] if top is not None else None)
+            for row, job in enumerate(jobs)
+        ]
+    for job, token in zip(jobs, tokens, strict=True):
+        _accept(job, token)
+
+
+def _choose(job: Job, logits: Logits, top: Any) -> int | Exception:
     try:
-        job.accept(job.choose(logits, top))
+        return job.choose(logits, top)
+    except Exception as error:
+        return error
+
+
+def _accept(job: Job, token: int | Exception) -> None:
+    try:
+        if isinstance(token, Exception):
+            raise token
+        job.accept(token)
     except Exception as error:
         job.log(
             log,
@@ -99,10 +123,9 @@ def _width(model: StepModel, jobs: list[Job]) -> int:
     return width
 
 
-def _tops(model: StepModel, jobs: list[Job], width: int) -> list[Any]:
-    """Ask the engine once per step for each row's best candidates."""
-    top = model.top_ids(width) if width else None
-    return [None] * len(jobs) if top is None else list(top)
+def _top(model: StepModel, width: int) -> Any:
+    """Ask the engine once per step for each row's best candidates (None: none)."""
+    return model.top_ids(width) if width else None
 
 
 def run_decode_loop(
@@ -123,10 +146,14 @@ def run_decode_loop(
                 job.start()
             width = _width(model, pending)
             new_state, logits = model.prefill([job.prompt_ids for job in pending], state)
-            tops = _tops(model, pending, width)
-            for row, job in enumerate(pending):
-                if not job.check_stop():
-                    _advance(job, logits[row], tops[row])
+            top = _top(model, width)
+            going = [row for row, job in enumerate(pending) if not job.check_stop()]
+            if going:
+                _advance(
+                    [pending[row] for row in going],
+                    logits[going],
+                    top[going] if top is not None else None,
+                )
             state = new_state if state is None else model.merge(state, new_state)
             active += pending
             pending = []
@@ -136,9 +163,7 @@ def run_decode_loop(
             state, logits = model.step(state, [job.generated[-1] for job in active])
             if on_step is not None:
                 on_step(len(active))
-            tops = _tops(model, active, width)
-            for row, job in enumerate(active):
-                _advance(job, logits[row], tops[row])
+            _advance(active, logits, _top(model, width))
             active, state = _drop_finished(model, active, state)
         room = max_batch - len(active)
         pending = admit(room) if room > 0 else []

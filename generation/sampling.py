@@ -138,10 +138,9 @@ class RowSampler:
         # nothing to sample; a tiny one just becomes greedy.
         with np.errstate(over="ignore"):  # far below the best: -inf, never drawn
             x = (x - x[np.isfinite(x)].max()) / p.temperature
-        if 0 < p.top_k < len(ids):
-            top = np.argpartition(-x, p.top_k - 1)[: p.top_k]
-            ids, x = ids[top], x[top]
         order = np.lexsort((ids, -x))  # by score, ties by token id: deterministic
+        if 0 < p.top_k < len(ids):  # (also at the k-th place: the lowest ids)
+            order = order[: p.top_k]
         ids, scores = ids[order], x[order]
         keep = np.isfinite(scores)
         ids, scores = ids[keep], scores[keep]
@@ -155,3 +154,136 @@ class RowSampler:
         draw = self._rng.random() * cumulative[-1]
         index = min(int(np.searchsorted(cumulative, draw, side="right")), len(ids) - 1)
         return int(ids[index])
+
+
+def choose_rows(
+    samplers: Sequence[RowSampler],
+    logits: npt.NDArray[np.floating],
+    top: npt.NDArray[np.int64] | None,
+) -> list[int | Exception]:
+    """Each row's next token, as `samplers[r].choose(logits[r], top[r])` picks
+    and records it, with the same rules applied to the batch at once: a step
+    costs a few array operations instead of a few dozen per row (83 µs a row).
+    A seed's tokens are the same either way (a test draws thousands).
+
+    Rows that need more candidates than `top` holds (or the whole vocabulary)
+    are done one by one. A row whose sampling fails gets its exception in its
+    place and the other rows their tokens."""
+    vocab = logits.shape[1]
+    batched: list[int] = []
+    if top is not None and top.shape[1] < vocab:
+        for r, sampler in enumerate(samplers):
+            try:
+                need = sampler.candidates_needed()
+            except Exception:
+                continue  # one by one: the row's own sampling reports the fault
+            if 0 < need <= top.shape[1]:
+                batched.append(r)
+    chosen: dict[int, int] = {}
+    if batched and top is not None:
+        try:  # changes no sampler unless it returns
+            found = _choose_batched([samplers[r] for r in batched], logits, batched, top[batched])
+        except Exception:
+            found = {}  # one by one below, where a fault is its row's alone
+        chosen = {batched[i]: token for i, token in found.items()}
+    tokens: list[int | Exception] = []
+    for r, sampler in enumerate(samplers):
+        try:
+            if r in chosen:
+                token = chosen[r]
+                sampler.append(token)
+                sampler._generated += 1
+            else:
+                token = sampler.choose(logits[r], top[r] if top is not None else None)
+        except Exception as error:
+            tokens.append(error)
+        else:
+            tokens.append(token)
+    return tokens
+
+
+def _choose_batched(
+    samplers: Sequence[RowSampler],
+    logits: npt.NDArray[np.floating],
+    rows: list[int],
+    ids: npt.NDArray[np.int64],
+) -> dict[int, int]:
+    """`RowSampler._choose` for `logits`' rows `rows`, whose candidates are
+    `ids` (each row's top ids), in arrays; the keys are indices into `rows`.
+    Draws each sampling row's uniform number last, after everything that
+    could raise."""
+    width = ids.shape[1]
+    x = np.asarray(logits)[np.asarray(rows)[:, None], ids].astype(np.float64)
+    params = [s.params for s in samplers]
+    seen = np.zeros(x.shape, dtype=bool)
+    penalty = np.ones((len(rows), 1))
+    ban_rows: list[int] = []
+    ban_tokens: list[int] = []
+    for r, s in enumerate(samplers):
+        p = params[r]
+        if s._eos is not None and s._generated < p.min_new_tokens:
+            ban_rows.append(r)
+            ban_tokens.append(s._eos)
+        if p.repetition_penalty != 1.0 and s._seen:
+            flags = s._seen_flags
+            seen[r] = flags[np.minimum(ids[r], flags.size - 1)] & (ids[r] < flags.size)
+            penalty[r] = p.repetition_penalty
+        banned = s._banned()
+        ban_rows += [r] * len(banned)
+        ban_tokens += banned
+    x = np.where(seen, np.where(x < 0, x * penalty, x / penalty), x)
+    if ban_rows:  # one comparison per (row, banned token) pair
+        at = np.asarray(ban_rows)
+        hit, column = np.nonzero(ids[at] == np.asarray(ban_tokens)[:, None])
+        x[at[hit], column] = -np.inf
+    finite = np.isfinite(x)
+    out: dict[int, int] = {}
+    sampling = np.array([p.do_sample for p in params])
+    live = finite.any(axis=1)
+    for r in np.flatnonzero(~live).tolist():  # every candidate banned: the raw argmax
+        out[r] = int(np.argmax(logits[rows[r]]))
+    for r in np.flatnonzero(live & ~sampling).tolist():
+        out[r] = int(ids[r, int(np.argmax(x[r]))])
+    picked = np.flatnonzero(live & sampling).tolist()
+    if not picked:
+        return out
+    x, ids, finite = x[picked], ids[picked], finite[picked]
+    params = [params[r] for r in picked]
+    temperature = np.array([p.temperature for p in params])[:, None]
+    best = np.where(finite, x, -np.inf).max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # far below the best: -inf, never drawn
+        x = (x - best) / temperature
+    top_k = np.array([p.top_k if 0 < p.top_k < width else width for p in params])[:, None]
+    most = int(top_k.max())
+    if most < width:  # only the best `most` of each row can be kept: sort just those
+        part = np.argpartition(-x, most - 1, axis=1)
+        edge = np.take_along_axis(x, part[:, most - 1 : most], 1)  # the most-th best score
+        # Safe unless a score equal to that edge was left out (a tie across it,
+        # which the token ids must settle): then sort the rows whole.
+        if not ((np.take_along_axis(x, part[:, most:], 1) == edge) & np.isfinite(edge)).any():
+            ids, x = (
+                np.take_along_axis(ids, part[:, :most], 1),
+                np.take_along_axis(x, part[:, :most], 1),
+            )
+            width = most
+    # By score, ties by token id (as `np.lexsort` orders a row, but 2-D
+    # lexsort took 4x as long as these two sorts): by id, then stably by score.
+    by_id = np.argsort(ids, axis=1)
+    ids, x = np.take_along_axis(ids, by_id, 1), np.take_along_axis(x, by_id, 1)
+    order = np.argsort(-x, axis=1, kind="stable")
+    ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(x, order, 1)
+    scores[np.arange(width)[None, :] >= top_k] = -np.inf
+    count = np.isfinite(scores).sum(axis=1)  # the kept ones are first
+    probs = np.exp(scores - scores[:, :1])
+    probs /= probs.sum(axis=1, keepdims=True)
+    cumulative = np.cumsum(probs, axis=1)
+    top_p = np.array([p.top_p for p in params])[:, None]
+    cutoff = np.where(top_p[:, 0] < 1.0, (cumulative < top_p).sum(axis=1) + 1, count)
+    cutoff = np.minimum(cutoff, count)
+    draws = np.array([samplers[r]._rng.random() for r in picked])  # nothing raises after this
+    total = cumulative[np.arange(len(picked)), cutoff - 1]
+    below = (cumulative <= (draws * total)[:, None]) & (np.arange(width)[None, :] < cutoff[:, None])
+    index = np.minimum(below.sum(axis=1), cutoff - 1)
+    for i, r in enumerate(picked):
+        out[r] = int(ids[i, index[i]])
+    return out

@@ -58,15 +58,15 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
             prepare(self, backend)
 
         monkeypatch.setattr(Job, "prepare", faulty_prepare)
-    elif stage == "sample":
-        choose = RowSampler.choose
+    elif stage == "sample":  # recording the fourth token, sampled with the batch or alone
+        append = RowSampler.append
 
-        def faulty_choose(self: RowSampler, logits: Any, top: Any = None) -> int:
-            if self.params.seed == FAULTY_SEED and self._generated == 3:
+        def faulty_append(self: RowSampler, token: int) -> None:
+            if self.params.seed == FAULTY_SEED and getattr(self, "_generated", 0) == 3:
                 raise IndexError("injected fault while sampling")
-            return choose(self, logits, top)
+            append(self, token)
 
-        monkeypatch.setattr(RowSampler, "choose", faulty_choose)
+        monkeypatch.setattr(RowSampler, "append", faulty_append)
     else:
         push = StreamDecoder.push
         counts: dict[int, int] = {}

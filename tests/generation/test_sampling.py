@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from generation.sampling import RowSampler
+from generation.sampling import RowSampler, choose_rows
 from generation.types import GenerationParams
 
 
@@ -61,3 +62,98 @@ def test_same_seed_same_draws() -> None:
     first = _sampler(top_k=0, top_p=1.0, no_repeat_ngram_size=0)
     second = _sampler(top_k=0, top_p=1.0, no_repeat_ngram_size=0)
     assert [first.choose(logits) for _ in range(20)] == [second.choose(logits) for _ in range(20)]
+
+
+def _mixed_rows(seed: int, rows: int) -> list[tuple[GenerationParams, list[int]]]:
+    """Requests as a busy channel sends them: defaults, greedy, other top-k,
+    top-p, temperatures and penalties, no n-gram ban, a minimum length."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in range(rows):
+        kind = r % 6
+        params = GenerationParams(
+            seed=int(rng.integers(2**31)),
+            do_sample=kind != 1,
+            top_k=[50, 50, 5, 0 if r % 12 == 3 else 200, 1, 40][kind],
+            top_p=[0.95, 1.0, 0.5, 0.9, 1.0, 1.0][kind],
+            temperature=[0.9, 1.0, 1.7, 0.3, 1.0, 1e-6][kind],
+            repetition_penalty=[1.2, 1.3, 1.0, 2.5, 1.2, 1.1][kind],
+            no_repeat_ngram_size=[3, 2, 0, 4, 3, 1][kind],
+            min_new_tokens=[0, 0, 5, 0, 30, 0][kind],
+        )
+        prompt = rng.integers(0, 400, size=int(rng.integers(1, 60))).tolist()
+        out.append((params, prompt))
+    return out
+
+
+def test_a_batch_samples_each_seed_as_row_by_row() -> None:
+    """`choose_rows` (the whole batch in arrays) gives every row the token
+    its own `choose` gives it, step after step, whatever each row's settings:
+    3,000 tokens over 12 rows, some needing more candidates than the engine
+    ranked (done one by one), with end-of-text held off and bans that leave
+    nothing."""
+    vocab, width, rows, steps = 4000, 384, 12, 250
+    requests = _mixed_rows(7, rows)
+    alone = [RowSampler(p, prompt, eos_token_id=2) for p, prompt in requests]
+    together = [RowSampler(p, prompt, eos_token_id=2) for p, prompt in requests]
+    rng = np.random.default_rng(11)
+    batched_rows = 0
+    for step in range(steps):
+        logits = rng.normal(scale=3.0, size=(rows, vocab)).astype(np.float32)
+        logits[:, 2] += 4.0  # end-of-text near the top: min_new_tokens matters
+        if step % 50 == 7:
+            logits[0] = 0.0  # ties everywhere: the token id breaks them
+        top = np.argpartition(-logits, width - 1, axis=1)[:, :width]
+        batched_rows += sum(0 < s.candidates_needed() <= width for s in together)
+        expected = [s.choose(logits[r], top[r]) for r, s in enumerate(alone)]
+        assert choose_rows(together, logits, top) == expected, step
+    assert [s._history for s in alone] == [s._history for s in together]
+    assert 0.3 * rows * steps < batched_rows < rows * steps  # both paths ran
+
+
+def test_a_batch_without_ranked_candidates_samples_row_by_row() -> None:
+    requests = _mixed_rows(3, 4)
+    alone = [RowSampler(p, prompt) for p, prompt in requests]
+    together = [RowSampler(p, prompt) for p, prompt in requests]
+    logits = np.random.default_rng(5).normal(size=(4, 300)).astype(np.float32)
+    expected = [s.choose(row) for s, row in zip(alone, logits, strict=True)]
+    assert choose_rows(together, logits, None) == expected
+
+
+def test_one_rows_fault_is_its_own() -> None:
+    """A row whose sampler fails gets its exception; the others their tokens,
+    as they would alone."""
+    requests = _mixed_rows(4, 5)
+    alone = [RowSampler(p, prompt) for p, prompt in requests]
+    together = [RowSampler(p, prompt) for p, prompt in requests]
+    together[2]._seen_flags = None  # type: ignore[assignment]
+    alone[2]._seen_flags = None  # type: ignore[assignment]
+    logits = np.random.default_rng(6).normal(size=(5, 500)).astype(np.float32)
+    top = np.argpartition(-logits, 199, axis=1)[:, :200]
+    got = choose_rows(together, logits, top)
+    assert isinstance(got[2], Exception)
+    assert [t for r, t in enumerate(got) if r != 2] == [
+        s.choose(logits[r], top[r]) for r, s in enumerate(alone) if r != 2
+    ]
+
+
+def test_a_fault_in_the_batch_arithmetic_falls_back_row_by_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the arrays fail, every row is sampled alone, with the same tokens
+    (nothing of the failed attempt was drawn or recorded)."""
+    import generation.sampling
+
+    def broken(*args: object) -> dict[int, int]:
+        raise FloatingPointError("injected")
+
+    requests = _mixed_rows(8, 6)
+    alone = [RowSampler(p, prompt) for p, prompt in requests]
+    together = [RowSampler(p, prompt) for p, prompt in requests]
+    monkeypatch.setattr(generation.sampling, "_choose_batched", broken)
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        logits = rng.normal(size=(6, 2000)).astype(np.float32)
+        top = np.argpartition(-logits, 299, axis=1)[:, :300]
+        expected = [s.choose(logits[r], top[r]) for r, s in enumerate(alone)]
+        assert choose_rows(together, logits, top) == expected
