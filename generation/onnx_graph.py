@@ -192,9 +192,9 @@ class _Builder:
 
 def calibration_sequences(model_dir: Path, vocab: int, context: int) -> list[list[int]]:
     """What the KV cache's scales are measured on: the bundled text as one
-    sequence (up to `context` positions), the first 64 tokens of each of its
-    paragraphs (openings, from position 0) and random token ids (input unlike
-    any prose)."""
+    sequence, repeated to fill all `context` positions, the first 64 tokens of
+    each of its paragraphs (openings, from position 0) and random token ids
+    (input unlike any prose)."""
     from generation.modelfiles import load_fast_tokenizer
 
     tokenizer = load_fast_tokenizer(model_dir)
@@ -204,10 +204,12 @@ def calibration_sequences(model_dir: Path, vocab: int, context: int) -> list[lis
         [i for i in tokenizer.encode(p, add_special_tokens=False) if 0 <= i < vocab]
         for p in paragraphs
     ]
-    joined = [i for ids in encoded for i in ids][:context]
+    joined = [i for ids in encoded for i in ids]
+    if joined:  # repeated to the last position: late positions have their own range
+        joined = (joined * -(-context // len(joined)))[:context]
     openings = [ids[: min(64, context)] for ids in encoded if ids]
     noise = np.random.default_rng(0).integers(0, vocab, size=min(256, context)).tolist()
-    return [joined, *openings, noise]
+    return [ids for ids in (joined, *openings, noise) if ids]
 
 
 def _layer_norm(x: Any, gain: Any, bias: Any, eps: float) -> Any:
@@ -222,10 +224,10 @@ def kv_scales(
     sequences: list[list[int]],
     headroom: float | None = None,
 ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    """Per layer, the int8 KV cache's (key, value) scales, shaped [1, heads, 1,
-    head_dim]: the largest magnitude each head's channel reaches over
-    `sequences` in the fp32 model (a plain numpy forward pass), times
-    `headroom`, over 127."""
+    """Per layer, the int8 KV cache's (key, value) scales, shaped [heads, 1,
+    head_dim] as GroupQueryAttention's PER_CHANNEL takes them: the largest
+    magnitude each head's channel reaches over `sequences` in the fp32 model
+    (a plain numpy forward pass), times `headroom`, over 127."""
     layers, heads, width = int(config["n_layer"]), int(config["n_head"]), int(config["n_embd"])
     head_dim = width // heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
@@ -257,7 +259,7 @@ def kv_scales(
     headroom = KV_HEADROOM if headroom is None else headroom
     scale = np.where(top > 0, top * headroom / 127.0, 1.0).astype(np.float32)
     return [
-        (scale[i, 0].reshape(1, heads, 1, head_dim), scale[i, 1].reshape(1, heads, 1, head_dim))
+        (scale[i, 0].reshape(heads, 1, head_dim), scale[i, 1].reshape(heads, 1, head_dim))
         for i in range(layers)
     ]
 

@@ -12,12 +12,16 @@ the same token even when logits differ in the last bits (batched vs. alone).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from generation.types import GenerationParams
+
+log = logging.getLogger(__name__)
+_fell_back = False  # logged once: the fall-back costs only speed
 
 
 class RowSampler:
@@ -145,7 +149,7 @@ class RowSampler:
         keep = np.isfinite(scores)
         ids, scores = ids[keep], scores[keep]
         probs = np.exp(scores - scores[0])
-        probs /= probs.sum()
+        probs /= np.cumsum(probs)[-1]  # a sequential sum: the batched path's, to the last bit
         if p.top_p < 1.0:
             cumulative = np.cumsum(probs)
             cutoff = int(np.searchsorted(cumulative, p.top_p)) + 1
@@ -185,6 +189,10 @@ def choose_rows(
             found = _choose_batched([samplers[r] for r in batched], logits, batched, top[batched])
         except Exception:
             found = {}  # one by one below, where a fault is its row's alone
+            global _fell_back
+            if not _fell_back:
+                _fell_back = True
+                log.warning("sampling a batch at once failed; sampling row by row", exc_info=True)
         chosen = {batched[i]: token for i, token in found.items()}
     tokens: list[int | Exception] = []
     for r, sampler in enumerate(samplers):
@@ -212,8 +220,17 @@ def _choose_batched(
     `ids` (each row's top ids), in arrays; the keys are indices into `rows`.
     Draws each sampling row's uniform number last, after everything that
     could raise."""
-    width = ids.shape[1]
     x = np.asarray(logits)[np.asarray(rows)[:, None], ids].astype(np.float64)
+    odd = np.isnan(x).any(axis=1) | np.isposinf(x).any(axis=1)
+    if odd.any():  # NaN or +inf from the engine: those rows go one by one
+        keep = np.flatnonzero(~odd).tolist()
+        if not keep:
+            return {}
+        found = _choose_batched(
+            [samplers[i] for i in keep], logits, [rows[i] for i in keep], ids[keep]
+        )
+        return {keep[i]: token for i, token in found.items()}
+    width = ids.shape[1]
     params = [s.params for s in samplers]
     seen = np.zeros(x.shape, dtype=bool)
     penalty = np.ones((len(rows), 1))
@@ -275,7 +292,9 @@ def _choose_batched(
     scores[np.arange(width)[None, :] >= top_k] = -np.inf
     count = np.isfinite(scores).sum(axis=1)  # the kept ones are first
     probs = np.exp(scores - scores[:, :1])
-    probs /= probs.sum(axis=1, keepdims=True)
+    # Each row's sum as the row path takes it: sequentially over its kept scores
+    # (numpy's pairwise sum would group a padded row differently).
+    probs /= np.take_along_axis(np.cumsum(probs, axis=1), (count - 1)[:, None], 1)
     cumulative = np.cumsum(probs, axis=1)
     top_p = np.array([p.top_p for p in params])[:, None]
     cutoff = np.where(top_p[:, 0] < 1.0, (cumulative < top_p).sum(axis=1) + 1, count)

@@ -174,17 +174,23 @@ def test_int8_keeps_its_kv_cache_in_int8_values_that_fit(model_copy: Path) -> No
     fp32 = OnnxBackend(model_copy, precision="fp32", threads=1, max_batch_size=2).steps
     assert int8.cache.dtype == np.int8 and fp32.cache.dtype == np.float32
     assert int8.cache.nbytes * 4 == fp32.cache.nbytes
-    held_out = " ".join(corpus(sentences=120, seed=99))
+    held_out = " ".join(corpus(sentences=400, seed=99))
     backend = OnnxBackend(model_copy, threads=1, max_batch_size=1)
-    ids = backend.encode(held_out)[:400]
+    context = backend.context_size
+    ids = backend.encode(held_out)[: context - 20]
+    assert len(ids) == context - 20  # to the context's end: late positions too
     state, _ = backend.steps.prefill([ids])
     for token in ids[:20]:
         state, _ = backend.steps.step(state, [token])
-    values = np.abs(backend.steps.cache[:, :, 0, :, : len(ids) + 20].astype(np.int32))
+    values = np.abs(backend.steps.cache[:, :, 0].astype(np.int32))
     clipped = float(np.mean(values >= 127))
+    late = float(np.mean(values[:, :, :, -100:] >= 127))
     per_channel = values.max(axis=(3,))  # [layer, key/value, head, channel]
-    print(f"clipped {clipped:.2e}, median channel peak {np.median(per_channel):.0f}")
-    assert clipped < 1e-3, clipped
+    print(
+        f"clipped {clipped:.2e} (last 100 positions {late:.2e}), "
+        f"median channel peak {np.median(per_channel):.0f}"
+    )
+    assert clipped < 1e-3 and late < 1e-3, (clipped, late)
     assert np.median(per_channel) >= 40, np.median(per_channel)
 
 
@@ -388,3 +394,22 @@ def test_rows_that_leave_give_their_memory_back(model_copy: Path, precision: str
     assert np.count_nonzero(steps.cache[:, :, 1:]) == 0
     steps.select(state, [])
     assert np.count_nonzero(steps.cache) == 0
+
+
+def test_the_kv_scales_are_measured_to_the_contexts_end(
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short bundled text is repeated to fill every position (GPT-2's
+    tokenizer makes the text shorter than its context, and late positions
+    have their own range); ids past the embedding are dropped, and no
+    sequence is empty, whatever the tokenizer gives."""
+    import generation.onnx_graph as graph
+
+    short = tmp_path / "calibration.txt"
+    short.write_text("The door opened.\n\nShe ran to the castle.\n\nAda laughed.\n")
+    monkeypatch.setattr(graph, "CALIBRATION_TEXT", short)
+    joined, *openings, noise = graph.calibration_sequences(model_copy, 427, 1024)
+    assert len(joined) == 1024 and len(openings) == 3 and len(noise) == 256
+    assert all(0 < len(ids) <= 64 for ids in openings)
+    only_zero = graph.calibration_sequences(model_copy, 1, 1024)  # every text id too large
+    assert only_zero and all(ids and set(ids) == {0} for ids in only_zero)

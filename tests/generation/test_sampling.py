@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -86,12 +88,24 @@ def _mixed_rows(seed: int, rows: int) -> list[tuple[GenerationParams, list[int]]
     return out
 
 
-def test_a_batch_samples_each_seed_as_row_by_row() -> None:
+def test_a_batch_samples_each_seed_as_row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """`choose_rows` (the whole batch in arrays) gives every row the token
     its own `choose` gives it, step after step, whatever each row's settings:
-    3,000 tokens over 12 rows, some needing more candidates than the engine
-    ranked (done one by one), with end-of-text held off and bans that leave
-    nothing."""
+    3,000 tokens over 12 rows, most sampled in arrays, some needing more
+    candidates than the engine ranked (done one by one), with end-of-text held
+    off, n-gram bans and scores tied everywhere."""
+    import generation.sampling
+
+    batched = generation.sampling._choose_batched
+    done_in_arrays = 0
+
+    def counting(*args: Any) -> dict[int, int]:
+        nonlocal done_in_arrays
+        found = batched(*args)
+        done_in_arrays += len(found)
+        return found
+
+    monkeypatch.setattr(generation.sampling, "_choose_batched", counting)
     vocab, width, rows, steps = 4000, 384, 12, 250
     requests = _mixed_rows(7, rows)
     alone = [RowSampler(p, prompt, eos_token_id=2) for p, prompt in requests]
@@ -109,6 +123,7 @@ def test_a_batch_samples_each_seed_as_row_by_row() -> None:
         assert choose_rows(together, logits, top) == expected, step
     assert [s._history for s in alone] == [s._history for s in together]
     assert 0.3 * rows * steps < batched_rows < rows * steps  # both paths ran
+    assert done_in_arrays == batched_rows
 
 
 def test_a_batch_without_ranked_candidates_samples_row_by_row() -> None:
@@ -126,8 +141,11 @@ def test_one_rows_fault_is_its_own() -> None:
     requests = _mixed_rows(4, 5)
     alone = [RowSampler(p, prompt) for p, prompt in requests]
     together = [RowSampler(p, prompt) for p, prompt in requests]
-    together[2]._seen_flags = None  # type: ignore[assignment]
-    alone[2]._seen_flags = None  # type: ignore[assignment]
+
+    def broken(token: int) -> None:
+        raise IndexError("injected")
+
+    together[2].append = broken  # type: ignore[method-assign]
     logits = np.random.default_rng(6).normal(size=(5, 500)).astype(np.float32)
     top = np.argpartition(-logits, 199, axis=1)[:, :200]
     got = choose_rows(together, logits, top)
@@ -157,3 +175,26 @@ def test_a_fault_in_the_batch_arithmetic_falls_back_row_by_row(
         top = np.argpartition(-logits, 299, axis=1)[:, :300]
         expected = [s.choose(logits[r], top[r]) for r, s in enumerate(alone)]
         assert choose_rows(together, logits, top) == expected
+
+
+def test_rows_with_nan_or_infinite_scores_are_sampled_alone() -> None:
+    """Scores an engine should never give (NaN, +inf) send their rows the row
+    path's way: the same token, or the same error, as alone."""
+    requests = _mixed_rows(12, 6)
+    alone = [RowSampler(p, prompt) for p, prompt in requests]
+    together = [RowSampler(p, prompt) for p, prompt in requests]
+    logits = np.random.default_rng(13).normal(size=(6, 3000)).astype(np.float32)
+    top = np.argpartition(-logits, 299, axis=1)[:, :300]
+    logits[0, top[0, :3]] = np.nan
+    logits[3, top[3, :60]] = np.inf
+    logits[4, top[4, 0]] = np.inf
+
+    def alone_choice(r: int) -> object:
+        try:
+            return alone[r].choose(logits[r], top[r])
+        except Exception as error:
+            return type(error)
+
+    expected = [alone_choice(r) for r in range(6)]
+    got = [t if isinstance(t, int) else type(t) for t in choose_rows(together, logits, top)]
+    assert got == expected
