@@ -20,6 +20,7 @@ from pathlib import Path
 from generation.errors import Busy, GenerationError, ModelLoadError
 from generation.messages import N_
 from generation.onnx_backend import onnx_path, small_path
+from generation.onnx_graph import int8_kv_cache
 from generation.pool import GenerationPool
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def model_memory_mb(
         weights /= 4 if precision == "int8" else 1
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        value_bytes = 1 if backend == "onnx" and precision in ("int8", "int4") else 4
+        value_bytes = 1 if backend == "onnx" and int8_kv_cache(precision) else 4
         per_token = 2 * int(config["n_layer"]) * int(config["n_embd"]) * value_bytes
         kv = max_batch * int(config["n_positions"]) * per_token / 1e6
     except (OSError, ValueError, KeyError, TypeError):

@@ -190,6 +190,12 @@ class _Builder:
         return outputs
 
 
+def int8_kv_cache(precision: str) -> bool:
+    """Whether the graphs of `precision` keep an int8 KV cache (fp32 keeps fp32:
+    its tokens are the reference's)."""
+    return precision != "fp32"
+
+
 def calibration_sequences(model_dir: Path, vocab: int, context: int) -> list[list[int]]:
     """What the KV cache's scales are measured on: the bundled text as one
     sequence, repeated to fill all `context` positions, the first 64 tokens of
@@ -222,7 +228,7 @@ def kv_scales(
     w: dict[str, npt.NDArray[np.float32]],
     config: dict[str, Any],
     sequences: list[list[int]],
-    headroom: float | None = None,
+    headroom: float = KV_HEADROOM,
 ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
     """Per layer, the int8 KV cache's (key, value) scales, shaped [heads, 1,
     head_dim] as GroupQueryAttention's PER_CHANNEL takes them: the largest
@@ -246,6 +252,8 @@ def kv_scales(
             )
             top[i, 0] = np.maximum(top[i, 0], np.abs(k).max(0))
             top[i, 1] = np.maximum(top[i, 1], np.abs(v).max(0))
+            if i == layers - 1:
+                break  # the last layer's output is not needed
             q, k, v = (y.transpose(1, 0, 2) for y in (q, k, v))  # [heads, count, head_dim]
             scores = q @ k.transpose(0, 2, 1) / np.float32(np.sqrt(head_dim)) + mask
             scores = np.exp(scores - scores.max(-1, keepdims=True))
@@ -256,7 +264,6 @@ def kv_scales(
             h = h @ w[f"{p}.mlp.c_fc.weight"] + w[f"{p}.mlp.c_fc.bias"]
             h = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h**3)))  # gelu_new
             x = x + h @ w[f"{p}.mlp.c_proj.weight"] + w[f"{p}.mlp.c_proj.bias"]
-    headroom = KV_HEADROOM if headroom is None else headroom
     scale = np.where(top > 0, top * headroom / 127.0, 1.0).astype(np.float32)
     return [
         (scale[i, 0].reshape(heads, 1, head_dim), scale[i, 1].reshape(heads, 1, head_dim))
@@ -280,7 +287,7 @@ def build_graph(
     w = read_weights(model_dir)
     write_embeddings(w, precision, target.parent)
     scales = None
-    if precision != "fp32":  # fp32 keeps an fp32 cache: its tokens are the reference's
+    if int8_kv_cache(precision):
         vocab, context = w["wte.weight"].shape[0], w["wpe.weight"].shape[0]
         scales = kv_scales(w, config, calibration_sequences(model_dir, vocab, context))
     save_model(_graph(w, config, precision, kv=scales), str(target))

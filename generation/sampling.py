@@ -167,7 +167,7 @@ def choose_rows(
 ) -> list[int | Exception]:
     """Each row's next token, as `samplers[r].choose(logits[r], top[r])` picks
     and records it, with the same rules applied to the batch at once: a step
-    costs a few array operations instead of a few dozen per row (83 µs a row).
+    costs a few array operations instead of a few dozen per row (56 µs a row).
     A seed's tokens are the same either way (a test draws thousands).
 
     Rows that need more candidates than `top` holds (or the whole vocabulary)
