@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 TOP_STEP = 64  # the graph's top-k width is rounded up to a multiple of this
 # Prompts are run in groups of about this many tokens (rows x longest prompt):
-# attention's scratch is rows x heads x prompt x context floats (8 rows of 300
-# tokens at once held 118 MB), and one long group saves nothing over several.
+# attention's scratch grows with rows x heads x prompt x prompt floats, and one
+# long group saves nothing over several.
 PREFILL_TOKENS = 512
 PREFILL_BUCKET = 8  # a prefill's width is rounded up to a multiple of this
 SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see OnnxBackend)
@@ -52,10 +52,11 @@ SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see O
 # matmuls in 8-bit blocks): 10-15 % faster at one or two rows, slower from four.
 SMALL_ROWS = 2
 
-# Bump when the graphs change (6: Add + LayerNormalization, not
-# SkipLayerNormalization; 5: int8's small-batch graph; 4: the output head in
-# 8-bit blocks, the embeddings looked up outside the graph).
-EXPORT_VERSION = 7
+# Bump when the graphs change (8: the prompt path; 7: the int8 KV cache; 6:
+# Add + LayerNormalization, not SkipLayerNormalization; 5: int8's small-batch
+# graph; 4: the output head in 8-bit blocks, the embeddings looked up outside
+# the graph).
+EXPORT_VERSION = 8
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -228,12 +229,18 @@ class OnnxStepModel:
         self._steps: dict[int, _Binding] = {}  # decoding bindings by batch size
         self._top_k = 0
         self._last_top: npt.NDArray[np.int64] | None = None
+        # Prompts through the graph's prompt path (MultiHeadAttention, then the
+        # keys and values copied into the cache here) where it has one; False:
+        # through GroupQueryAttention, as steps go (a test compares the two).
+        self.prompt_path = any(i.name == "is_prompt" for i in session.get_inputs())
 
     # ------------------------------------------------------------------ running
-    def _binding(self, start: int, rows: int, width: int, session: Any = None) -> _Binding:
+    def _binding(
+        self, start: int, rows: int, width: int, session: Any = None, prompt: bool = False
+    ) -> _Binding:
         if start + rows > self.max_rows:
             raise RuntimeError(f"{start + rows} rows do not fit the cache's {self.max_rows}")
-        return _Binding(self, session or self.session, start, rows, width)
+        return _Binding(self, session or self.session, start, rows, width, prompt)
 
     def _run(self, bound: _Binding) -> Logits:
         rows = bound.rows
@@ -347,15 +354,23 @@ class OnnxStepModel:
         # for prompts of 20-150 tokens (87: 48 against 52 ms), level at 300;
         # exact widths were no faster. The padding is never attended to.
         width = min(self.context, -(-int(lengths.max()) // PREFILL_BUCKET) * PREFILL_BUCKET)
-        bound = self._binding(start, len(rows), width)
+        bound = self._binding(start, len(rows), width, prompt=self.prompt_path)
         bound.ids[:] = 0  # right-padded; the padding is never attended to
         for index, row in enumerate(rows):
             bound.ids[index, : len(row)] = row
         bound.pos[:] = np.arange(width, dtype=np.int64)
+        bound.last[:] = np.arange(len(rows), dtype=np.int64) * width + lengths - 1
         bound.seqlens[:] = lengths - 1
         bound.total[0] = width  # a first prompt: GroupQueryAttention's right-padded batch
-        bound.last[:] = np.arange(len(rows), dtype=np.int64) * width + lengths - 1
-        return self._run(bound)
+        logits = self._run(bound)
+        if bound.prompt_kv is not None:  # the prompt path: its keys and values, into the cache
+            shape = (len(rows), width, 3, self.heads, self.head_dim)
+            for layer, qkv in enumerate(bound.prompt_kv):
+                # [rows, width, q/k/v, head, dim] -> [k/v, rows, head, width, dim]
+                self.cache[layer, :, start : start + len(rows), :, :width] = qkv.reshape(shape)[
+                    :, :, 1:
+                ].transpose(2, 0, 3, 1, 4)
+        return logits
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
         self._check(state)
@@ -423,14 +438,57 @@ class _Binding:
     are arrays written in place before each run."""
 
     def __init__(
-        self, model: OnnxStepModel, session: Any, start: int, rows: int, width: int
+        self,
+        model: OnnxStepModel,
+        session: Any,
+        start: int,
+        rows: int,
+        width: int,
+        prompt: bool = False,
     ) -> None:
         ort = model._ort
         self.rows = rows
         self.session = session
         self.binding = session.io_binding()
+        self._kept: list[Any] = []  # arrays bound here: they must outlive the binding
+        # A graph with a prompt path (`onnx_graph`'s `attention`) is told which
+        # run this is; for a prompt, it returns the prompt's queries, keys and
+        # values per layer (`prompt_kv`), for the backend to write into the
+        # cache, and leaves the cache alone; for a step, placeholders of [1, 1,
+        # 3 x width].
+        self.prompt_kv: list[npt.NDArray[Any]] | None = None
+        prompt_path = any(i.name == "is_prompt" for i in session.get_inputs())
+        if prompt_path:
+            self._kept.append(np.array([prompt]))
+            self.binding.bind_ortvalue_input(
+                "is_prompt", ort.OrtValue.ortvalue_from_numpy(self._kept[-1])
+            )
+            shape = (rows, width) if prompt else (1, 1)
+            kv = [
+                np.empty((*shape, 3 * model.heads * model.head_dim), dtype=model.cache.dtype)
+                for _ in range(model.layers)
+            ]
+            for layer, out in enumerate(kv):
+                self.binding.bind_ortvalue_output(
+                    f"prompt_kv_{layer}", ort.OrtValue.ortvalue_from_numpy(out)
+                )
+            self._kept += kv
+            self.prompt_kv = kv if prompt else None
         for layer in range(model.layers):
             for index, kind in enumerate(("key", "value")):
+                if self.prompt_kv is not None:  # placeholders, one position long
+                    past, present = (
+                        np.zeros((rows, model.heads, 1, model.head_dim), model.cache.dtype)
+                        for _ in range(2)
+                    )
+                    self._kept += [past, present]
+                    self.binding.bind_ortvalue_input(
+                        f"past_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(past)
+                    )
+                    self.binding.bind_ortvalue_output(
+                        f"present_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(present)
+                    )
+                    continue
                 view = ort.OrtValue.ortvalue_from_numpy(
                     model.cache[layer, index, start : start + rows]
                 )

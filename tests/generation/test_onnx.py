@@ -126,11 +126,78 @@ def test_rows_cross_between_the_graphs_in_one_cache(model_copy: Path) -> None:
         )
 
 
-def _teacher_forced(model_dir: Path, precision: str, rows: int = 1) -> tuple[float, float]:
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_the_prompt_path_writes_the_cache_as_group_query_attention_does(
+    model_copy: Path, precision: str
+) -> None:
+    """Prompts go through the main graph's prompt path (MultiHeadAttention; the
+    keys and values, quantized like the cache, copied into it by the backend),
+    steps through GroupQueryAttention. The same prompts, right-padded to
+    different lengths and placed after a running row, both ways: the cache
+    holds the same values (int8: the same integers in the first layer, within
+    int8's rounding after), the logits agree, and so do the next steps', which
+    read the prompt's keys and values from the cache."""
+    backend = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=4)
+    steps = backend.steps
+    assert steps.prompt_path and steps.small_session is not steps.session
+    running = backend.encode("Ada")
+    prompts = [
+        backend.encode(p)
+        for p in (
+            "The detective walked into the harbour at dawn, and the rain fell.",
+            "A red door.",
+            " ".join(corpus(sentences=12, seed=5)),
+        )
+    ]
+    assert len({len(p) for p in prompts}) == 3 and max(map(len, prompts)) > 100
+    forced = backend.encode(" the castle was dark and the rain fell on the old harbour")
+
+    def run(prompt_path: bool) -> tuple[Any, list[Any]]:
+        steps.prompt_path = prompt_path
+        first, _ = steps.prefill([running])
+        joined, logits = steps.prefill(prompts, after=first)
+        state = steps.merge(first, joined)
+        cache = [
+            steps.cache[:, :, 1 + row, :, : len(prompt)].copy()
+            for row, prompt in enumerate(prompts)
+        ]
+        seen = [logits.copy()]
+        for token in forced[:6]:  # four rows: the main graph
+            state, logits = steps.step(state, [token] * 4)
+            seen.append(logits[1:].copy())
+        steps.select(state, [])
+        return cache, seen
+
+    (cache, seen), (expected_cache, expected) = run(True), run(False)
+    steps.prompt_path = True
+    for ours, theirs in zip(cache, expected_cache, strict=True):
+        if precision == "int8":
+            # The first layer's (the same inputs both ways) are the same
+            # integers; later layers' follow attention computed two ways.
+            differ = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
+            assert not differ[0].any(), float(np.mean(differ[0] > 0))
+            assert differ.max() <= 2 and float(differ.mean()) < 0.5, (
+                differ.max(),
+                float(differ.mean()),
+            )
+        else:
+            np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(seen, expected, strict=True):
+        spread = float(theirs.std())
+        assert float(np.abs(ours - theirs).max()) < 0.05 * spread, (
+            float(np.abs(ours - theirs).max()),
+            spread,
+        )
+
+
+def _teacher_forced(
+    model_dir: Path, precision: str, rows: int = 1, prompt: int = 1
+) -> tuple[float, float]:
     """Top-1 agreement with fp32 torch and the perplexity ratio, teacher-forced
-    through the graph's own KV cache (prefill, then one step per token), with
-    the text in `rows` rows at once (int8 steps one or two rows on its
-    small-batch graph, more on its main one); row 0 is compared."""
+    through the graph's own KV cache (a prefill of the first `prompt` tokens,
+    then one step per token), with the text in `rows` rows at once (int8 steps
+    one or two rows on its small-batch graph, more on its main one); row 0 is
+    compared, from the prefill's prediction on."""
     model, tokenizer = load_causal_lm(model_dir)
     steps = OnnxBackend(model_dir, threads=1, precision=precision, max_batch_size=rows).steps
     held_out = " ".join(corpus(sentences=300, seed=1234))
@@ -138,10 +205,10 @@ def _teacher_forced(model_dir: Path, precision: str, rows: int = 1) -> tuple[flo
     with torch.inference_mode():
         reference = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1).numpy()
     agree, nll_fp32, nll_ours = 0, 0.0, 0.0
-    count = min(len(ids) - 1, 300)
-    state, logits = steps.prefill([ids[:1]] * rows)
-    for t in range(count):
-        if t:
+    count = min(len(ids) - prompt, 300)
+    state, logits = steps.prefill([ids[:prompt]] * rows)
+    for t in range(prompt - 1, prompt - 1 + count):
+        if t >= prompt:
             state, logits = steps.step(state, [ids[t]] * rows)
         row = logits[0].astype(np.float64)
         logprobs = row - row.max() - np.log(np.exp(row - row.max()).sum())
@@ -154,12 +221,20 @@ def _teacher_forced(model_dir: Path, precision: str, rows: int = 1) -> tuple[flo
     return agree / count, math.exp((nll_ours - nll_fp32) / count)
 
 
-@pytest.mark.parametrize("rows", [1, 3], ids=["small-batch graph", "main graph"])
-def test_int8_keeps_quality_on_a_trained_model(model_copy: Path, rows: int) -> None:
+@pytest.mark.parametrize(
+    ("rows", "prompt"),
+    [(1, 1), (3, 1), (3, 150)],
+    ids=["small-batch graph", "main graph", "after a long prompt"],
+)
+def test_int8_keeps_quality_on_a_trained_model(model_copy: Path, rows: int, prompt: int) -> None:
     """The default precision: top-1 agreement >= 97 % and perplexity within 2 %,
-    on both of its graphs."""
-    agreement, ppl_ratio = _teacher_forced(model_copy, "int8", rows)
-    print(f"int8, {rows} row(s): agreement {agreement:.3f}, perplexity ratio {ppl_ratio:.4f}")
+    on both of its graphs, and after a prompt's keys and values came in
+    through the prompt path."""
+    agreement, ppl_ratio = _teacher_forced(model_copy, "int8", rows, prompt)
+    print(
+        f"int8, {rows} row(s), {prompt}-token prompt: "
+        f"agreement {agreement:.3f}, perplexity ratio {ppl_ratio:.4f}"
+    )
     assert agreement >= 0.97, agreement
     assert abs(ppl_ratio - 1) <= 0.02, ppl_ratio
 
@@ -378,6 +453,27 @@ def test_the_onnx_backend_needs_neither_transformers_nor_torch(model_copy: Path)
         assert fast.decode(ids) == slow.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_steps_write_into_the_cache_in_place(model_copy: Path, precision: str) -> None:
+    """A step writes each row's new keys and values at its next position and
+    nothing else, on both graphs: GroupQueryAttention updates the bound cache
+    in place (inside the main graph's If too), never through a copy of the
+    rows (which would cost a copy of the whole cache each step and overwrite
+    positions past a row's length)."""
+    steps = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=4).steps
+    for rows in (4, 1):  # the main graph, then int8's small-batch graph
+        state, _ = steps.prefill([[5] * 12, [6] * 7, [7] * 9, [8] * 3][:rows])
+        marks = steps.cache[:, :, :rows, :, 40:42]
+        marks[...] = 3  # positions no row has reached
+        before = steps.cache[:, :, :rows].copy()
+        state, _ = steps.step(state, [1, 2, 3, 4][:rows])
+        after = steps.cache[:, :, :rows]
+        changed = np.any(after != before, axis=(0, 1, 3, 5))  # [row, position]
+        for row, length in enumerate([12, 7, 9, 3][:rows]):
+            assert list(np.flatnonzero(changed[row])) == [length], (rows, row)
+        steps.select(state, [])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
