@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from generation.decode_loop import fill_holes, greedy_tokens
 from generation.modelfiles import load_causal_lm
 from generation.onnx_backend import EXPORT_VERSION, SMALL_ROWS, OnnxBackend, convert, onnx_path
+from generation.onnx_graph import embedding_files
 from generation.pool import GenerationPool
 from generation.tiny import corpus
 from generation.torch_backend import TransformersBackend
@@ -79,6 +81,57 @@ def test_a_folder_without_the_small_batch_graph_is_converted_again(model_copy: P
     made = small.stat().st_mtime_ns
     convert(model_copy, "int8")
     assert small.stat().st_mtime_ns != made
+
+
+def _cached_fraction(path: Path) -> float:
+    """The share of the file's pages in the system's page cache (mincore)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    flags = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as file:
+        mapped = mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ)
+        view = np.frombuffer(mapped, dtype=np.uint8)
+        status = libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), flags)
+        del view
+        mapped.close()
+    assert status == 0, ctypes.get_errno()
+    return sum(flag & 1 for flag in flags) / pages
+
+
+def test_the_embedding_tables_are_read_ahead_at_load(
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tables are memory-mapped, so the first prompt after a start would
+    read its rows from the disk where the system had dropped the files: at
+    load they are read ahead into the page cache. A file the system let go is
+    back in the cache soon after `read_ahead`, without being read by us."""
+    import os
+
+    import generation.onnx_backend as onnx_backend
+
+    table = tmp_path / "table.npy"
+    np.save(table, np.ones((4096, 2048), dtype=np.int8))  # 8 MB: past any read-ahead window
+    descriptor = os.open(table, os.O_RDONLY)
+    os.fsync(descriptor)  # written back, so the system can drop it
+    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(descriptor)
+    if _cached_fraction(table) > 0.5:
+        pytest.skip("this filesystem keeps the file in the page cache")
+    onnx_backend.read_ahead(table)
+    deadline = time.monotonic() + 20
+    while _cached_fraction(table) < 0.99:
+        assert time.monotonic() < deadline, _cached_fraction(table)
+        time.sleep(0.01)
+
+    read: list[str] = []
+    monkeypatch.setattr(onnx_backend, "read_ahead", lambda path: read.append(path.name))
+    folder = convert(model_copy, "int8").parent
+    onnx_backend.Embeddings(folder, "int8")
+    assert sorted(read) == sorted(embedding_files("int8"))
 
 
 def test_rows_cross_between_the_graphs_in_one_cache(model_copy: Path) -> None:
