@@ -52,11 +52,11 @@ SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see O
 # matmuls in 8-bit blocks): 10-15 % faster at one or two rows, slower from four.
 SMALL_ROWS = 2
 
-# Bump when the graphs change (8: the prompt path; 7: the int8 KV cache; 6:
-# Add + LayerNormalization, not SkipLayerNormalization; 5: int8's small-batch
-# graph; 4: the output head in 8-bit blocks, the embeddings looked up outside
-# the graph).
-EXPORT_VERSION = 8
+# Bump when the graphs change (9: the last block on last positions only; 8:
+# the prompt path; 7: the int8 KV cache; 6: Add + LayerNormalization, not
+# SkipLayerNormalization; 5: int8's small-batch graph; 4: the output head in
+# 8-bit blocks, the embeddings looked up outside the graph).
+EXPORT_VERSION = 9
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
