@@ -19,7 +19,7 @@ from pathlib import Path
 
 from generation.errors import Busy, GenerationError, ModelLoadError
 from generation.messages import N_
-from generation.onnx_backend import onnx_path, small_path
+from generation.onnx_backend import PREFILL_TOKENS, onnx_path, small_path
 from generation.onnx_graph import int8_kv_cache
 from generation.pool import GenerationPool
 
@@ -44,8 +44,9 @@ def model_memory_mb(
     """What a loaded model may hold: its weights as the backend loads them (on
     ONNX int8, both graphs unless `small_batch_graph` is off), plus the KV cache
     of a full batch at full context (int8 values on ONNX int8 and int4, else
-    fp32: GPT-2 small, ONNX int8, batch 8: 251 + 151 MB), plus its share of
-    runtime buffers."""
+    fp32: GPT-2 small, ONNX int8, batch 8: 251 + 151 MB), plus, on ONNX, a
+    longest prompt's keys and values on their way into the cache (19 MB), plus
+    its share of runtime buffers."""
     weights = 0.0
     graph = onnx_path(model_dir, precision)
     if backend == "onnx" and graph.is_file():
@@ -58,7 +59,10 @@ def model_memory_mb(
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         value_bytes = 1 if backend == "onnx" and int8_kv_cache(precision) else 4
         per_token = 2 * int(config["n_layer"]) * int(config["n_embd"]) * value_bytes
-        kv = max_batch * int(config["n_positions"]) * per_token / 1e6
+        rows = max_batch * int(config["n_positions"])
+        if backend == "onnx":  # a prompt group's keys and values, returned by the graph
+            rows += max(int(config["n_positions"]), PREFILL_TOKENS)
+        kv = rows * per_token / 1e6
     except (OSError, ValueError, KeyError, TypeError):
         kv = 0.0
     return weights + kv + 50.0

@@ -10,9 +10,11 @@ Conversion from a Hugging Face model folder is automatic and cached in
 one for steps of one or two rows), written node by node from the weights
 (generation/onnx_graph.py), and the embedding tables,
 looked up here from memory-mapped files (`Embeddings`). The KV cache lives in
-buffers allocated once and updated in place by the graph; inputs and outputs
-are bound to arrays (I/O binding), so a step copies nothing of the cache: it
-writes each row's embedding in and reads the logits out.
+buffers allocated once and updated in place by the graph's steps; inputs and
+outputs are bound to arrays (I/O binding), so a step copies nothing of the
+cache: it writes each row's embedding in and reads the logits out. A prompt
+runs on the graph's prompt path, which returns its keys and values, copied
+into the cache here.
 The tokenizer is `tokenizer.json` through `tokenizers` alone: neither
 transformers nor torch is imported.
 """
@@ -52,11 +54,12 @@ SPIN_US = 20  # how long ONNX Runtime's threads spin-wait before sleeping (see O
 # matmuls in 8-bit blocks): 10-15 % faster at one or two rows, slower from four.
 SMALL_ROWS = 2
 
-# Bump when the graphs change (9: the last block on last positions only; 8:
-# the prompt path; 7: the int8 KV cache; 6: Add + LayerNormalization, not
-# SkipLayerNormalization; 5: int8's small-batch graph; 4: the output head in
-# 8-bit blocks, the embeddings looked up outside the graph).
-EXPORT_VERSION = 9
+# Bump when the graphs change (10: a prompt returns its keys and values only;
+# 9: the last block on last positions only; 8: the prompt path; 7: the int8
+# KV cache; 6: Add + LayerNormalization, not SkipLayerNormalization; 5: int8's
+# small-batch graph; 4: the output head in 8-bit blocks, the embeddings looked
+# up outside the graph).
+EXPORT_VERSION = 10
 
 
 def onnx_path(model_dir: Path, precision: str) -> Path:
@@ -195,8 +198,10 @@ class OnnxStepModel:
     active rows are always the first ones, so the graph runs on a view of the
     first n rows. Inputs and outputs are bound once per batch size (I/O
     binding): a step writes each row's embedding and a few integers and reads
-    back the logits, and nothing of the cache is copied. Rows are compacted when some finish.
-    States are used at most once: each call returns the state to use next.
+    back the logits, and nothing of the cache is copied. A prompt's keys and
+    values come back from the graph's prompt path and are copied into its
+    rows (`_prefill_group`). Rows are compacted when some finish. States are
+    used at most once: each call returns the state to use next.
 
     `small_session`, where there is one, runs the steps of at most `small_rows`
     rows (int8's small-batch graph); both graphs read and write the same cache.
@@ -245,10 +250,12 @@ class OnnxStepModel:
         self._steps: dict[int, _Binding] = {}  # decoding bindings by batch size
         self._top_k = 0
         self._last_top: npt.NDArray[np.int64] | None = None
-        # Prompts through the graph's prompt path (MultiHeadAttention, then the
-        # keys and values copied into the cache here) where it has one; False:
-        # through GroupQueryAttention, as steps go (a test compares the two).
-        self.prompt_path = any(i.name == "is_prompt" for i in session.get_inputs())
+        # Prompts through the main graph's prompt path (MultiHeadAttention, then
+        # the keys and values copied into the cache here) where it has one
+        # (`has_prompt_path`); False: through GroupQueryAttention, as steps go
+        # (a test compares the two).
+        self.has_prompt_path = any(i.name == "is_prompt" for i in session.get_inputs())
+        self.prompt_path = self.has_prompt_path
 
     # ------------------------------------------------------------------ running
     def _binding(
@@ -376,16 +383,18 @@ class OnnxStepModel:
             bound.ids[index, : len(row)] = row
         bound.pos[:] = np.arange(width, dtype=np.int64)
         bound.last[:] = np.arange(len(rows), dtype=np.int64) * width + lengths - 1
+        # For GroupQueryAttention (without the prompt path): a first prompt,
+        # its right-padded batch.
         bound.seqlens[:] = lengths - 1
-        bound.total[0] = width  # a first prompt: GroupQueryAttention's right-padded batch
+        bound.total[0] = width
         logits = self._run(bound)
         if bound.prompt_kv is not None:  # the prompt path: its keys and values, into the cache
-            shape = (len(rows), width, 3, self.heads, self.head_dim)
-            for layer, qkv in enumerate(bound.prompt_kv):
-                # [rows, width, q/k/v, head, dim] -> [k/v, rows, head, width, dim]
-                self.cache[layer, :, start : start + len(rows), :, :width] = qkv.reshape(shape)[
-                    :, :, 1:
-                ].transpose(2, 0, 3, 1, 4)
+            shape = (len(rows), width, 2, self.heads, self.head_dim)
+            for layer, kv in enumerate(bound.prompt_kv):
+                # [rows, width, k/v, head, dim] -> [k/v, rows, head, width, dim]
+                self.cache[layer, :, start : start + len(rows), :, :width] = kv.reshape(
+                    shape
+                ).transpose(2, 0, 3, 1, 4)
         return logits
 
     def step(self, state: _State, tokens: Sequence[int]) -> tuple[_State, Logits]:
@@ -450,8 +459,9 @@ class OnnxStepModel:
 
 class _Binding:
     """One run's inputs and outputs bound to arrays (I/O binding): the cache rows
-    [start, start + rows) serve as both past and present, and the small inputs
-    are arrays written in place before each run."""
+    [start, start + rows) serve as both past and present (but for a prompt on
+    the prompt path, which leaves the cache alone), and the small inputs are
+    arrays written in place before each run."""
 
     def __init__(
         self,
@@ -468,20 +478,19 @@ class _Binding:
         self.binding = session.io_binding()
         self._kept: list[Any] = []  # arrays bound here: they must outlive the binding
         # A graph with a prompt path (`onnx_graph`'s `attention`) is told which
-        # run this is; for a prompt, it returns the prompt's queries, keys and
-        # values per layer (`prompt_kv`), for the backend to write into the
-        # cache, and leaves the cache alone; for a step, placeholders of [1, 1,
-        # 3 x width].
+        # run this is; for a prompt, it returns the prompt's keys and values per
+        # layer (`prompt_kv`, [rows, width, 2 x hidden]), for the backend to
+        # write into the cache, and leaves the cache alone; for a step,
+        # placeholders of [1, 1, 2 x hidden].
         self.prompt_kv: list[npt.NDArray[Any]] | None = None
-        prompt_path = any(i.name == "is_prompt" for i in session.get_inputs())
-        if prompt_path:
+        if session is model.session and model.has_prompt_path:
             self._kept.append(np.array([prompt]))
             self.binding.bind_ortvalue_input(
                 "is_prompt", ort.OrtValue.ortvalue_from_numpy(self._kept[-1])
             )
             shape = (rows, width) if prompt else (1, 1)
             kv = [
-                np.empty((*shape, 3 * model.heads * model.head_dim), dtype=model.cache.dtype)
+                np.empty((*shape, 2 * model.heads * model.head_dim), dtype=model.cache.dtype)
                 for _ in range(model.layers)
             ]
             for layer, out in enumerate(kv):

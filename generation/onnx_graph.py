@@ -3,11 +3,12 @@
 Why by hand and not exported from torch: the exported graph had about 1,500
 nodes (shape arithmetic, mask building, a concatenation that copied the whole
 KV cache every step), so a batch-1 step cost about 10 ms where reading the
-int8 weights needs about 5. This graph has about ten nodes a layer, most of
-them ONNX Runtime's fused CPU kernels:
+int8 weights needs about 5. This graph has about ten nodes a layer on a
+step's path, most of them ONNX Runtime's fused CPU kernels:
 
-    (Add +) LayerNorm -> QKV matmul -> GroupQueryAttention
-    -> output matmul -> Add + LayerNorm -> matmul + FastGelu -> matmul
+    (Add +) LayerNorm -> QKV matmul -> If(GroupQueryAttention, or for a
+    prompt MultiHeadAttention) -> output matmul -> Add + LayerNorm
+    -> matmul + FastGelu -> matmul
 
 (The residual's Add and the layer norm stay two nodes: ONNX Runtime's fused
 SkipLayerNormalization is several times slower on the CPU, see `skip_norm`.)
@@ -23,8 +24,8 @@ backend to write into the cache. GroupQueryAttention's own prompt path took
 about twice as long (9.4 against 4 ms of a 36 ms prefill of 88 tokens; 3x at
 400 tokens), and a separate prompt graph would have held a third copy of the
 weights. Past the last layer's attention (which writes every position's
-keys and values), the last block, the final layer norm and the output head
-run only on each row's last position, and the graph also returns each row's
+keys and values), the rest of the last block, the final layer norm and the
+output head run only on each row's last position, and the graph also returns each row's
 best `top_k` ids, so sampling never sorts 50,257 logits in Python.
 
 For int8 and int4 the KV cache holds int8 values (GroupQueryAttention's
@@ -309,10 +310,10 @@ def _graph(
     small: bool = False,
     kv: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] | None = None,
 ) -> Any:
-    """The step graph as an ONNX model; `small`: int8 with the blocks' matmuls
-    in 8-bit blocks (MatMulNBits), the faster kernel for one or two rows, and
-    no prompt path (it runs steps only); `kv`: each layer's (key, value) scales
-    of an int8 KV cache (None: fp32)."""
+    """The graph for steps and prompts as an ONNX model; `small`: int8 with
+    the blocks' matmuls in 8-bit blocks (MatMulNBits), the faster kernel for
+    one or two rows, and no prompt path (it runs steps only); `kv`: each
+    layer's (key, value) scales of an int8 KV cache (None: fp32)."""
     from onnx import TensorProto, helper
 
     layers, heads, width = int(config["n_layer"]), int(config["n_head"]), int(config["n_embd"])
@@ -321,13 +322,14 @@ def _graph(
     vocab = w["wte.weight"].shape[0]
     g = _Builder()
     cache_type = TensorProto.FLOAT if kv is None else TensorProto.INT8
-    prompts = not small
-    if prompts:
+    prompt_path = not small
+    if prompt_path:  # a step's `prompt_kv_*`
+        placeholder = g.const(
+            "kv_placeholder", np.zeros((1, 1, 2 * width), np.float32 if kv is None else np.int8)
+        )
+    if prompt_path and kv is not None:  # QuantizeLinear's scale and zero point
         unit = g.const("unit", np.array(1.0, np.float32))
         int8_zero = g.const("int8_zero", np.array(0, np.int8))
-        placeholder = g.const(
-            "kv_placeholder", np.zeros((1, 1, 3 * width), np.float32 if kv is None else np.int8)
-        )
 
     def blocked(
         x: str,
@@ -409,12 +411,12 @@ def _graph(
         Prompts (with the prompt path, `is_prompt`): MultiHeadAttention, causal,
         over the prompt alone (ONNX Runtime's GroupQueryAttention prompt path
         took twice as long at 88 tokens and three times at 400), and the
-        prompt's keys and values come out quantized like the cache, as
-        `prompt_kv_{i}` ([rows, width, 3 x width], the queries' third zero),
-        for the backend to copy into it. The two are an If's branches, so a
-        run does one or the other; `present_*` are then the `past_*` given (a
-        prompt binds small placeholders to them) and a step's `prompt_kv_*` a
-        placeholder of [1, 1, 3 x width]."""
+        prompt's keys and values come out as the cache holds them (int8:
+        quantized with its scales), as `prompt_kv_{i}` ([rows, prompt width,
+        2 x hidden]), for the backend to copy into it. The two are an If's
+        branches, so a run does one or the other; `present_*` are then the
+        `past_*` given (a prompt binds small placeholders to them) and a
+        step's `prompt_kv_*` a placeholder of [1, 1, 2 x hidden]."""
         past = [f"past_key_{i}", f"past_value_{i}"]
         present = [f"present_key_{i}", f"present_value_{i}"]
         attn_inputs = [qkv, "", "", *past, "seqlens_k", "total_seq_len"]
@@ -430,8 +432,10 @@ def _graph(
                 "v_quant_type": "PER_CHANNEL",
                 "kv_cache_bit_width": 8,
             }
-        step = [f"step{i}_{name}" for name in ("attn", "key", "value")] if prompts else []
-        step = step or [f"attn_{i}", *present]
+        if prompt_path:  # the If's step branch
+            step = [f"step{i}_{name}" for name in ("attn", "key", "value")]
+        else:
+            step = [f"attn_{i}", *present]
         gqa = helper.make_node(
             "GroupQueryAttention",
             attn_inputs,
@@ -442,7 +446,7 @@ def _graph(
             kv_num_heads=heads,
             **quantized,
         )
-        if not prompts:
+        if not prompt_path:
             g.nodes.append(gqa)
             return step[0]
         b = f"prompt{i}_"
@@ -457,18 +461,19 @@ def _graph(
                 num_heads=heads,
                 unidirectional=1,
             ),
+            helper.make_node("Concat", [k, v], [f"{b}kv" if kv is None else f"{b}kv32"], axis=2),
         ]
         if kv is not None:  # round(x / scale), as GroupQueryAttention stores them
-            inverse = np.concatenate(
-                [np.zeros(width), 1 / kv[i][0].ravel(), 1 / kv[i][1].ravel()]
-            ).astype(np.float32)
+            inverse = np.concatenate([1 / kv[i][0].ravel(), 1 / kv[i][1].ravel()])
             nodes += [
-                helper.make_node("Mul", [qkv, g.const(f"h.{i}.inverse", inverse)], [f"{b}scaled"]),
+                helper.make_node(
+                    "Mul",
+                    [f"{b}kv32", g.const(f"h.{i}.inverse", inverse.astype(np.float32))],
+                    [f"{b}scaled"],
+                ),
                 # A scalar scale: per-axis QuantizeLinear was 20x slower on the CPU.
                 helper.make_node("QuantizeLinear", [f"{b}scaled", unit, int8_zero], [f"{b}kv"]),
             ]
-        else:
-            nodes.append(helper.make_node("Identity", [qkv], [f"{b}kv"]))
         nodes += [helper.make_node("Identity", [name], [f"{b}{name}"]) for name in past]
         then = helper.make_graph(
             nodes,
@@ -578,7 +583,7 @@ def _graph(
         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]),
         helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["batch", "k"]),
     ] + [helper.make_tensor_value_info(name, cache_type, cache) for name in presents]
-    if prompts:
+    if prompt_path:
         inputs.append(helper.make_tensor_value_info("is_prompt", TensorProto.BOOL, [1]))
         outputs += [
             helper.make_tensor_value_info(f"prompt_kv_{i}", cache_type, None) for i in range(layers)

@@ -104,13 +104,16 @@ def test_memory_estimate_counts_weights_and_a_full_batch_of_cache(tiny_model_dir
 
 def test_memory_estimate_counts_both_int8_graphs(tiny_model_dir: Path, tmp_path: Path) -> None:
     """ONNX int8 loads its small-batch graph too, unless that is turned off;
-    its KV cache holds int8 values (fp32 on ONNX fp32)."""
+    its KV cache holds int8 values (fp32 on ONNX fp32), and a prompt's keys
+    and values (up to a context's worth) come back from the graph before they
+    are copied into it."""
     folder = tmp_path / "model"
     (folder / "onnx").mkdir(parents=True)
     (folder / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
     (folder / "onnx" / "model-int8.onnx").write_bytes(b"x" * 3_000_000)
     (folder / "onnx" / "model-int8-small.onnx").write_bytes(b"x" * 2_000_000)
-    kv = 8 * 1024 * 2 * 2 * 64 / 1e6  # batch x context x (k, v) x layers x width, a byte each
+    kv = (8 + 1) * 1024 * 2 * 2 * 64 / 1e6  # (batch + a prompt) x context x (k, v) x layers
+    # x width, a byte each
     assert model_memory_mb(folder) == pytest.approx(5 + kv + 50)
     assert model_memory_mb(folder, small_batch_graph=False) == pytest.approx(3 + kv + 50)
     (folder / "onnx" / "model-fp32.onnx").write_bytes(b"x" * 4_000_000)

@@ -113,6 +113,8 @@ def test_the_embedding_tables_are_read_ahead_at_load(
 
     import generation.onnx_backend as onnx_backend
 
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this system")
     table = tmp_path / "table.npy"
     np.save(table, np.ones((4096, 2048), dtype=np.int8))  # 8 MB: past any read-ahead window
     descriptor = os.open(table, os.O_RDONLY)
@@ -181,19 +183,19 @@ def test_rows_cross_between_the_graphs_in_one_cache(model_copy: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
 def test_the_prompt_path_writes_the_cache_as_group_query_attention_does(
-    model_copy: Path, precision: str
+    model_copy: Path, precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prompts go through the main graph's prompt path (MultiHeadAttention; the
     keys and values, quantized like the cache, copied into it by the backend),
-    steps through GroupQueryAttention. The same prompts, right-padded to
-    different lengths and placed after a running row, both ways: the cache
-    holds the same values (int8: the same integers in the first layer, within
-    int8's rounding after), the logits agree, and so do the next steps', which
-    read the prompt's keys and values from the cache."""
+    steps through GroupQueryAttention. A running row, then prompts of three
+    lengths (right-padded) placed after it, both ways: the cache holds the
+    same values (int8: the same integers in the first layer, within int8's
+    rounding after; fp32: within float rounding), the logits agree, and so do
+    the next steps', which read the prompts' keys and values from the cache."""
     backend = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=4)
     steps = backend.steps
-    assert steps.prompt_path and steps.small_session is not steps.session
-    running = backend.encode("Ada")
+    assert steps.prompt_path
+    running = backend.encode("Ada went to sea.")
     prompts = [
         backend.encode(p)
         for p in (
@@ -204,29 +206,40 @@ def test_the_prompt_path_writes_the_cache_as_group_query_attention_does(
     ]
     assert len({len(p) for p in prompts}) == 3 and max(map(len, prompts)) > 100
     forced = backend.encode(" the castle was dark and the rain fell on the old harbour")
+    paths: list[bool] = []  # which way each prompt ran
+    binding = steps._binding
 
-    def run(prompt_path: bool) -> tuple[Any, list[Any]]:
+    def watched(*args: Any, prompt: bool = False, **kwargs: Any) -> Any:
+        if args[2] > 1:  # a prompt's width
+            paths.append(prompt)
+        return binding(*args, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(steps, "_binding", watched)
+
+    def run(prompt_path: bool) -> tuple[list[Any], list[Any]]:
         steps.prompt_path = prompt_path
         first, _ = steps.prefill([running])
         joined, logits = steps.prefill(prompts, after=first)
+        assert paths[-2:] == [prompt_path] * 2
         state = steps.merge(first, joined)
         cache = [
-            steps.cache[:, :, 1 + row, :, : len(prompt)].copy()
-            for row, prompt in enumerate(prompts)
+            steps.cache[:, :, row, :, : len(prompt)].copy()
+            for row, prompt in enumerate([running, *prompts])
         ]
         seen = [logits.copy()]
         for token in forced[:6]:  # four rows: the main graph
             state, logits = steps.step(state, [token] * 4)
-            seen.append(logits[1:].copy())
+            seen.append(logits.copy())
         steps.select(state, [])
         return cache, seen
 
     (cache, seen), (expected_cache, expected) = run(True), run(False)
-    steps.prompt_path = True
     for ours, theirs in zip(cache, expected_cache, strict=True):
         if precision == "int8":
             # The first layer's (the same inputs both ways) are the same
-            # integers; later layers' follow attention computed two ways.
+            # integers: x times the inverse scale, rounded half to even, is
+            # what GroupQueryAttention stores. Later layers' follow attention
+            # computed two ways.
             differ = np.abs(ours.astype(np.int32) - theirs.astype(np.int32))
             assert not differ[0].any(), float(np.mean(differ[0] > 0))
             assert differ.max() <= 2 and float(differ.mean()) < 0.5, (
