@@ -455,6 +455,12 @@ class GenerationPool:
         except BaseException as error:
             loop.call_soon_threadsafe(_set_exception, loaded, error)
             return
+        rehearse = getattr(backend, "rehearse", None)
+        if rehearse is not None:  # a local engine: its first story's code, read in now
+            try:
+                rehearse()
+            except Exception:  # the first request then pays for it; it still gets served
+                log.warning("the story at load failed", exc_info=True)
         loop.call_soon_threadsafe(_set_result, loaded, backend)
         try:
             while True:

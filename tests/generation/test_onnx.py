@@ -521,6 +521,41 @@ def test_the_onnx_backend_needs_neither_transformers_nor_torch(model_copy: Path)
         )
 
 
+def test_the_first_story_after_a_start_runs_no_new_code(model_copy: Path) -> None:
+    """The pool has its engine write a short story at load (`rehearse`), so the
+    first person's story finds all the code it runs loaded: nothing it needs
+    is imported (or read from disk) while they wait for the first token.
+    In a fresh process: before, numpy.random was imported at the first story.
+    The story at load counts no forward calls, and its text goes nowhere."""
+    convert(model_copy, "int8")
+    code = f"""
+import asyncio, sys
+from pathlib import Path
+from generation.onnx_backend import OnnxBackend
+from generation.pool import GenerationPool
+from generation.types import GenerationParams, GenerationRequest
+
+async def main():
+    pool = GenerationPool(lambda: OnnxBackend(Path({str(model_copy)!r}), threads=1))
+    async with pool:
+        assert pool.backend.forward_calls == 0 and pool.stats.batches == 0
+        before = set(sys.modules)
+        ticket = pool.submit(GenerationRequest("Ada ran to the castle.", GenerationParams(
+            max_new_tokens=8, min_new_tokens=8, seed=3, top_p=0.9, repetition_penalty=1.2)))
+        text = "".join([piece async for piece in ticket.stream()])
+        result = await ticket.result()
+        assert result.new_tokens == 8 and text, result
+        print(sorted(set(sys.modules) - before))
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_steps_write_into_the_cache_in_place(model_copy: Path, precision: str) -> None:
     """A step writes each row's new keys and values at its next position and

@@ -312,3 +312,23 @@ async def test_a_broken_model_folder_fails_at_start(tmp_path: Path, tiny_model_d
     missing = GenerationPool(lambda: TransformersBackend(tmp_path / "nothing"))
     with pytest.raises(ModelLoadError, match=r"download_model\.py"):
         await missing.start()
+
+
+async def test_a_failed_story_at_load_still_leaves_a_working_pool(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The story a local engine writes at load (`rehearse`) only warms code
+    up: if it fails, the pool says so in the log and serves the first story
+    all the same."""
+    from generation.torch_backend import TransformersBackend
+
+    class Unrehearsed(TransformersBackend):
+        def rehearse(self) -> None:
+            raise RuntimeError("no rehearsal today")
+
+    pool = GenerationPool(lambda: Unrehearsed(tiny_model_dir, threads=1))
+    with caplog.at_level("WARNING", logger="generation.pool"):
+        async with pool:
+            result = await pool.submit(req(seed=5, tokens=6)).result()
+    assert result.new_tokens == 6
+    assert any("the story at load failed" in r.getMessage() for r in caplog.records)
