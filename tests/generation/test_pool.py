@@ -332,3 +332,28 @@ async def test_a_failed_story_at_load_still_leaves_a_working_pool(
             result = await pool.submit(req(seed=5, tokens=6)).result()
     assert result.new_tokens == 6
     assert any("the story at load failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("engine", ["transformers", "onnx"])
+def test_each_local_engine_writes_its_story_at_load(
+    tiny_model_dir: Path, tmp_path: Path, engine: str
+) -> None:
+    """`rehearse` runs on every local engine the way its stories run (torch's
+    in inference mode), tells the metrics nothing and counts no forward
+    calls."""
+    import shutil
+
+    from generation.onnx_backend import OnnxBackend
+    from generation.torch_backend import TransformersBackend
+
+    backend: TransformersBackend | OnnxBackend
+    if engine == "transformers":
+        backend = TransformersBackend(tiny_model_dir, threads=1)
+    else:  # converted in a copy of its own
+        backend = OnnxBackend(shutil.copytree(tiny_model_dir, tmp_path / "model"), threads=1)
+    steps: list[int] = []
+    backend.on_step = steps.append
+    calls = backend.forward_calls
+    backend.rehearse()
+    assert backend.forward_calls == calls and steps == []
+    assert backend.on_step is not None
