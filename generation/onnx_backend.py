@@ -482,43 +482,42 @@ class _Binding:
         # layer (`prompt_kv`, [rows, width, 2 x hidden]), for the backend to
         # write into the cache, and leaves the cache alone; for a step,
         # placeholders of [1, 1, 2 x hidden].
-        self.prompt_kv: list[npt.NDArray[Any]] | None = None
+        self.prompt_kv: npt.NDArray[Any] | None = None
         if session is model.session and model.has_prompt_path:
             self._kept.append(np.array([prompt]))
             self.binding.bind_ortvalue_input(
                 "is_prompt", ort.OrtValue.ortvalue_from_numpy(self._kept[-1])
             )
             shape = (rows, width) if prompt else (1, 1)
-            kv = [
-                np.empty((*shape, 2 * model.heads * model.head_dim), dtype=model.cache.dtype)
-                for _ in range(model.layers)
-            ]
-            for layer, out in enumerate(kv):
+            kv = np.empty(
+                (model.layers, *shape, 2 * model.heads * model.head_dim), model.cache.dtype
+            )
+            for layer in range(model.layers):
                 self.binding.bind_ortvalue_output(
-                    f"prompt_kv_{layer}", ort.OrtValue.ortvalue_from_numpy(out)
+                    f"prompt_kv_{layer}", ort.OrtValue.ortvalue_from_numpy(kv[layer])
                 )
-            self._kept += kv
+            self._kept.append(kv)
             self.prompt_kv = kv if prompt else None
+        # The cache rows; for a prompt on the prompt path, placeholders one
+        # position long ([layer, key/value, past/present, row, head, 1, dim]).
+        placeholders = None
+        if self.prompt_kv is not None:
+            placeholders = np.zeros(
+                (model.layers, 2, 2, rows, model.heads, 1, model.head_dim), model.cache.dtype
+            )
+            self._kept.append(placeholders)
         for layer in range(model.layers):
             for index, kind in enumerate(("key", "value")):
-                if self.prompt_kv is not None:  # placeholders, one position long
-                    past, present = (
-                        np.zeros((rows, model.heads, 1, model.head_dim), model.cache.dtype)
-                        for _ in range(2)
-                    )
-                    self._kept += [past, present]
-                    self.binding.bind_ortvalue_input(
-                        f"past_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(past)
-                    )
-                    self.binding.bind_ortvalue_output(
-                        f"present_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(present)
-                    )
-                    continue
-                view = ort.OrtValue.ortvalue_from_numpy(
-                    model.cache[layer, index, start : start + rows]
+                if placeholders is None:
+                    past = present = model.cache[layer, index, start : start + rows]
+                else:
+                    past, present = placeholders[layer, index]
+                self.binding.bind_ortvalue_input(
+                    f"past_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(past)
                 )
-                self.binding.bind_ortvalue_input(f"past_{kind}_{layer}", view)
-                self.binding.bind_ortvalue_output(f"present_{kind}_{layer}", view)
+                self.binding.bind_ortvalue_output(
+                    f"present_{kind}_{layer}", ort.OrtValue.ortvalue_from_numpy(present)
+                )
         # Token ids and positions are looked up here (`Embeddings`) into
         # `embeds`, the graph's input.
         self.ids = np.zeros((rows, width), dtype=np.int64)
