@@ -179,6 +179,19 @@ def median_of(runs: list[dict[str, Any]], *path: str) -> float:
     return statistics.median(values)
 
 
+def prompt_tokens(model: Path) -> int:
+    """How many tokens the benchmark's prompt is to the model's tokenizer."""
+    from bench.worker import PROMPT
+    from generation.modelfiles import load_fast_tokenizer
+
+    return len(load_fast_tokenizer(model).encode(PROMPT))
+
+
+def samples_of(runs: list[dict[str, Any]], key: str) -> list[float]:
+    """Every run's samples under `key`, pooled (NaN: nothing was streamed)."""
+    return sorted(value for run in runs for value in run.get(key, []) if value == value)
+
+
 def summarise(
     runs: dict[str, list[dict[str, Any]]], tokens: int, levels: list[int], gbs: float, params: int
 ) -> dict[str, Any]:
@@ -186,12 +199,16 @@ def summarise(
     for backend, results in runs.items():
         row: dict[str, Any] = {
             "batch1_s": median_of(results, "batch1_s"),
-            "ttft_ms": 1000 * median_of(results, "ttft_s"),
+            "ttft_first_ms": 1000 * median_of(results, "ttft_first_s"),
             "load_s": median_of(results, "load_s"),
             "rss_mb": median_of(results, "rss_mb"),
             "peak_rss_mb": median_of(results, "peak_rss_mb"),
             "busy_rss_mb": median_of(results, "busy_rss_mb"),
         }
+        firsts = samples_of(results, "ttft_samples_s")
+        row["ttft_ms"] = 1000 * statistics.median(firsts) if firsts else float("nan")
+        row["ttft_samples"] = len(firsts)
+        row["ttft_range_ms"] = (1000 * firsts[0], 1000 * firsts[-1]) if firsts else None
         row["others_cpu"] = median_of(results, "others_cpu")
         row["batch1_tok_s"] = tokens / row["batch1_s"]
         ceiling = gbs * 1e9 / (params * BYTES_PER_PARAM[backend])
@@ -254,6 +271,22 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], levels: list[int]) -
             f"{row['ceiling_tok_s']:.0f} | {row['load_s']:.1f} | {row['rss_mb']:.0f} / "
             f"{row['busy_rss_mb']:.0f} / {row['peak_rss_mb']:.0f} | "
             f"{100 * row['others_cpu']:.0f} % |"
+        )
+    lines += [
+        "",
+        "First streamed token, a lone story on an idle engine (the benchmark's prompt, "
+        f"{meta.get('prompt_tokens', '?')} tokens here): the median over every round's "
+        "lone stories (the first after load, then more, one at a time), the story "
+        "right after load (median of the rounds), and the fastest and slowest.",
+        "",
+        "| backend | median | after load | fastest – slowest | samples |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        low, high = row["ttft_range_ms"] or (float("nan"), float("nan"))
+        lines.append(
+            f"| {name} | {_ms(row['ttft_ms'])} | {_ms(row['ttft_first_ms'])} | "
+            f"{_ms(low)} – {_ms(high)} | {row['ttft_samples']} |"
         )
     for n in levels:
         lines += [
@@ -434,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": tokens,
         "rounds": rounds,
         "mean_gap_s": MEAN_GAP_S,
+        "prompt_tokens": prompt_tokens(model),
         "llama_note": llama_note,
         "llama_build": next(
             (run[0]["build"] for name, run in runs.items() if name.startswith("llama-")), None
