@@ -31,6 +31,11 @@ PROMPT = (
 # as long (our own threads' CPU time rises with it, so nothing else took the
 # cores), and a single sample landing in one reads as the engine's figure.
 FIRST_TOKEN_SAMPLES = 6
+# The samples repeat one prompt: no engine measured here reuses a cached
+# prefix of it (our pool prefills every story whole; llama.cpp's context is
+# cleared before each; `transformers serve` shares only whole 256-token
+# blocks, and the prompt is shorter than one). A longer PROMPT would need that
+# last one turned off, or each sample's prompt made to differ.
 
 
 def _status(field: str) -> float:
