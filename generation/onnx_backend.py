@@ -57,8 +57,9 @@ SMALL_ROWS = 2
 # rows' are handed back (`OnnxStepModel._release`). Every lone story runs in
 # row 0, and a page handed back costs a fault when written again: 576 of them
 # for an 87-token prompt (two pages a head, key and value, layer): 1.3-2.1 ms of
-# a 30-33 ms prefill. Row 0 holds at most 19 MB (GPT-2 small, int8, a whole
-# context), and only the positions a story reached.
+# a 30-33 ms prefill. Row 0 holds at most a whole context's keys and values
+# (GPT-2 small: 19 MB with the int8 cache, 75 MB in fp32; inside
+# `model_memory_mb`'s full batch), and only the positions a story reached.
 RESIDENT_ROWS = 1
 
 # Bump when the graphs change (10: a prompt returns its keys and values only;
@@ -296,7 +297,8 @@ class OnnxStepModel:
         """A short prompt, then a step on each graph at each batch size the small
         one takes, at load: ONNX Runtime's first run of each graph and shape
         sets up its threads and memory, which the first story's first token
-        would otherwise wait for. The cache rows are handed back after."""
+        would otherwise wait for. The cache rows are handed back after, but
+        for the first (RESIDENT_ROWS): one page a head, key and value, layer."""
         rows = min(self.small_rows + 1, self.max_rows)  # one more than the small graph takes
         state, _ = self.prefill([[0] * PREFILL_BUCKET] * rows)
         state, _ = self.step(state, [0] * rows)  # the main graph's step
@@ -431,8 +433,10 @@ class OnnxStepModel:
         order = [int(row) for row in keep]
         read_at = {source: index for index, source in enumerate(order)}
         if any(read_at.get(target, -1) > target for target in range(len(order))):
-            # A row would be overwritten before it is read: copy through a temporary.
-            self.cache[:, :, : len(order)] = self.cache[:, :, order]
+            # A row would be overwritten before it is read: copy through a
+            # temporary, the positions the longest row used.
+            used = int(state.lengths[order].max()) if order else 0
+            self.cache[:, :, : len(order), :, :used] = self.cache[:, :, order, :, :used]
         else:  # in order, nothing is overwritten before it is read (increasing
             # order, or `fill_holes`'s: rows stay or move into finished rows' places)
             for target, source in enumerate(order):

@@ -600,33 +600,44 @@ def test_rows_that_leave_give_their_memory_back(model_copy: Path, precision: str
     steps.select(state, [])
     assert np.count_nonzero(steps.cache[:, :, 1:]) == 0
     assert np.count_nonzero(steps.cache[:, :, 0]) > 0  # kept, not zeroed
+    state, _ = steps.prefill([[5] * 40, [6] * 30, [7] * 20])
+    steps.select(state, [])  # all three end at once
+    assert np.count_nonzero(steps.cache[:, :, 1:]) == 0
+    assert np.count_nonzero(steps.cache[:, :, 0]) > 0
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_a_story_after_a_longer_one_in_the_same_row_is_unchanged(
+def test_stories_after_a_longer_one_in_the_same_row_are_unchanged(
     model_copy: Path, precision: str
 ) -> None:
     """Row 0 keeps what a finished story left past the next one's length:
-    never read. A short story after a long one gives the logits it gives on
-    a fresh engine, through its prompt and its steps."""
+    never read. After a long story, a short one alone, then three together
+    (the short one in row 0 beside longer rows, on each graph) give the
+    logits they give on a fresh engine, through their prompts and steps."""
 
-    def short_story(steps: OnnxStepModel) -> list[np.ndarray]:
-        state, logits = steps.prefill([[3, 1, 4, 1, 5]])
-        out = [logits.copy()]
-        for token in [9, 2, 6, 5]:
-            state, logits = steps.step(state, [token])
+    def stories(steps: OnnxStepModel) -> list[np.ndarray]:
+        out = []
+        for prompts in ([[3, 1, 4, 1, 5]], [[3, 1, 4], [2, 7] * 15, [8] * 22]):
+            state, logits = steps.prefill(prompts)
             out.append(logits.copy())
-        steps.select(state, [])
+            for token in [9, 2, 6, 5]:
+                state, logits = steps.step(state, [token] * len(prompts))
+                out.append(logits.copy())
+            if len(prompts) > 1:  # rows 1 and 2 leave; row 0 steps alone (the small graph)
+                state = steps.select(state, [0])
+                state, logits = steps.step(state, [4])
+                out.append(logits.copy())
+            steps.select(state, [])
         return out
 
-    fresh = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=2).steps
-    used = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=2).steps
+    fresh = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=3).steps
+    used = OnnxBackend(model_copy, precision=precision, threads=1, max_batch_size=3).steps
     state, _ = used.prefill([[7, 8, 9, 10] * 20])
     for token in range(30):
         state, _ = used.step(state, [token])
     used.select(state, [])
     assert np.count_nonzero(used.cache[:, :, 0, :, 10:110]) > 0  # the long story's, left
-    for expected, got in zip(short_story(fresh), short_story(used), strict=True):
+    for expected, got in zip(stories(fresh), stories(used), strict=True):
         np.testing.assert_array_equal(got, expected)
 
 
