@@ -26,7 +26,7 @@ MAX_SEED = 2**63 - 1
 MAX_STORY_ID = 10**18 - 1  # ids are at most 18 ASCII digits
 
 # Control characters other than tab and line breaks are refused (422).
-_NO_CONTROL = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+_NO_CONTROL = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 # A prompt of only white space (as Python's str.strip sees it) and invisible
 # characters is empty (422): at least one character must be neither.
 _VISIBLE = (

@@ -102,8 +102,10 @@ _NOTE_ERRORS = {
 }
 # Zero-width and other invisible characters: a prompt of only these is empty.
 # Control characters other than tab and line breaks: never part of a story (and
-# a NUL cuts the text short in many a client).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# a NUL cuts the text short in many a client); the C1 ones too (U+009B opens a
+# terminal escape as ESC [ does), and lone surrogates, which JSON's \u escapes
+# can carry but no UTF-8 text holds.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
 
@@ -605,10 +607,20 @@ class StoryService:
                     part=busy[0].number,
                 )
             )
-        if options is not None and (options.memory is not None or options.authors_note is not None):
-            await self.set_notes(story_id, who, options.memory, options.authors_note)
-        latest = await self.store.latest_part(story_id)
-        started = await self.continue_from(latest.id, who, options)
+        if options is None or (options.memory is None and options.authors_note is None):
+            latest = await self.store.latest_part(story_id)
+            return (await self.continue_from(latest.id, who, options)).run
+        # The part is written with the new notes, so they are saved first, and
+        # put back if the part is refused (its options, or a prompt the new
+        # memory makes too long): a refused request changes nothing.
+        before = await self.store.get_story(story_id)
+        await self.set_notes(story_id, who, options.memory, options.authors_note)
+        try:
+            latest = await self.store.latest_part(story_id)
+            started = await self.continue_from(latest.id, who, options)
+        except Exception:
+            await self.store.set_notes(story_id, before.memory, before.authors_note)
+            raise
         return started.run
 
     @reports_refusals

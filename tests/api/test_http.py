@@ -212,7 +212,7 @@ BAD = [
     (b'{"input": "x", "max_new_tokens": 0}', 422, "invalid_request"),
     (b'{"input": "x", "max_new_tokens": true}', 422, "wrong_type"),
     (b'{"input": "x", "stream": "yes"}', 422, "wrong_type"),
-    (b'{"input": "\\ud800"}', 422, "invalid_data"),
+    (b'{"input": "\\ud800"}', 422, "control_character"),  # a lone surrogate
 ]
 
 
@@ -268,6 +268,37 @@ async def test_memory_and_authors_note_are_kept_and_changed_by_continue(
     assert (await too_long.json())["error"]["code"] == "invalid_notes"
     wrong = await client.post("/", json={"input": "x", "authors_note": 5})
     assert wrong.status == 422 and (await wrong.json())["error"]["code"] == "wrong_type"
+
+
+async def test_a_refused_continue_leaves_the_notes_as_they_were(
+    client: TestClient[Any, Any],
+) -> None:
+    """The notes a continue brings are saved only with the part they write: a
+    continue refused for its other options, or for the prompt its new memory
+    makes too long, changes nothing, and the next continue still works."""
+    first = await client.post(
+        "/", json={"input": "The rain fell.", "memory": "Ada.", "max_new_tokens": 4}
+    )
+    assert first.status == 200, await first.text()
+    story_id = (await first.json())["story_id"]
+    path = f"/stories/{story_id}/continue"
+    for body, code in (
+        ({"memory": "Changed.", "max_new_tokens": 10**6}, "invalid_request"),
+        ({"authors_note": "Changed.", "temperature": 99}, "invalid_request"),
+        ({"memory": "Changed.", "seed": -4}, "invalid_request"),
+        ({"memory": "\U0001f9d1\u200d\U0001f680" * 160, "max_new_tokens": 1}, "prompt_too_long"),
+    ):
+        refused = await client.post(path, json=body)
+        assert refused.status == 422, (body, await refused.text())
+        assert (await refused.json())["error"]["code"] == code, body
+        story = (await (await client.get(f"/stories/{story_id}")).json())["story"]
+        assert (story["memory"], story["authors_note"]) == ("Ada.", ""), body
+    later = await client.post(path, json={"max_new_tokens": 4})
+    assert later.status == 200, await later.text()
+    changed = await client.post(path, json={"authors_note": "Tense.", "max_new_tokens": 4})
+    assert changed.status == 200, await changed.text()
+    story = (await (await client.get(f"/stories/{story_id}")).json())["story"]
+    assert (story["memory"], story["authors_note"]) == ("Ada.", "Tense.")
 
 
 async def test_oversized_body_unknown_story_and_method(client: TestClient[Any, Any]) -> None:
