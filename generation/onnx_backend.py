@@ -435,7 +435,7 @@ class OnnxStepModel:
         if any(read_at.get(target, -1) > target for target in range(len(order))):
             # A row would be overwritten before it is read: copy through a
             # temporary, the positions the longest row used.
-            used = int(state.lengths[order].max()) if order else 0
+            used = int(state.lengths[order].max())  # some row moves: order is not empty
             self.cache[:, :, : len(order), :, :used] = self.cache[:, :, order, :, :used]
         else:  # in order, nothing is overwritten before it is read (increasing
             # order, or `fill_holes`'s: rows stay or move into finished rows' places)

@@ -607,19 +607,19 @@ class StoryService:
                     part=busy[0].number,
                 )
             )
-        if options is None or (options.memory is None and options.authors_note is None):
-            latest = await self.store.latest_part(story_id)
-            return (await self.continue_from(latest.id, who, options)).run
-        # The part is written with the new notes, so they are saved first, and
-        # put back if the part is refused (its options, or a prompt the new
+        # The part is written with the notes it brings, so they are saved first,
+        # and put back if the part is refused (its options, or a prompt the new
         # memory makes too long): a refused request changes nothing.
-        before = await self.store.get_story(story_id)
-        await self.set_notes(story_id, who, options.memory, options.authors_note)
+        before = None
+        if options is not None and (options.memory is not None or options.authors_note is not None):
+            before = await self.store.get_story(story_id)
+            await self.set_notes(story_id, who, options.memory, options.authors_note)
         try:
             latest = await self.store.latest_part(story_id)
             started = await self.continue_from(latest.id, who, options)
         except Exception:
-            await self.store.set_notes(story_id, before.memory, before.authors_note)
+            if before is not None:
+                await self.store.set_notes(story_id, before.memory, before.authors_note)
             raise
         return started.run
 
